@@ -1,0 +1,32 @@
+# `make run`  — set up .venv if needed and start the app on its embedded default.
+# `make test` — set up .venv (with test tools) and run the test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt $(STAMP)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+run: $(STAMP)
+	$(PY) app.py
+
+test: $(DEV_STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m cfd.bench render --json outputs/bench_render.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache outputs

@@ -1,0 +1,154 @@
+"""Pinhole cameras in gsplat's OpenCV convention.
+
+World: right-handed, +y up, the object in the unit ball at the origin.
+Camera: x right, y down, z forward; ``viewmat`` maps world to camera
+coordinates; ``K`` maps camera coordinates to pixels, pixel centres at
+(i + 0.5, j + 0.5).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One pinhole view.
+
+    viewmat: [4, 4] float32 world→camera (OpenCV: x right, y down, z forward).
+    K:       [3, 3] float32 pixel intrinsics.
+    width, height: image size in pixels.
+    """
+
+    viewmat: Tensor
+    K: Tensor
+    width: int
+    height: int
+
+    def scaled(self, factor: float) -> "Camera":
+        """The same view rendered at ``factor`` × the resolution."""
+        width, height = round(self.width * factor), round(self.height * factor)
+        K = self.K.clone()
+        K[0] *= width / self.width
+        K[1] *= height / self.height
+        K[2] = self.K[2]
+        return Camera(self.viewmat, K, width, height)
+
+    def to(self, device) -> "Camera":
+        return Camera(self.viewmat.to(device), self.K.to(device), self.width, self.height)
+
+    @property
+    def device(self) -> torch.device:
+        return self.viewmat.device
+
+    @property
+    def position(self) -> Tensor:
+        """[3] camera centre in world coordinates."""
+        R, t = self.viewmat[:3, :3], self.viewmat[:3, 3]
+        return -R.T @ t
+
+    @property
+    def azimuth_deg(self) -> float:
+        """Azimuth of the camera centre: 0 on +z, 90 on +x, in (-180, 180]."""
+        x, _, z = self.position.tolist()
+        return math.degrees(math.atan2(x, z))
+
+    @property
+    def elevation_deg(self) -> float:
+        """Elevation of the camera centre above the xz-plane, in degrees."""
+        x, y, z = self.position.tolist()
+        return math.degrees(math.atan2(y, math.hypot(x, z)))
+
+    def pixel_rays(self, width: int | None = None, height: int | None = None) -> tuple[Tensor, Tensor]:
+        """Rays through pixel centres: origin [3] and directions [H, W, 3] in world
+        coordinates, scaled so that a point at camera depth z is origin + z·dir."""
+        cam = self if width is None else self.scaled(width / self.width)
+        H, W = cam.height, cam.width
+        dev = self.device
+        j, i = torch.meshgrid(
+            torch.arange(H, device=dev, dtype=torch.float32) + 0.5,
+            torch.arange(W, device=dev, dtype=torch.float32) + 0.5,
+            indexing="ij",
+        )
+        fx, fy, cx, cy = cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]
+        d_cam = torch.stack([(i - cx) / fx, (j - cy) / fy, torch.ones_like(i)], dim=-1)
+        R = self.viewmat[:3, :3]
+        return self.position, d_cam @ R  # R^T d for every pixel
+
+
+def look_at(eye: Tensor, target: Tensor | None = None) -> Tensor:
+    """[4, 4] world→camera matrix of a camera at ``eye`` looking at ``target``
+    (default the origin), with world +y up on screen."""
+    target = torch.zeros(3) if target is None else target
+    forward = torch.nn.functional.normalize(target - eye, dim=0)
+    up = torch.tensor([0.0, 1.0, 0.0])
+    if torch.linalg.cross(forward, up).norm() < 1e-6:  # looking straight up/down
+        up = torch.tensor([0.0, 0.0, -1.0]) if forward[1] < 0 else torch.tensor([0.0, 0.0, 1.0])
+    right = torch.nn.functional.normalize(torch.linalg.cross(forward, up), dim=0)
+    down = torch.linalg.cross(forward, right)
+    R = torch.stack([right, down, forward])
+    viewmat = torch.eye(4)
+    viewmat[:3, :3] = R
+    viewmat[:3, 3] = -R @ eye
+    return viewmat
+
+
+def intrinsics(fov_deg: float, width: int, height: int) -> Tensor:
+    """[3, 3] K for a vertical field of view ``fov_deg`` and square pixels."""
+    focal = 0.5 * height / math.tan(math.radians(fov_deg) / 2)
+    return torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
+
+
+def orbit_camera(azimuth_deg: float, elevation_deg: float, radius: float, fov_deg: float,
+                 width: int, height: int) -> Camera:
+    """A camera on a sphere of ``radius`` looking at the origin.
+
+    Azimuth 0 is on the +z axis, 90 on the +x axis; elevation > 0 is above
+    (y > 0); ``fov_deg`` is the vertical field of view.
+    """
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    eye = radius * torch.tensor([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+    return Camera(look_at(eye), intrinsics(fov_deg, width, height), int(width), int(height))
+
+
+def orbit(n_frames: int, elevation_deg: float, radius: float, fov_deg: float,
+          width: int, height: int) -> list[Camera]:
+    """``n_frames`` cameras evenly spaced in azimuth (starting at 0°) at one elevation."""
+    return [orbit_camera(360.0 * k / n_frames, elevation_deg, radius, fov_deg, width, height)
+            for k in range(n_frames)]
+
+
+@dataclass(frozen=True)
+class CameraRanges:
+    """The training distribution of views (degrees and world units)."""
+
+    azimuth: tuple[float, float] = (-180.0, 180.0)
+    elevation: tuple[float, float] = (-10.0, 45.0)
+    radius: tuple[float, float] = (2.5, 2.5)
+    fov: tuple[float, float] = (49.0, 49.0)
+
+    @property
+    def eval_radius(self) -> float:
+        return sum(self.radius) / 2
+
+    @property
+    def eval_fov(self) -> float:
+        return sum(self.fov) / 2
+
+
+def sample_cameras(n: int, width: int, height: int, generator: torch.Generator,
+                   ranges: CameraRanges = CameraRanges()) -> list[Camera]:
+    """``n`` views drawn uniformly from ``ranges`` (elevation uniform in degrees),
+    reproducibly from ``generator`` (a CPU torch.Generator)."""
+    u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
+
+    def lerp(col: int, lo_hi: tuple[float, float]) -> list[float]:
+        lo, hi = lo_hi
+        return (lo + (hi - lo) * u[:, col]).tolist()
+
+    return [orbit_camera(a, e, r, f, width, height)
+            for a, e, r, f in zip(lerp(0, ranges.azimuth), lerp(1, ranges.elevation),
+                                  lerp(2, ranges.radius), lerp(3, ranges.fov))]

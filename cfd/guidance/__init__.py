@@ -1,0 +1,6 @@
+"""Guidance backends: the denoisers that distillation queries."""
+from cfd.guidance.base import Guidance, GuidanceUnavailable
+from cfd.guidance.stable_diffusion import DEFAULT_SD_MODEL, StableDiffusionGuidance, check_sd_weights
+
+__all__ = ["Guidance", "GuidanceUnavailable", "StableDiffusionGuidance", "check_sd_weights",
+           "DEFAULT_SD_MODEL"]

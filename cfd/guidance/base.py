@@ -1,0 +1,41 @@
+"""The guidance protocol: a pretrained (or exact) denoiser that distillation queries.
+
+A guidance works in its own diffusion space x of shape [B, C, h, w]: renders
+[B, 3, H, W] in [0, 1] are mapped there by ``encode`` (differentiably), with
+H = h · latent_factor and W = w · latent_factor. ``predict_noise`` is the
+ε-prediction (classifier-free guided where it applies) of the model at integer
+timestep t under the schedule ``alphas_cumprod``.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+from cfd.cameras import Camera
+
+
+class GuidanceUnavailable(RuntimeError):
+    """A guidance backend cannot be built here (e.g. missing weights); the
+    message says what is missing and how to fix it."""
+
+
+@runtime_checkable
+class Guidance(Protocol):
+    name: str            # human-readable, for the UI
+    channels: int        # C of the diffusion space
+    alphas_cumprod: Tensor  # [T] CPU float64, ᾱ_t of the model's training schedule
+    latent_factor: int   # render pixels per diffusion pixel (8 for SD, 1 in pixel space)
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        """rgb [B, 3, H, W] in [0, 1] → x [B, C, H/f, W/f] float32; differentiable."""
+        ...
+
+    def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera]) -> Tensor:
+        """x_t [B, C, h, w], timestep t, one camera per batch item →
+        ε̂ [B, C, h, w] float32 (no gradient)."""
+        ...
+
+    def decode(self, x: Tensor) -> Tensor:
+        """x [B, C, h, w] → rgb [B, 3, H, W] in [0, 1] (for previews; no gradient)."""
+        ...
