@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny offline SD folders; the ``slow`` marker and ``--runslow``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # make `import cfd` work under a bare `pytest`
+    sys.path.insert(0, str(ROOT))
+
+from tiny_sd import build_tiny_sd  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run tests marked slow (deselected by default)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: slow test, deselected unless --runslow is given")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_model(tmp_path_factory) -> Path:
+    """Folder of a tiny random ε-prediction SD pipeline (diffusers layout)."""
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd_eps"), prediction_type="epsilon")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_model_v(tmp_path_factory) -> Path:
+    """Folder of the same tiny SD configured for v-prediction."""
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd_v"), prediction_type="v_prediction")

@@ -1,0 +1,227 @@
+"""StableDiffusionGuidance on a tiny random SD folder, loaded offline through from_pretrained."""
+import shutil
+import time
+
+import pytest
+import torch
+
+from cfd.cameras import orbit_camera
+from cfd.guidance import (DEFAULT_SD_MODEL, Guidance, GuidanceUnavailable, StableDiffusionGuidance,
+                          check_sd_weights)
+from cfd.guidance.stable_diffusion import resolve_model, sd21_configs, view_suffix
+from cfd.schedule import scaled_linear_alphas_cumprod
+
+PROMPT, NEGATIVE = "a hamburger", "blurry, oversmoothed"
+
+
+def cam(azimuth, elevation=15.0):
+    return orbit_camera(azimuth, elevation, 2.5, 49.0, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def guidance(tiny_sd_model):
+    return StableDiffusionGuidance.from_pretrained(tiny_sd_model, prompt=PROMPT, negative_prompt=NEGATIVE,
+                                                   guidance_scale=7.5, device="cpu")
+
+
+def manual_prediction(g, x_t, t, texts):
+    """UNet output for each text separately (no CFG), independent of the guidance's cache."""
+    outs = []
+    for i, text in enumerate(texts):
+        ids = g.tokenizer(text, padding="max_length", max_length=77, truncation=True,
+                          return_tensors="pt").input_ids
+        with torch.no_grad():
+            emb = g.text_encoder(ids).last_hidden_state
+            outs.append(g.unet(x_t[i:i + 1], torch.tensor([t]), encoder_hidden_states=emb).sample)
+    return torch.cat(outs)
+
+
+def hub_offline_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("CFD_MODEL", raising=False)
+
+
+# ----------------------------------------------------------------- loading
+
+def test_loads_tiny_folder(guidance, tiny_sd_model):
+    assert isinstance(guidance, Guidance)
+    assert guidance.channels == 4 and guidance.latent_factor == 8
+    assert str(tiny_sd_model) in guidance.name
+    torch.testing.assert_close(guidance.alphas_cumprod, scaled_linear_alphas_cumprod())
+    assert guidance.alphas_cumprod.dtype == torch.float64
+    assert guidance.dtype == torch.float32 and guidance.device.type == "cpu"
+    for module in (guidance.unet, guidance.vae, guidance.text_encoder):
+        assert not module.training and not any(p.requires_grad for p in module.parameters())
+    assert check_sd_weights(tiny_sd_model) is None
+
+
+def test_env_model_and_precedence(monkeypatch, tiny_sd_model):
+    monkeypatch.delenv("CFD_MODEL", raising=False)
+    assert resolve_model() == DEFAULT_SD_MODEL
+    monkeypatch.setenv("CFD_MODEL", str(tiny_sd_model))
+    assert resolve_model() == str(tiny_sd_model) and check_sd_weights() is None
+    assert resolve_model("other/model") == "other/model"
+
+
+def test_uncached_hub_model_offline_fails_fast(monkeypatch, tmp_path):
+    hub_offline_env(monkeypatch, tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(GuidanceUnavailable) as info:
+        StableDiffusionGuidance.from_pretrained(prompt="a cat")
+    assert time.perf_counter() - start < 1.0
+    message = str(info.value)
+    assert DEFAULT_SD_MODEL in message and str(tmp_path / "hf" / "hub") in message
+    assert f"hf download {DEFAULT_SD_MODEL}" in message and "CFD_MODEL" in message
+    assert check_sd_weights() == message
+
+
+def test_hub_cache_snapshot_loads_offline(monkeypatch, tmp_path, tiny_sd_model):
+    hub_offline_env(monkeypatch, tmp_path)
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny-sd"
+    shutil.copytree(tiny_sd_model, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    assert check_sd_weights("someone/tiny-sd") is None
+    g = StableDiffusionGuidance.from_pretrained("someone/tiny-sd", prompt="a cat", device="cpu")
+    assert g.name == "Stable Diffusion (someone/tiny-sd)"
+
+
+def test_local_folder_missing_unet(tmp_path, tiny_sd_model):
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_sd_model, folder)
+    shutil.rmtree(folder / "unet")
+    with pytest.raises(GuidanceUnavailable) as info:
+        StableDiffusionGuidance.from_pretrained(folder, prompt="a cat")
+    message = str(info.value)
+    assert "unet/" in message and str(folder) in message and "CFD_MODEL" in message
+    assert check_sd_weights(folder) == message
+    missing = check_sd_weights(tmp_path / "nowhere")
+    assert missing is not None and "does not exist" in missing
+
+
+def test_unsupported_prediction_type(guidance):
+    with pytest.raises(GuidanceUnavailable, match="sample"):
+        StableDiffusionGuidance.from_components(
+            guidance.unet, guidance.vae, guidance.text_encoder, guidance.tokenizer,
+            {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+             "prediction_type": "sample"}, prompt="x", device="cpu")
+
+
+# ----------------------------------------------------------------- encode / decode
+
+def test_encode_decode_and_gradient(guidance):
+    rgb = torch.rand(2, 3, 64, 64, requires_grad=True)
+    latents = guidance.encode(rgb)
+    assert latents.shape == (2, 4, 8, 8) and latents.dtype == torch.float32
+    latents.square().sum().backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    image = guidance.decode(latents)
+    assert image.shape == (2, 3, 64, 64) and 0 <= image.min() and image.max() <= 1
+
+
+# ----------------------------------------------------------------- noise prediction
+
+def test_predict_noise_cfg_matches_separate_unet_calls(guidance):
+    torch.manual_seed(0)
+    x_t = torch.randn(2, 4, 8, 8, requires_grad=True)
+    cameras = [cam(0), cam(180)]
+    eps = guidance.predict_noise(x_t, 500, cameras)
+    assert eps.shape == x_t.shape and eps.dtype == torch.float32 and not eps.requires_grad
+    eps_u = manual_prediction(guidance, x_t, 500, [NEGATIVE] * 2)
+    eps_c = manual_prediction(guidance, x_t, 500, [PROMPT + ", front view", PROMPT + ", back view"])
+    torch.testing.assert_close(eps, eps_u + 7.5 * (eps_c - eps_u), atol=1e-4, rtol=1e-4)
+    assert (eps - eps_c).abs().max() > 1e-3  # guidance does something
+
+
+def test_predict_noise_checks_inputs(guidance):
+    x_t = torch.randn(2, 4, 8, 8)
+    with pytest.raises(ValueError):
+        guidance.predict_noise(x_t, 500, [cam(0)])
+    with pytest.raises(ValueError):
+        guidance.predict_noise(x_t, 1000, [cam(0), cam(1)])
+
+
+def test_v_prediction_converted_to_epsilon(tiny_sd_model_v):
+    g = StableDiffusionGuidance.from_pretrained(tiny_sd_model_v, prompt=PROMPT, negative_prompt=NEGATIVE,
+                                                guidance_scale=3.0, view_dependent=False, device="cpu")
+    assert g.prediction_type == "v_prediction"
+    x_t, t = torch.randn(1, 4, 8, 8), 700
+    v_u = manual_prediction(g, x_t, t, [NEGATIVE])
+    v_c = manual_prediction(g, x_t, t, [PROMPT])
+    abar = scaled_linear_alphas_cumprod()[t].item()
+    expected = abar ** 0.5 * (v_u + 3.0 * (v_c - v_u)) + (1 - abar) ** 0.5 * x_t
+    torch.testing.assert_close(g.predict_noise(x_t, t, [cam(40)]), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_text_embeddings_cached(tiny_sd_model):
+    guidance = StableDiffusionGuidance.from_pretrained(tiny_sd_model, prompt=PROMPT,
+                                                       negative_prompt=NEGATIVE, device="cpu")
+    calls = []
+    forward = guidance.text_encoder.forward
+    guidance.text_encoder.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    views = [cam(az, el) for az in range(-180, 180, 45) for el in (10, 75)]
+    for step in range(0, len(views), 4):
+        guidance.predict_noise(torch.randn(4, 4, 8, 8), 900 - 20 * step, views[step:step + 4])
+        guidance.predict_noise(torch.randn(1, 4, 8, 8), 300, views[step:step + 1])
+    texts = {NEGATIVE} | {guidance.prompt_for(c) for c in views}
+    assert len(texts) == 5 and len(calls) == len(texts)
+    guidance.set_prompt("a teapot", NEGATIVE)
+    guidance.predict_noise(torch.randn(1, 4, 8, 8), 300, [cam(0)])
+    assert len(calls) == len(texts) + 2
+
+
+# ----------------------------------------------------------------- view-dependent prompts
+
+@pytest.mark.parametrize("azimuth, elevation, suffix", [
+    (0, 0, ", front view"), (45, 10, ", front view"), (-45, 10, ", front view"),
+    (46, 10, ", side view"), (-90, 30, ", side view"), (134, 60, ", side view"),
+    (135, 0, ", back view"), (180, 0, ", back view"), (-170, -10, ", back view"),
+    (0, 61, ", overhead view"), (180, 89, ", overhead view"),
+])
+def test_view_suffix(azimuth, elevation, suffix):
+    assert view_suffix(azimuth, elevation) == suffix
+
+
+def test_prompt_for_cameras(guidance):
+    assert guidance.prompt_for(cam(0)) == PROMPT + ", front view"
+    assert guidance.prompt_for(cam(90)) == PROMPT + ", side view"
+    assert guidance.prompt_for(cam(-100)) == PROMPT + ", side view"
+    assert guidance.prompt_for(cam(180)) == PROMPT + ", back view"
+    assert guidance.prompt_for(cam(30, 80)) == PROMPT + ", overhead view"
+    guidance.view_dependent = False
+    try:
+        assert guidance.prompt_for(cam(180)) == PROMPT
+    finally:
+        guidance.view_dependent = True
+
+
+# ----------------------------------------------------------------- SD-2.1-base with random weights
+
+def test_sd21_configs_are_sd21_architecture():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    configs = sd21_configs()
+    unet, vae, text = configs["unet"], configs["vae"], configs["text_encoder"]
+    assert unet["block_out_channels"] == (320, 640, 1280, 1280)
+    assert unet["attention_head_dim"] == (5, 10, 20, 20) and unet["use_linear_projection"]
+    assert unet["cross_attention_dim"] == text["hidden_size"] == 1024
+    assert vae["block_out_channels"] == (128, 256, 512, 512) and vae["scaling_factor"] == 0.18215
+    assert (text["num_hidden_layers"], text["num_attention_heads"], text["intermediate_size"]) == (23, 16, 4096)
+    with torch.device("meta"):  # parameters without memory: the exact SD-2.1-base sizes
+        counts = [sum(p.numel() for p in m.parameters()) for m in (
+            UNet2DConditionModel(**unet), AutoencoderKL(**vae), CLIPTextModel(CLIPTextConfig(**text)))]
+    assert counts == [865_910_724, 83_653_863, 340_387_840]
+
+
+@pytest.mark.slow
+def test_build_random_sd21_runs():
+    from cfd.guidance.stable_diffusion import build_random_sd21
+
+    g = build_random_sd21(prompt="a cat", device="cpu")
+    assert g.channels == 4 and g.latent_factor == 8
+    latents = g.encode(torch.rand(1, 3, 64, 64))
+    eps = g.predict_noise(latents, 500, [cam(0)])
+    assert eps.shape == (1, 4, 8, 8) and torch.isfinite(eps).all()
