@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # make `import cfd` work under a bare `pytest`
-    sys.path.insert(0, str(ROOT))
 
 from tiny_sd import build_tiny_sd  # noqa: E402
 

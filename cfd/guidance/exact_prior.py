@@ -1,0 +1,121 @@
+"""The exact denoiser of a finite set of reference splat scenes (pixel space).
+
+Data distribution, per camera c: "our render of one of K reference scenes from
+c", X_k(c) in [-1, 1] over the prior's background, each scene equally likely.
+Under x_t = α_t x_0 + σ_t ε its exact (posterior-mean) ε-prediction is
+
+    ε*(x_t, t, c) = (x_t − α_t Σ_k w_k X_k(c)) / σ_t,
+    w = softmax_k(−‖x_t − α_t X_k(c)‖² / (2 σ_t²)),
+
+with the softmax taken through log-sum-exp in float64, so it stays exact and
+finite at the smallest σ_t. No weights needed: it makes distillation's claims
+(mode-seeking sharpness, seed diversity) measurable on a CPU.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from cfd.cameras import Camera
+from cfd.gaussians import GaussianScene
+from cfd.render import render
+from cfd.scenes import load_scene_set
+from cfd.schedule import NoiseSchedule
+
+
+class ExactPrior:
+    """Guidance (see ``cfd.guidance.base``) in [-1, 1] pixel space, C = 3, f = 1,
+    on Stable Diffusion's noise schedule."""
+
+    channels = 3
+    latent_factor = 1
+
+    def __init__(self, scenes: list[GaussianScene], background=(1.0, 1.0, 1.0), name: str = "Exact prior",
+                 names: list[str] | None = None):
+        if not scenes:
+            raise ValueError("ExactPrior needs at least one reference scene")
+        if names is not None and len(names) != len(scenes):
+            raise ValueError(f"ExactPrior: {len(names)} names for {len(scenes)} scenes")
+        self.scenes = list(scenes)
+        self.names = list(names) if names is not None else [f"scene {k}" for k in range(len(scenes))]
+        self.background = tuple(float(v) for v in background)
+        self.name = name
+        self.alphas_cumprod = NoiseSchedule.stable_diffusion().alphas_cumprod
+
+    @classmethod
+    def from_scene_set(cls, set_id: str, **kwargs) -> "ExactPrior":
+        """The prior over a bundled set (``cfd.scenes``), named after it."""
+        scene_set, scenes = load_scene_set(set_id)
+        kwargs.setdefault("name", f"Exact prior: {scene_set.name}")
+        return cls(scenes, names=scene_set.names, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the reference scenes live and render."""
+        return self.scenes[0].device
+
+    def to(self, device) -> "ExactPrior":
+        """Move the reference scenes (renders then run on ``device``); returns self."""
+        self.scenes = [s.to(device) for s in self.scenes]
+        return self
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        """rgb [B,3,H,W] in [0,1] → x [B,3,H,W] in [-1,1] (differentiable)."""
+        return 2 * rgb - 1
+
+    def decode(self, x: Tensor) -> Tensor:
+        """x [B,3,H,W] → rgb [B,3,H,W] in [0,1]."""
+        return ((x.detach() + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def reference_images(self, cameras: list[Camera], width: int, height: int) -> Tensor:
+        """X_k(c) [B,K,3,height,width] float32 in [-1,1]: every scene from every camera,
+        rescaled to width × height (the camera's aspect ratio must match)."""
+        views = []
+        for cam in cameras:
+            if (cam.width, cam.height) != (width, height):
+                cam = cam.scaled(width / cam.width)
+                if cam.height != height:
+                    raise ValueError(f"ExactPrior: camera aspect {cam.width}x{cam.height} does not match "
+                                     f"the image size {width}x{height}")
+            views.append(torch.stack([render(s, cam, self.background).rgb.permute(2, 0, 1) for s in self.scenes]))
+        return 2 * torch.stack(views) - 1
+
+    def _alpha_sigma(self, t: int) -> tuple[float, float]:
+        t = int(t)
+        if not 0 <= t < len(self.alphas_cumprod):
+            raise ValueError(f"timestep out of range [0, {len(self.alphas_cumprod) - 1}]: {t}")
+        ac = float(self.alphas_cumprod[t])
+        return ac ** 0.5, (1 - ac) ** 0.5
+
+    def _check(self, x_t: Tensor, cameras: list[Camera]) -> None:
+        if x_t.dim() != 4 or x_t.shape[1] != 3:
+            raise ValueError(f"ExactPrior: x_t must be [B,3,H,W], got {tuple(x_t.shape)}")
+        if len(cameras) != x_t.shape[0]:
+            raise ValueError(f"ExactPrior: {len(cameras)} cameras for a batch of {x_t.shape[0]}")
+
+    @staticmethod
+    def _weights(x_t: Tensor, refs: Tensor, alpha: float, sigma: float) -> Tensor:
+        """w [B,K] float64 from x_t [B,3,H,W] and refs [B,K,3,H,W] (float64)."""
+        logits = -(x_t[:, None] - alpha * refs).square().sum(dim=(2, 3, 4)) / (2 * sigma ** 2)
+        return (logits - logits.logsumexp(dim=1, keepdim=True)).exp()
+
+    def _posterior(self, x_t: Tensor, t: int, cameras: list[Camera]) -> tuple[Tensor, Tensor, Tensor, float, float]:
+        """(x_t, refs, w) in float64 on x_t's device, and α_t, σ_t."""
+        self._check(x_t, cameras)
+        alpha, sigma = self._alpha_sigma(t)
+        x = x_t.detach().double()
+        refs = self.reference_images(cameras, x_t.shape[3], x_t.shape[2]).to(x.device, torch.float64)
+        return x, refs, self._weights(x, refs, alpha, sigma), alpha, sigma
+
+    @torch.no_grad()
+    def posterior_weights(self, x_t: Tensor, t: int, cameras: list[Camera]) -> Tensor:
+        """p(scene k | x_t, c) [B,K] float32."""
+        return self._posterior(x_t, t, cameras)[2].float()
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera]) -> Tensor:
+        """ε*(x_t, t, c) [B,3,H,W] float32 on x_t's device; x_t [B,3,H,W], one camera per item."""
+        x, refs, w, alpha, sigma = self._posterior(x_t, t, cameras)
+        x0 = (w[:, :, None, None, None] * refs).sum(dim=1)
+        return ((x - alpha * x0) / sigma).float()

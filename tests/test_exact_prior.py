@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from cfd.cameras import orbit_camera, sample_cameras
+from cfd.guidance.base import Guidance
+from cfd.guidance.exact_prior import ExactPrior
+from cfd.render import render
+from cfd.schedule import NoiseSchedule
+from cfd.scenes import FIRST_SET, load_scene_set
+
+RES = 24
+
+
+@pytest.fixture(scope="module")
+def prior() -> ExactPrior:
+    return ExactPrior.from_scene_set(FIRST_SET)
+
+
+def cameras(n: int, seed: int = 0, res: int = RES):
+    return sample_cameras(n, res, res, torch.Generator().manual_seed(seed))
+
+
+def plain_reference(prior, k, cam):
+    """X_k(c) [3,H,W] in [-1,1], written out directly."""
+    return 2 * render(prior.scenes[k], cam, prior.background).rgb.permute(2, 0, 1) - 1
+
+
+def plain_posterior(prior, x, t, cam):
+    """(ε* [3,H,W], w [K] float64) for one view x [3,H,W], one scene at a time."""
+    a, s = prior.alphas_cumprod[t].sqrt(), (1 - prior.alphas_cumprod[t]).sqrt()
+    refs = [plain_reference(prior, k, cam).double() for k in range(len(prior.scenes))]
+    w = torch.softmax(torch.stack([-((x.double() - a * r) ** 2).sum() / (2 * s ** 2) for r in refs]), dim=0)
+    x0 = sum(w_k * r for w_k, r in zip(w, refs))
+    return ((x.double() - a * x0) / s).float(), w
+
+
+def noisy(prior, images, t, eps):
+    a, s = prior.alphas_cumprod[t].sqrt().float(), (1 - prior.alphas_cumprod[t]).sqrt().float()
+    return a * images + s * eps
+
+
+def test_it_is_a_pixel_space_guidance_on_sd_schedule(prior):
+    assert isinstance(prior, Guidance)
+    assert (prior.channels, prior.latent_factor, len(prior.scenes)) == (3, 1, len(prior.names))
+    assert prior.device == torch.device("cpu")
+    assert prior.names == load_scene_set(FIRST_SET)[0].names
+    assert torch.equal(prior.alphas_cumprod, NoiseSchedule.stable_diffusion().alphas_cumprod)
+    rgb = torch.rand(2, 3, 8, 8, requires_grad=True)
+    x = prior.encode(rgb)
+    assert x.min() >= -1 and x.max() <= 1 and x.requires_grad
+    torch.testing.assert_close(prior.decode(x), rgb.detach())
+
+
+@pytest.mark.parametrize("t", [1, 5])
+def test_small_t_recovers_the_noise_and_the_scene(prior, t):
+    cams = cameras(len(prior.scenes), seed=t)
+    clean = torch.stack([plain_reference(prior, j, cam) for j, cam in enumerate(cams)])  # view j shows scene j
+    eps = torch.randn(clean.shape, generator=torch.Generator().manual_seed(t))
+    x_t = noisy(prior, clean, t, eps)
+    eps_hat = prior.predict_noise(x_t, t, cams)
+    assert (eps_hat - eps).abs().max() < 1e-4
+    a, s = prior.alphas_cumprod[t].sqrt().float(), (1 - prior.alphas_cumprod[t]).sqrt().float()
+    assert ((x_t - s * eps_hat) / a - clean).abs().max() < 1e-5
+    w = prior.posterior_weights(x_t, t, cams)
+    torch.testing.assert_close(w, torch.eye(len(prior.scenes)), atol=1e-6, rtol=0)
+
+
+def test_large_t_is_the_mixture_mean_with_spread_weights(prior):
+    t, cams = 999, cameras(2, seed=1)
+    x_t = torch.randn(2, 3, RES, RES, generator=torch.Generator().manual_seed(0))
+    w = prior.posterior_weights(x_t, t, cams)
+    expected = torch.stack([plain_posterior(prior, x, t, cam)[1] for x, cam in zip(x_t, cams)]).float()
+    torch.testing.assert_close(w, expected, atol=1e-6, rtol=1e-5)
+    assert w.min() > 0.02 and w.max() < 0.9  # no scene dominates this early
+    mean = torch.einsum("bk,bkchw->bchw", w, prior.reference_images(cams, RES, RES))
+    a, s = prior.alphas_cumprod[t].sqrt().float(), (1 - prior.alphas_cumprod[t]).sqrt().float()
+    torch.testing.assert_close(prior.predict_noise(x_t, t, cams), (x_t - a * mean) / s, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t", [20, 900])  # a sharp and a mixed posterior
+def test_batched_matches_a_plain_per_view_per_scene_evaluation(prior, t):
+    cams = cameras(3, seed=7)
+    x_t = noisy(prior, prior.reference_images(cams, RES, RES)[:, 0], t,
+                torch.randn(3, 3, RES, RES, generator=torch.Generator().manual_seed(1)))
+    plain = torch.stack([plain_posterior(prior, x, t, cam)[0] for x, cam in zip(x_t, cams)])
+    assert (prior.predict_noise(x_t, t, cams) - plain).abs().max() < 1e-5
+
+
+def test_cameras_at_another_resolution_are_rescaled_to_x_t(prior):
+    cams = cameras(2, seed=3, res=2 * RES)
+    refs = prior.reference_images(cams, RES, RES)
+    assert refs.shape == (2, len(prior.scenes), 3, RES, RES)
+    torch.testing.assert_close(refs[1, 2], plain_reference(prior, 2, cams[1].scaled(0.5)))
+    x_t = torch.randn(2, 3, RES, RES, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(prior.predict_noise(x_t, 300, cams),
+                               prior.predict_noise(x_t, 300, [c.scaled(0.5) for c in cams]))
+    with pytest.raises(ValueError, match="aspect"):
+        prior.reference_images([orbit_camera(0, 0, 2.5, 49, 32, 16)], RES, RES)
+
+
+@pytest.mark.parametrize("t", [0, 1])
+def test_finite_when_x_t_is_far_from_every_scene(prior, t):
+    cams = cameras(2)
+    x_t = torch.stack([torch.full((3, RES, RES), 50.0), -30 * torch.randn(3, RES, RES)])
+    eps = prior.predict_noise(x_t, t, cams)
+    w = prior.posterior_weights(x_t, t, cams)
+    assert torch.isfinite(eps).all() and torch.isfinite(w).all()
+    torch.testing.assert_close(w.sum(dim=1), torch.ones(2))
+
+
+def test_bad_inputs_are_refused(prior):
+    x_t = torch.zeros(2, 3, RES, RES)
+    with pytest.raises(ValueError, match="2 cameras|1 cameras"):
+        prior.predict_noise(x_t, 10, cameras(1))
+    with pytest.raises(ValueError, match="timestep"):
+        prior.predict_noise(x_t, 1000, cameras(2))
+    with pytest.raises(ValueError, match="unknown scene set"):
+        ExactPrior.from_scene_set("nope")

@@ -1,0 +1,207 @@
+"""cfd.export: mp4 videos, noise videos, the viewer PLY and the GLB mesh."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cfd.cameras import Camera, orbit
+from cfd.export import (export_glb, flip_scene_y, noise_frames, noise_to_display, noise_video, orbit_frames,
+                        orbit_video, save_viewer_ply, write_video)
+from cfd.gaussians import GaussianScene, init_scene, load_ply, make_scene, quat_to_rotmat
+from cfd.render import render
+
+INRIA_DC_NAMES = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+                  "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+
+
+def fibonacci_sphere(n: int, radius: float) -> torch.Tensor:
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    y = 1 - 2 * i / n
+    r = torch.sqrt(1 - y * y)
+    phi = math.pi * (3 - math.sqrt(5)) * i
+    return (radius * torch.stack([r * torch.cos(phi), y, r * torch.sin(phi)], -1)).float()
+
+
+def shell_scene(n: int = 2000, radius: float = 0.5, sigma: float = 0.02, color=None) -> GaussianScene:
+    """Overlapping opaque splats on a sphere; red top / blue bottom unless ``color``."""
+    means = fibonacci_sphere(n, radius)
+    if color is None:
+        colors = torch.where(means[:, 1:2] > 0, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0]]))
+    else:
+        colors = torch.tensor([color]).expand(n, 3)
+    return make_scene(means, torch.full((n, 3), sigma), colors, torch.full((n,), 0.95))
+
+
+@pytest.fixture(scope="module")
+def small_scene() -> GaussianScene:
+    scene = init_scene(200, seed=3, radius=0.5, opacity=0.8, color_jitter=0.4)
+    g = torch.Generator().manual_seed(0)
+    scene.quats = torch.randn(200, 4, generator=g)
+    scene.log_scales = scene.log_scales + 0.3 * torch.randn(200, 3, generator=g)
+    return scene
+
+
+# --------------------------------------------------------------------- videos
+
+def test_write_video_is_browser_h264_with_even_size(tmp_path):
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    frames = np.random.default_rng(0).random((25, 33, 47, 3)).astype(np.float32)
+    path = write_video(frames, tmp_path / "v.mp4", fps=24)
+    meta = next(imageio_ffmpeg.read_frames(str(path)))
+    assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p")
+    assert meta["size"] == (48, 34)  # (width, height), padded to even, not rescaled
+    assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == 25
+    video = iio.imread(str(path), plugin="FFMPEG")
+    assert video.shape == (25, 34, 48, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]  # no temporary left behind
+    with pytest.raises(ValueError):
+        write_video(np.zeros((0, 8, 8, 3), np.uint8), tmp_path / "empty.mp4")
+
+
+def test_orbit_frames_start_with_a_direct_render(small_scene):
+    frames = orbit_frames(small_scene, n_frames=4, res=48)
+    assert frames.shape == (4, 48, 48, 3) and not frames.requires_grad
+    direct = render(small_scene, orbit(4, 15, 2.5, 49, 48, 48)[0]).rgb
+    assert torch.equal(frames[0], direct.clamp(0, 1))
+    assert not torch.equal(frames[0], frames[1])
+
+
+def test_orbit_video_is_h264_with_all_frames(tmp_path, small_scene):
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    path = orbit_video(small_scene, tmp_path / "orbit.mp4", n_frames=24, res=32)
+    meta = next(imageio_ffmpeg.read_frames(str(path)))
+    assert meta["codec"] == "h264" and meta["size"] == (32, 32) and meta["fps"] == 24
+    video = iio.imread(str(path), plugin="FFMPEG")
+    assert video.shape == (24, 32, 32, 3)
+    first = orbit_frames(small_scene, n_frames=1, res=32)[0].numpy()
+    assert np.abs(video[0].astype(float) / 255 - first).mean() < 0.03  # lossy, but close
+
+
+# ---------------------------------------------------------------- noise video
+
+def test_noise_to_display_mapping_and_nearest_upsampling():
+    noise = torch.tensor([[[0.0, 3.0], [-3.0, 6.0]]]).repeat(4, 1, 1)
+    noise[1] *= -1
+    img = noise_to_display(noise, display_res=4)
+    assert img.shape == (4, 4, 3)
+    assert torch.allclose(img[0, 0], torch.tensor([0.5, 0.5, 0.5]))
+    assert torch.allclose(img[0, 2], torch.tensor([1.0, 0.0, 1.0]))  # +3σ → 1, −3σ → 0
+    assert torch.allclose(img[2, 2], torch.tensor([1.0, 0.0, 1.0]))  # clipped
+    assert torch.equal(img[::2, ::2], img[1::2, 1::2])  # crisp blocks
+    grey = noise_to_display(noise, channel=1)
+    assert torch.equal(grey[..., 0], grey[..., 2]) and grey[0, 1, 0] == 0.0
+    with pytest.raises(ValueError):
+        noise_to_display(noise, channel=4)
+
+
+def test_noise_frames_stick_to_the_orbit(tmp_path, small_scene):
+    pytest.importorskip("cfd.noise")
+    frames = noise_frames(small_scene, seed=0, n_frames=3, res=24, display_res=48)
+    assert frames.shape == (3, 48, 48, 3)
+    assert abs(frames.mean().item() - 0.5) < 0.03  # N(0,1) → 0.5 + n/6
+    assert (frames < 0.45).float().mean() > 0.3 and (frames > 0.55).float().mean() > 0.3  # both signs
+    assert torch.equal(frames[:, ::2, ::2], frames[:, 1::2, 1::2])  # nearest upsampling
+    assert (frames[0] - frames[1]).abs().mean() > 0.02  # the camera moved
+
+    both = noise_frames(small_scene, seed=0, n_frames=1, res=24, display_res=48, side_by_side=True)
+    assert both.shape == (1, 48, 96, 3)
+    assert torch.equal(both[0, :, 48:], frames[0])  # same view (azimuth 0), same seed: same noise
+    assert torch.allclose(both[0, :, :48], orbit_frames(small_scene, 1, 48)[0])
+
+    path = noise_video(small_scene, tmp_path / "noise.mp4", seed=0, n_frames=2, res=8, display_res=32)
+    import imageio_ffmpeg
+    assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == 2
+
+
+# ----------------------------------------------------------------- viewer PLY
+
+def test_viewer_ply_has_only_dc_fields(tmp_path, small_scene):
+    from plyfile import PlyData
+
+    scene = small_scene.with_sh_degree(3)
+    scene.sh[:, 1:] = 0.3
+    path = save_viewer_ply(scene, tmp_path / "viewer.ply")
+    vertex = PlyData.read(str(path))["vertex"]
+    assert [p.name for p in vertex.properties] == INRIA_DC_NAMES
+    assert all(np.dtype(p.val_dtype) == np.float32 for p in vertex.properties)
+    loaded = load_ply(path)
+    assert loaded.sh_degree == 0
+    assert torch.equal(loaded.sh[:, 0], scene.sh[:, 0])  # colour kept in the DC term
+    assert torch.equal(loaded.log_scales, scene.log_scales)
+    assert torch.equal(loaded.opacity_logits, scene.opacity_logits)
+    # flipped: y and z negated
+    assert torch.equal(loaded.means, scene.means * torch.tensor([1.0, -1.0, -1.0]))
+    unflipped = load_ply(save_viewer_ply(scene, tmp_path / "plain.ply", flip_y=False))
+    assert torch.equal(unflipped.means, scene.means) and torch.equal(unflipped.quats, scene.quats)
+
+
+def test_viewer_flip_is_a_proper_rotation(small_scene):
+    flipped = flip_scene_y(small_scene)
+    F = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+    R, R2 = quat_to_rotmat(small_scene.quats), quat_to_rotmat(flipped.quats)
+    assert torch.allclose(R2, F @ R, atol=1e-6)
+    assert torch.allclose(torch.linalg.det(R2), torch.ones(len(R2)), atol=1e-5)
+    assert torch.allclose(flip_scene_y(flipped).means, small_scene.means)
+
+    flip4 = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    for cam in orbit(3, 20, 2.5, 49, 48, 40):
+        moved = Camera(cam.viewmat @ flip4, cam.K, cam.width, cam.height)
+        a, b = render(small_scene, cam), render(flipped, moved)
+        assert torch.allclose(a.rgb, b.rgb, atol=1e-4)
+        assert torch.allclose(a.alpha, b.alpha, atol=1e-4)
+
+
+# ------------------------------------------------------------------------ GLB
+
+@pytest.fixture(scope="module")
+def shell_mesh(tmp_path_factory):
+    import trimesh
+
+    path = tmp_path_factory.mktemp("glb") / "shell.glb"
+    export_glb(shell_scene(), path, resolution=96)
+    return trimesh.load(str(path), force="mesh")
+
+
+def test_glb_of_a_sphere_shell(shell_mesh):
+    mesh = shell_mesh
+    assert len(mesh.faces) > 1000
+    assert mesh.is_watertight
+    r = np.linalg.norm(mesh.vertices, axis=1)
+    assert np.abs(r - 0.5).max() < 0.05, (r.min(), r.max())
+    assert mesh.visual.kind == "vertex"
+
+
+def test_glb_keeps_plus_y_up_and_splat_colours(shell_mesh):
+    v = np.asarray(shell_mesh.vertices)
+    c = np.asarray(shell_mesh.visual.vertex_colors)[:, :3].astype(float) / 255
+    top, bottom = v[:, 1] > 0.1, v[:, 1] < -0.1
+    assert top.sum() > 100 and bottom.sum() > 100
+    assert np.abs(c[top] - [1, 0, 0]).max() < 0.02
+    assert np.abs(c[bottom] - [0, 0, 1]).max() < 0.02
+
+
+def test_glb_colour_of_a_single_colour_shell(tmp_path):
+    mesh = export_glb(shell_scene(1200, sigma=0.03, color=(0.2, 0.6, 0.4)), tmp_path / "g.glb", resolution=48)
+    rgb = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(float) / 255
+    assert np.abs(rgb - [0.2, 0.6, 0.4]).max() < 0.01
+
+
+def test_glb_errors(tmp_path):
+    empty = make_scene(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0))
+    with pytest.raises(ValueError, match="no splats"):
+        export_glb(empty, tmp_path / "e.glb")
+    with pytest.raises(ValueError):
+        export_glb(shell_scene(), tmp_path / "e.glb", resolution=32, level=100.0)
+    assert not any(tmp_path.iterdir())
+    # a faint scene never reaches the default level: half its peak is used instead
+    faint = shell_scene(400, sigma=0.03, color=(0.5, 0.5, 0.5))
+    faint.opacity_logits = torch.full_like(faint.opacity_logits, -4.0)
+    mesh = export_glb(faint, tmp_path / "faint.glb", resolution=32)
+    assert len(mesh.faces) > 0 and (tmp_path / "faint.glb").exists()
