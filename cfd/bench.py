@@ -84,7 +84,177 @@ def bench_render(args) -> dict:
                        "met": device != "cpu" or target["forward_backward_ms"] <= 400}}
 
 
-COMMANDS = {"render": bench_render}
+def nearest_scene_psnr(scene, references, res: int, cameras_ranges=None, background=(1.0, 1.0, 1.0)) -> list[float]:
+    """PSNR (dB, images in [0,1]) of ``scene`` against each reference scene over 8
+    orbit views at elevation 15°, radius/fov = the middle of the training ranges."""
+    from .cameras import CameraRanges, orbit
+    from .render import render
+
+    ranges = cameras_ranges or CameraRanges()
+    cams = orbit(8, 15.0, ranges.eval_radius, ranges.eval_fov, res, res)
+    with torch.no_grad():
+        ours = [render(scene, c, background).rgb for c in cams]
+        result = []
+        for ref in references:
+            mse = torch.stack([((o - render(ref, c, background).rgb) ** 2).mean() for o, c in zip(ours, cams)]).mean()
+            result.append(float(-10 * torch.log10(mse.clamp_min(1e-10))))
+    return result
+
+
+def _parse_seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def bench_toy(args) -> dict:
+    """CFD vs SDS vs ablations on the exact prior (DESIGN.md §8)."""
+    from .distill import DistillConfig, distill
+    from .gaussians import load_ply
+    from .guidance.exact_prior import ExactPrior
+    from .scenes import load_scene_set
+
+    if args.scenes:
+        names, scenes = [p.stem for p in args.scenes], [load_ply(p) for p in args.scenes]
+    else:
+        scene_set, scenes = load_scene_set(args.scene_set)
+        names = scene_set.names
+    scenes, names = scenes[: args.max_scenes], names[: args.max_scenes]
+    prior = ExactPrior(scenes, names=names)
+    methods, seeds = args.methods.split(","), _parse_seeds(args.seeds)
+    runs, finals = [], {}
+    for method in methods:
+        for seed in seeds:
+            config = DistillConfig(method=method, seed=seed, steps=args.steps, res=args.res)
+            t0 = time.perf_counter()
+            scene = distill(prior, config)
+            seconds = time.perf_counter() - t0
+            psnr = nearest_scene_psnr(scene, scenes, args.res)
+            nearest = max(range(len(psnr)), key=psnr.__getitem__)
+            runs.append({"method": method, "seed": seed, "psnr": [round(p, 2) for p in psnr],
+                         "nearest": nearest, "nearest_name": names[nearest], "seconds": round(seconds, 2)})
+            finals[method, seed] = scene
+            print(f"toy {method:>8} seed {seed}: best {psnr[nearest]:5.1f} dB ({names[nearest]}) {seconds:5.1f} s",
+                  file=sys.stderr)
+    summary = {}
+    for method in methods:
+        rs = [r for r in runs if r["method"] == method]
+        best = [max(r["psnr"]) for r in rs]
+        reached = [r["nearest"] for r in rs if max(r["psnr"]) >= args.reach_db]
+        counts = torch.bincount(torch.tensor([r["nearest"] for r in rs]), minlength=len(scenes)).double()
+        p = counts[counts > 0] / counts.sum()
+        summary[method] = {"mean_best_psnr": round(statistics.mean(best), 2),
+                           "distinct_modes": len(set(reached)),
+                           "mode_entropy": round(float(-(p * p.log2()).sum()), 3),
+                           "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
+    if args.figure:
+        _toy_figure(finals, methods, seeds, args.figure)
+    _print_table(summary, len(seeds), args.reach_db)
+    config = {"scenes": names, "methods": methods, "seeds": seeds, "steps": args.steps, "res": args.res,
+              "reach_db": args.reach_db}
+    return {"config": config, "runs": runs, "summary": summary}
+
+
+def _print_table(summary: dict, n_seeds: int, reach_db: float) -> None:
+    print(f"\n| method | mean nearest-scene PSNR (dB) | distinct scenes reached (≥{reach_db:g} dB) over "
+          f"{n_seeds} seeds | mode entropy (bits) | s / run |", file=sys.stderr)
+    print("|---|---|---|---|---|", file=sys.stderr)
+    for method, s in summary.items():
+        print(f"| {method} | {s['mean_best_psnr']:.1f} | {s['distinct_modes']} | {s['mode_entropy']:.2f} | "
+              f"{s['mean_seconds']:.1f} |", file=sys.stderr)
+
+
+def _toy_figure(finals: dict, methods: list[str], seeds: list[int], path: Path, res: int = 96) -> None:
+    """PNG grid: one row per method, one column per seed, final renders."""
+    import imageio.v3 as iio
+
+    from .distill import preview
+
+    rows = [torch.cat([preview(finals[m, s], res) for s in seeds], dim=1) for m in methods]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().byte().numpy())
+
+
+class PhaseTimer:
+    """``timer(name)`` context managers that add up wall time per phase (ms),
+    synchronising CUDA so GPU work is charged to the phase that queued it."""
+
+    def __init__(self):
+        self.total: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def phase():
+            _sync()
+            t0 = time.perf_counter()
+            yield
+            _sync()
+            self.total[name] = self.total.get(name, 0.0) + 1e3 * (time.perf_counter() - t0)
+
+        return phase()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench_speed(args) -> dict:
+    """Per-step time of the whole loop, broken down by phase."""
+    from .distill import DistillConfig, distill
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.backend == "exact":
+        from .guidance.exact_prior import ExactPrior
+
+        guidance = ExactPrior.from_scene_set("toys").to(device)
+        config = DistillConfig(method=args.method, steps=args.steps + args.warmup, res=args.res,
+                               batch_views=args.batch_views)
+    else:
+        from .guidance.stable_diffusion import build_random_sd21
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+        guidance = build_random_sd21(prompt="a photo of a hamburger", device=device,
+                                     dtype=dtype if device == "cuda" else torch.float32)
+        if args.compile:
+            guidance.unet = torch.compile(guidance.unet)
+        config = DistillConfig.for_stable_diffusion(method=args.method, steps=args.steps + args.warmup,
+                                                    res=args.res, batch_views=args.batch_views,
+                                                    init_splats=args.splats, densify_every=0, preview_every=0)
+    timer = PhaseTimer()
+    marks = []
+
+    def callback(info):
+        marks.append(time.perf_counter())
+        if info.step == args.warmup:
+            timer.total.clear()
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+
+    distill(guidance, config, callback=callback, timer=timer)
+    _sync()
+    steps = len(marks) - args.warmup
+    step_ms = 1e3 * (marks[-1] - marks[args.warmup - 1]) / steps if args.warmup else \
+        1e3 * (marks[-1] - marks[0]) / max(steps - 1, 1)
+    phases = {k: round(v / steps, 2) for k, v in timer.total.items()}
+    total = sum(phases.values())
+    result = {"backend": args.backend, "device": device, "method": args.method, "res": args.res,
+              "batch_views": args.batch_views, "steps_timed": steps, "ms_per_step": round(step_ms, 2),
+              "phases_ms": phases, "phases_share": {k: round(v / total, 3) for k, v in phases.items()},
+              "projected_1000_steps_s": round(step_ms, 2), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+    if args.backend != "exact":
+        result.update(dtype=args.dtype, compile=args.compile, splats=args.splats)
+    if device == "cuda":
+        result["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    for k, v in phases.items():
+        print(f"speed {k:>10}: {v:8.1f} ms/step ({100 * v / total:4.1f} %)", file=sys.stderr)
+    return result
+
+
+COMMANDS = {"render": bench_render, "toy": bench_toy, "speed": bench_speed}
 
 
 def main(argv=None) -> int:
@@ -94,6 +264,29 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path, help="write the result here")
+    p = sub.add_parser("toy", help="CFD vs SDS vs ablations on the exact prior (PSNR, diversity, time)")
+    p.add_argument("--scenes", type=Path, nargs="*", help="reference PLYs (default: a bundled set)")
+    p.add_argument("--scene-set", default="toys")
+    p.add_argument("--max-scenes", type=int, default=3)
+    p.add_argument("--methods", default="cfd,sds,iid,fixed2d")
+    p.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 0,3,5")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--res", type=int, default=32)
+    p.add_argument("--reach-db", type=float, default=25.0, help="PSNR at which a run counts as reaching its scene")
+    p.add_argument("--figure", type=Path, help="write a PNG grid of final renders (method × seed)")
+    p.add_argument("--json", type=Path)
+    p = sub.add_parser("speed", help="per-step time breakdown of the loop")
+    p.add_argument("--backend", choices=["exact", "sd-random"], default="exact")
+    p.add_argument("--method", default="cfd")
+    p.add_argument("--res", type=int, default=32, help="render resolution (SD: 512 for 64² latents)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch-views", type=int, default=1)
+    p.add_argument("--splats", type=int, default=5000, help="initial splats (sd-random)")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16",
+                   help="UNet/VAE dtype on CUDA (CPU always runs fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result = {"command": args.command, "environment": _environment(), **COMMANDS[args.command](args)}
     text = json.dumps(result, indent=2)

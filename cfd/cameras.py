@@ -123,12 +123,16 @@ def orbit(n_frames: int, elevation_deg: float, radius: float, fov_deg: float,
 
 @dataclass(frozen=True)
 class CameraRanges:
-    """The training distribution of views (degrees and world units)."""
+    """The training distribution of views (degrees and world units): uniform in
+    the ranges, or, with ``pool`` > 0, uniform over a fixed pool of that many
+    views drawn once from the ranges (seed 0) — a finite view set lets a
+    guidance memoise per-view work (the exact prior's reference renders)."""
 
     azimuth: tuple[float, float] = (-180.0, 180.0)
     elevation: tuple[float, float] = (-10.0, 45.0)
     radius: tuple[float, float] = (2.5, 2.5)
     fov: tuple[float, float] = (49.0, 49.0)
+    pool: int = 0
 
     @property
     def eval_radius(self) -> float:
@@ -143,7 +147,11 @@ def sample_cameras(n: int, width: int, height: int, generator: torch.Generator,
                    ranges: CameraRanges = CameraRanges()) -> list[Camera]:
     """``n`` views drawn uniformly from ``ranges`` (elevation uniform in degrees),
     reproducibly from ``generator`` (a CPU torch.Generator)."""
-    u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
+    if ranges.pool > 0:
+        pool_u = torch.rand(ranges.pool, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        u = pool_u[torch.randint(ranges.pool, (n,), generator=generator)]
+    else:
+        u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
 
     def lerp(col: int, lo_hi: tuple[float, float]) -> list[float]:
         lo, hi = lo_hi

@@ -41,6 +41,9 @@ class ExactPrior:
         self.background = tuple(float(v) for v in background)
         self.name = name
         self.alphas_cumprod = NoiseSchedule.stable_diffusion().alphas_cumprod
+        self.cache_bytes = 256 * 2**20   # memoised reference renders, see reference_images
+        self._cache: dict = {}
+        self._cached_bytes = 0
 
     @classmethod
     def from_scene_set(cls, set_id: str, **kwargs) -> "ExactPrior":
@@ -57,6 +60,7 @@ class ExactPrior:
     def to(self, device) -> "ExactPrior":
         """Move the reference scenes (renders then run on ``device``); returns self."""
         self.scenes = [s.to(device) for s in self.scenes]
+        self._cache, self._cached_bytes = {}, 0
         return self
 
     def encode(self, rgb: Tensor) -> Tensor:
@@ -70,7 +74,11 @@ class ExactPrior:
     @torch.no_grad()
     def reference_images(self, cameras: list[Camera], width: int, height: int) -> Tensor:
         """X_k(c) [B,K,3,height,width] float32 in [-1,1]: every scene from every camera,
-        rescaled to width × height (the camera's aspect ratio must match)."""
+        rescaled to width × height (the camera's aspect ratio must match).
+
+        Renders are memoised per exact camera (up to ``cache_bytes``), so a
+        training distribution over a finite pool of views (``CameraRanges.pool``)
+        renders each reference view once per prior, not once per step."""
         views = []
         for cam in cameras:
             if (cam.width, cam.height) != (width, height):
@@ -78,8 +86,16 @@ class ExactPrior:
                 if cam.height != height:
                     raise ValueError(f"ExactPrior: camera aspect {cam.width}x{cam.height} does not match "
                                      f"the image size {width}x{height}")
-            views.append(torch.stack([render(s, cam, self.background).rgb.permute(2, 0, 1) for s in self.scenes]))
-        return 2 * torch.stack(views) - 1
+            key = (cam.viewmat.cpu().numpy().tobytes(), cam.K.cpu().numpy().tobytes(), width, height)
+            view = self._cache.get(key)
+            if view is None:
+                view = 2 * torch.stack([render(s, cam, self.background).rgb.permute(2, 0, 1)
+                                        for s in self.scenes]) - 1
+                if self._cached_bytes + view.nbytes <= self.cache_bytes:
+                    self._cache[key] = view
+                    self._cached_bytes += view.nbytes
+            views.append(view)
+        return torch.stack(views)
 
     def _alpha_sigma(self, t: int) -> tuple[float, float]:
         t = int(t)

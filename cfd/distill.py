@@ -1,0 +1,269 @@
+"""The distillation loop: CFD (probability-flow ODE and its SDE variant), SDS and
+the ablations, in one loop that differs only through a time and a noise strategy.
+
+One step τ of N (DESIGN.md §4):
+    t      = t(τ)                                  time strategy
+    c      ~ training camera distribution          seeded by the run's seed
+    x      = encode(render(θ, c))                  differentiable
+    ε̃      = noise(τ, c)                           noise strategy
+    x_t    = α_t x + σ_t ε̃
+    ε̂      = guidance(x_t, t, c)
+    grad   = w(t) (ε̂ − ε̃),  w(t) = σ_t / α_t       (= x − x̂₀: pull x to the predicted clean image)
+    loss   = ½ ‖x − sg(x − grad)‖²;  Adam step on θ; densify/prune on schedule
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from typing import Callable, ContextManager
+
+import torch
+from torch import Tensor
+
+from .cameras import CameraRanges, sample_cameras
+from .gaussians import GaussianScene, densify_and_prune, init_scene, make_optimizer
+from .noise import FixedImageNoise, IIDNoise, NoiseSource, Surface, SurfaceNoise, default_cell_size
+from .render import render
+from .schedule import NoiseSchedule, annealed_timestep, uniform_timestep
+
+METHODS = ("cfd", "cfd-sde", "sds", "iid", "fixed2d")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything that defines a run; the same config and seed give the same scene
+    on CPU, bit for bit. Defaults suit the exact prior at 32–64 px
+    (``for_stable_diffusion()`` gives the SD defaults)."""
+
+    method: str = "cfd"            # cfd | cfd-sde | sds | iid | fixed2d
+    seed: int = 0                  # drives the noise, the camera sequence and SDS's timesteps
+    steps: int = 300
+    res: int = 32                  # render resolution fed to the guidance (pixels)
+    batch_views: int = 1           # views per step
+    t_knots: tuple = ((0.0, 980), (1.0, 20))   # annealed t(τ/N), piecewise linear
+    t_range: tuple = (20, 980)     # SDS: t ~ U[t_min, t_max]
+    gamma: float = 1e-4            # cfd-sde refresh rate per step
+    supersample: int = 4           # noise sub-pixels per side (SD reuses its 8× render)
+    cameras: CameraRanges = CameraRanges()
+    background: str = "white"      # white | black | random (per step)
+    # initial scene: a ball of grey splats; init_seed=None uses the run's seed
+    init_splats: int = 2000
+    init_radius: float = 0.5
+    init_seed: int | None = 0
+    # Adam, per parameter group; the means' lr decays exponentially to lr_means_final
+    lr_means: float = 4e-3
+    lr_means_final: float = 4e-4
+    lr_log_scales: float = 1e-2
+    lr_quats: float = 1e-2
+    lr_opacity: float = 5e-2
+    lr_sh: float = 3e-2
+    adam_betas: tuple = (0.9, 0.99)
+    # densify/prune every `densify_every` steps until `densify_until` × steps (0 = off)
+    densify_every: int = 0
+    densify_until: float = 0.5
+    densify_grad: float = 2e-4     # mean 2D-means gradient norm that triggers clone/split
+    prune_opacity: float = 0.01
+    max_splats: int = 50_000
+    preview_every: int = 0         # steps between preview renders for the callback (0 = off)
+    preview_res: int = 128
+
+    def __post_init__(self):
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if not 1 <= self.steps <= 1 << 16:
+            problems.append(f"steps={self.steps} must be in 1..65536")
+        if not 8 <= self.res <= 2048:
+            problems.append(f"res={self.res} must be in 8..2048")
+        if self.background not in ("white", "black", "random"):
+            problems.append(f"background {self.background!r} must be white, black or random")
+        if not 0 < self.gamma < 1:
+            problems.append(f"gamma={self.gamma} must be in (0, 1)")
+        if self.batch_views < 1 or self.supersample < 1 or self.init_splats < 1:
+            problems.append("batch_views, supersample and init_splats must be ≥ 1")
+        if problems:
+            raise ValueError("DistillConfig: " + "; ".join(problems))
+
+    @staticmethod
+    def for_stable_diffusion(**overrides) -> "DistillConfig":
+        """Defaults for SD-2.1-base: 512² renders (64² latents), t 980 → 300,
+        more splats with densification, random backgrounds."""
+        base = DistillConfig(res=512, steps=1000, t_knots=((0.0, 980), (1.0, 300)), supersample=8,
+                             init_splats=5000, densify_every=100, background="random",
+                             lr_means=1e-3, lr_means_final=2e-5, lr_sh=1e-2, lr_opacity=5e-2,
+                             lr_log_scales=5e-3, lr_quats=5e-3, preview_every=50)
+        return replace(base, **overrides)
+
+
+@dataclass
+class StepInfo:
+    """What the callback sees after each step. Return True from the callback to
+    stop the run cleanly (the scene so far is returned)."""
+
+    step: int                  # 1-based
+    steps: int
+    t: int
+    loss: float                # ½‖grad‖² per pixel of the diffusion image
+    n_splats: int
+    scene: GaussianScene       # the live scene (read only; detach before keeping)
+    preview: Tensor | None = None  # [H,W,3] in [0,1], every preview_every steps
+
+
+# ------------------------------------------------------------- strategies
+
+class AnnealedTime:
+    """Deterministic, monotonically decreasing t(τ/N) through ``knots`` (CFD)."""
+
+    def __init__(self, knots):
+        self.knots = knots
+
+    def __call__(self, step: int, steps: int) -> int:
+        return annealed_timestep(step / max(steps - 1, 1), self.knots)
+
+
+class UniformTime:
+    """t ~ U[t_min, t_max] every step (SDS)."""
+
+    def __init__(self, t_range, generator: torch.Generator):
+        self.t_range, self.generator = t_range, generator
+
+    def __call__(self, step: int, steps: int) -> int:
+        return uniform_timestep(self.generator, *self.t_range)
+
+
+def strategies(config: DistillConfig, cell_size: float, noise_supersample: int):
+    """The (time, noise) strategies of ``config.method``."""
+    seed = config.seed
+    annealed = AnnealedTime(config.t_knots)
+    if config.method == "sds":
+        return UniformTime(config.t_range, torch.Generator().manual_seed(seed + 1)), IIDNoise(seed)
+    noise: NoiseSource = {
+        "cfd": lambda: SurfaceNoise(seed, noise_supersample, cell_size),
+        "cfd-sde": lambda: SurfaceNoise(seed, noise_supersample, cell_size, gamma=config.gamma),
+        "iid": lambda: IIDNoise(seed),
+        "fixed2d": lambda: FixedImageNoise(seed),
+    }[config.method]()
+    return annealed, noise
+
+
+# ------------------------------------------------------------------ loop
+
+def distill(guidance, config: DistillConfig, callback: Callable[[StepInfo], bool | None] | None = None,
+            init: GaussianScene | None = None, timer: Callable[[str], ContextManager] | None = None
+            ) -> GaussianScene:
+    """Optimise a splat scene so its renders follow ``guidance`` (a
+    ``cfd.guidance.Guidance``) by ``config.method``. Returns the final scene
+    (detached), or the scene so far if the callback asked to stop.
+
+    ``init``: a starting scene instead of ``init_scene``; ``timer(name)``: a
+    context manager wrapped around each phase (render, noise, encode, guidance,
+    backward, optimiser), for ``cfd.bench speed``."""
+    timer = timer or (lambda name: nullcontext())
+    device = _guidance_device(guidance)
+    f = guidance.latent_factor
+    if config.res % f:
+        raise ValueError(f"res={config.res} must be a multiple of the guidance's latent factor {f}")
+    noise_res = config.res // f
+    # SD's 8× render already supersamples its latents; pixel-space priors render the surface extra
+    noise_ss = f if f > 1 else config.supersample
+    train_cam = sample_cameras(1, noise_res, noise_res, torch.Generator().manual_seed(0), config.cameras)[0]
+    cell_size = default_cell_size(train_cam, noise_ss)  # one cell size for the whole run
+    times, noise = strategies(config, cell_size, noise_ss)
+    schedule = NoiseSchedule(guidance.alphas_cumprod)
+
+    scene = init if init is not None else init_scene(
+        config.init_splats, seed=config.seed if config.init_seed is None else config.init_seed,
+        radius=config.init_radius)
+    scene = scene.clone().to(device)
+    optimizer = make_optimizer(scene, {"means": config.lr_means, "log_scales": config.lr_log_scales,
+                                       "quats": config.lr_quats, "opacity_logits": config.lr_opacity,
+                                       "sh": config.lr_sh}, betas=config.adam_betas)
+    means_decay = (config.lr_means_final / config.lr_means) ** (1 / max(config.steps - 1, 1))
+    cam_gen = torch.Generator().manual_seed(config.seed)
+    bg_gen = torch.Generator().manual_seed(config.seed + 2)
+    grad2d = torch.zeros(len(scene))
+    seen = torch.zeros(len(scene))
+
+    for step in range(config.steps):
+        t = times(step, config.steps)
+        alpha, sigma = float(schedule.alpha(t)), float(schedule.sigma(t))
+        cameras = sample_cameras(config.batch_views, config.res, config.res, cam_gen, config.cameras)
+        background = _background(config.background, bg_gen)
+
+        with timer("render"):
+            outputs = [render(scene, cam, background) for cam in cameras]
+            rgb = torch.stack([o.rgb for o in outputs]).permute(0, 3, 1, 2)  # [B,3,H,W]
+        with timer("encode"):
+            x = guidance.encode(rgb)                                           # [B,C,h,w]
+        with timer("noise"):
+            surfaces = _surfaces(scene, cameras, outputs, f, noise_ss, background) if noise.needs_surface else None
+            eps = noise.sample(step, tuple(x.shape), surfaces).to(x.device)
+        with timer("guidance"):
+            x_t = alpha * x.detach() + sigma * eps
+            eps_hat = guidance.predict_noise(x_t, t, cameras)
+            grad = (sigma / alpha) * (eps_hat - eps)                          # w(t) = λ_t
+        with timer("backward"):
+            loss = 0.5 * ((x - (x - grad).detach()) ** 2).sum() / len(cameras)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with timer("optimiser"):
+            optimizer.step()
+            optimizer.param_groups[0]["lr"] *= means_decay   # group 0 is "means"
+            scene = _current_scene(optimizer)
+
+        if config.densify_every:
+            with torch.no_grad():
+                for o in outputs:
+                    visible = o.radii > 0
+                    g = o.means2d.grad.norm(dim=-1) * 0.5 * config.res   # gsplat's normalised units
+                    grad2d[visible.cpu()] += g[visible].cpu()
+                    seen[visible.cpu()] += 1
+            if (step + 1) % config.densify_every == 0 and step < config.densify_until * config.steps:
+                scene = densify_and_prune(scene, optimizer, grad2d / seen.clamp_min(1),
+                                          grad_threshold=config.densify_grad, split_scale=0.01 * 2,
+                                          min_opacity=config.prune_opacity, max_scale=0.5,
+                                          generator=torch.Generator().manual_seed(config.seed + step),
+                                          max_splats=config.max_splats)
+                grad2d, seen = torch.zeros(len(scene)), torch.zeros(len(scene))
+
+        if callback is not None:
+            info = StepInfo(step + 1, config.steps, t, loss.item() / grad[0].numel(), len(scene), scene)
+            if config.preview_every and ((step + 1) % config.preview_every == 0 or step + 1 == config.steps):
+                info.preview = preview(scene, config.preview_res)
+            if callback(info):
+                break
+    return scene.detach()
+
+
+def preview(scene: GaussianScene, res: int, azimuth_deg: float = 30.0, elevation_deg: float = 15.0) -> Tensor:
+    """[res,res,3] render of ``scene`` from a fixed front-ish view, white background."""
+    from .cameras import orbit_camera
+
+    with torch.no_grad():
+        return render(scene.detach(), orbit_camera(azimuth_deg, elevation_deg, 2.5, 49, res, res)).rgb.cpu()
+
+
+def _guidance_device(guidance) -> torch.device:
+    device = getattr(guidance, "device", None)
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def _background(kind: str, generator: torch.Generator) -> tuple[float, float, float]:
+    if kind == "random":
+        return tuple(torch.rand(3, generator=generator).tolist())
+    return (1.0, 1.0, 1.0) if kind == "white" else (0.0, 0.0, 0.0)
+
+
+def _surfaces(scene, cameras, outputs, latent_factor: int, supersample: int, background) -> list[Surface]:
+    """Supersampled depth/alpha for the noise: the training render itself when it
+    is exactly ``supersample``× the noise resolution (SD), else an extra render."""
+    if latent_factor == supersample:
+        return [Surface(o.depth.detach(), o.alpha.detach(), c) for o, c in zip(outputs, cameras)]
+    with torch.no_grad():
+        cams = [c.scaled(supersample / latent_factor) for c in cameras]
+        return [Surface(o.depth, o.alpha, c) for o, c in
+                zip((render(scene.detach(), c, background) for c in cams), cams)]
+
+
+def _current_scene(optimizer) -> GaussianScene:
+    return GaussianScene(**{g["name"]: g["params"][0] for g in optimizer.param_groups})

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from cfd.bench import nearest_scene_psnr
+from cfd.distill import METHODS, DistillConfig, distill
+from cfd.guidance.exact_prior import ExactPrior
+from cfd.scenes import load_scene_set
+
+
+@pytest.fixture(scope="module")
+def prior():
+    _, scenes = load_scene_set("toys")
+    return ExactPrior(scenes[:3])
+
+
+def small(**kw):
+    return DistillConfig(steps=kw.pop("steps", 8), res=kw.pop("res", 16), init_splats=kw.pop("init_splats", 300), **kw)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_and_changes_the_scene(prior, method):
+    seen = []
+    scene = distill(prior, small(method=method), callback=lambda info: seen.append(info.t))
+    assert len(seen) == 8 and torch.isfinite(scene.means).all()
+    if method == "sds":
+        assert len(set(seen)) > 1
+    else:
+        assert seen == sorted(seen, reverse=True) and seen[0] == 980 and seen[-1] == 20
+
+
+def test_same_seed_same_scene_bit_for_bit(prior):
+    a = distill(prior, small(method="cfd", seed=3))
+    b = distill(prior, small(method="cfd", seed=3))
+    c = distill(prior, small(method="cfd", seed=4))
+    for name, t in a.tensors().items():
+        assert torch.equal(t, getattr(b, name)), name
+    assert not torch.equal(a.means, c.means)
+
+
+def test_callback_can_stop_and_sees_previews(prior):
+    infos = []
+
+    def stop_at_three(info):
+        infos.append(info)
+        return info.step == 3
+
+    scene = distill(prior, small(preview_every=2, preview_res=24), callback=stop_at_three)
+    assert [i.step for i in infos] == [1, 2, 3]
+    assert infos[1].preview.shape == (24, 24, 3) and infos[0].preview is None
+    assert len(scene) == infos[-1].n_splats and not scene.means.requires_grad
+
+
+def test_densification_grows_and_prunes(prior):
+    config = small(steps=12, densify_every=4, densify_until=1.0, densify_grad=0.0, prune_opacity=0.0)
+    sizes = []
+    distill(prior, config, callback=lambda info: sizes.append(info.n_splats))
+    assert sizes[0] == 300 and sizes[-1] > 300
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="method 'sdx'"):
+        DistillConfig(method="sdx")
+    with pytest.raises(ValueError, match="steps=0"):
+        DistillConfig(steps=0)
+
+
+def test_cfd_is_sharper_and_more_diverse_than_sds(prior):
+    """A cheap version of the toy benchmark's claims (the full table is in the bench)."""
+    best = {}
+    for method in ("cfd", "sds"):
+        results = []
+        for seed in range(3):
+            scene = distill(prior, DistillConfig(method=method, seed=seed, steps=150, res=32, init_splats=1000))
+            results.append(nearest_scene_psnr(scene, prior.scenes, 32))
+        best[method] = results
+    cfd_best = [max(p) for p in best["cfd"]]
+    sds_best = [max(p) for p in best["sds"]]
+    assert sum(cfd_best) / 3 >= sum(sds_best) / 3 + 2.0, (cfd_best, sds_best)
+    assert len({max(range(3), key=p.__getitem__) for p in best["cfd"]}) >= 2
