@@ -78,7 +78,8 @@ def bench_render(args) -> dict:
         results.append(row)
         print(f"render {n:>6} splats {res:>4}²: fwd {fwd:7.1f} ms  fwd+bwd {both:7.1f} ms", file=sys.stderr)
     target = next(r for r in results if r["splats"] == 20_000 and r["res"] == 128)
-    return {"device": device, "runs": results,
+    parity = _gsplat_parity() if torch.cuda.is_available() else None
+    return {"device": device, "runs": results, "gsplat_parity": parity,
             "target": {"what": "forward+backward, 20k splats, 128², CPU", "limit_ms": 400,
                        "measured_ms": target["forward_backward_ms"],
                        "met": device != "cpu" or target["forward_backward_ms"] <= 400}}
@@ -176,6 +177,80 @@ def _toy_figure(finals: dict, methods: list[str], seeds: list[int], path: Path, 
     iio.imwrite(path, (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().byte().numpy())
 
 
+def _noise_scenes() -> dict:
+    """The noise benchmark's scenes: a splat sphere shell and a random blob."""
+    import math
+
+    from .gaussians import make_scene
+
+    g = torch.Generator().manual_seed(0)
+    n = 6000
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    spacing = 0.5 * math.sqrt(4 * math.pi / n)
+    shell = make_scene(0.5 * d, torch.full((n, 3), 0.7 * spacing), torch.rand(n, 3, generator=g),
+                       torch.full((n,), 0.9))
+    blob = init_scene(5000, seed=3, radius=0.6, opacity=0.8)
+    blob.log_scales = torch.log(torch.rand(5000, 3, generator=g) * 0.04 + 0.01)
+    blob.quats = torch.randn(5000, 4, generator=g)
+    return {"shell": shell, "blob": blob}
+
+
+def bench_noise(args) -> dict:
+    """Per-view statistics, cross-view consistency and cost of the consistent noise."""
+    from scipy import stats
+
+    from .noise import FixedImageNoise, IIDNoise, consistent_noise, cross_view_correlation, default_cell_size, \
+        noise_from_surface
+    from .render import render
+
+    res, s = args.res, args.supersample
+    cam_a, cam_b = orbit_camera(0, 10, 2.5, 49, res, res), orbit_camera(5, 10, 2.5, 49, res, res)
+    cell = default_cell_size(cam_a, s)
+    out = {"res": res, "supersample": s, "cell_size": cell, "scenes": {}}
+    for name, scene in _noise_scenes().items():
+        ra, rb = render(scene, cam_a), render(scene, cam_b)
+
+        def corr(na, nb):
+            return round(cross_view_correlation(na, nb, cam_a, cam_b, ra.depth, ra.alpha, rb.depth, rb.alpha)[0], 4)
+
+        n = consistent_noise(scene, cam_a, seed=0, supersample=s, cell_size=cell)
+        flat = n.reshape(-1)
+        view = {"mean": round(float(flat.mean()), 4), "var": round(float(flat.var()), 4),
+                "neighbour_corr_x": round(float(torch.corrcoef(torch.stack(
+                    [n[:, :, 1:].reshape(-1), n[:, :, :-1].reshape(-1)]))[0, 1]), 4),
+                "neighbour_corr_y": round(float(torch.corrcoef(torch.stack(
+                    [n[:, 1:].reshape(-1), n[:, :-1].reshape(-1)]))[0, 1]), 4),
+                "ks_pvalue": round(float(stats.kstest(flat.numpy(), "norm").pvalue), 4), "samples": flat.numel()}
+        cross = {}
+        for method in ("cubemap", "lattice"):
+            na = consistent_noise(scene, cam_a, seed=0, supersample=s, cell_size=cell, method=method)
+            nb = consistent_noise(scene, cam_b, seed=0, supersample=s, cell_size=cell, method=method)
+            cross[f"consistent_{method}"] = corr(na, nb)
+        cross["consistent_other_seed"] = corr(n, consistent_noise(scene, cam_b, seed=1, supersample=s, cell_size=cell))
+        iid = IIDNoise(0).sample(0, (2, 4, res, res))
+        fixed = FixedImageNoise(0).sample(0, (2, 4, res, res))
+        cross["iid"], cross["fixed2d"] = corr(iid[0], iid[1]), corr(fixed[0], fixed[1])
+        out["scenes"][name] = {"per_view": view, "cross_view_5deg": cross}
+        print(f"noise {name}: {view} {cross}", file=sys.stderr)
+
+    # cost: one 64×64×4 draw at 8× supersampling vs one 512² render+backward (20k splats)
+    scene = bench_scene(20_000).requires_grad_(True)
+    cam = orbit_camera(30, 20, 2.5, 49, 512, 512)
+    with torch.no_grad():
+        surf = render(scene, cam)
+    draw = _timeit(lambda: noise_from_surface(surf.depth, surf.alpha, cam, 0, supersample=8), args.repeats)
+
+    def render_backward():
+        o = render(scene, cam)
+        o.rgb.sum().backward()
+
+    step = _timeit(render_backward, max(1, args.repeats // 3))
+    out["cost"] = {"noise_64x64x4_ss8_ms": round(draw, 1), "render_backward_512_20k_ms": round(step, 1),
+                   "ratio": round(draw / step, 4), "limit": 0.10}
+    print(f"noise cost: {draw:.1f} ms vs render+backward {step:.1f} ms ({100 * draw / step:.1f} %)", file=sys.stderr)
+    return out
+
+
 class PhaseTimer:
     """``timer(name)`` context managers that add up wall time per phase (ms),
     synchronising CUDA so GPU work is charged to the phase that queued it."""
@@ -254,7 +329,23 @@ def bench_speed(args) -> dict:
     return result
 
 
-COMMANDS = {"render": bench_render, "toy": bench_toy, "speed": bench_speed}
+def _gsplat_parity() -> dict:
+    """Max abs difference between our CPU renderer and gsplat's CUDA kernels."""
+    from .render import render
+
+    diffs = []
+    for seed in range(3):
+        scene = init_scene(5000, seed=seed, radius=0.7, sh_degree=3, opacity=0.5)
+        scene.sh[:, 1:] = 0.2 * torch.randn(scene.sh[:, 1:].shape, generator=torch.Generator().manual_seed(seed))
+        cam = orbit_camera(40 * seed, 10, 2.5, 49, 128, 96)
+        with torch.no_grad():
+            cpu, gpu = render(scene, cam), render(scene.to("cuda"), cam)
+        diffs.append({"rgb": float((cpu.rgb - gpu.rgb.cpu()).abs().max()),
+                      "alpha": float((cpu.alpha - gpu.alpha.cpu()).abs().max())})
+    return {"scenes": diffs, "max_rgb": max(d["rgb"] for d in diffs), "limit": 1e-3}
+
+
+COMMANDS = {"render": bench_render, "noise": bench_noise, "toy": bench_toy, "speed": bench_speed}
 
 
 def main(argv=None) -> int:
@@ -264,6 +355,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path, help="write the result here")
+    p = sub.add_parser("noise", help="consistent noise: per-view statistics, cross-view correlation, cost")
+    p.add_argument("--res", type=int, default=64)
+    p.add_argument("--supersample", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", type=Path)
     p = sub.add_parser("toy", help="CFD vs SDS vs ablations on the exact prior (PSNR, diversity, time)")
     p.add_argument("--scenes", type=Path, nargs="*", help="reference PLYs (default: a bundled set)")
     p.add_argument("--scene-set", default="toys")

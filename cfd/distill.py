@@ -43,11 +43,13 @@ class DistillConfig:
     t_knots: tuple = ((0.0, 980), (1.0, 20))   # annealed t(τ/N), piecewise linear
     t_range: tuple = (20, 980)     # SDS: t ~ U[t_min, t_max]
     gamma: float = 1e-4            # cfd-sde refresh rate per step
-    supersample: int = 4           # noise sub-pixels per side (SD reuses its 8× render)
-    cameras: CameraRanges = CameraRanges()
+    supersample: int = 2           # noise sub-pixels per side (SD reuses its 8× render)
+    # training views; the exact prior's default is a pool of 64 views so its
+    # reference renders are memoised (for_stable_diffusion samples continuously)
+    cameras: CameraRanges = CameraRanges(pool=64)
     background: str = "white"      # white | black | random (per step)
     # initial scene: a ball of grey splats; init_seed=None uses the run's seed
-    init_splats: int = 2000
+    init_splats: int = 1000
     init_radius: float = 0.5
     init_seed: int | None = 0
     # Adam, per parameter group; the means' lr decays exponentially to lr_means_final
@@ -63,6 +65,8 @@ class DistillConfig:
     densify_until: float = 0.5
     densify_grad: float = 2e-4     # mean 2D-means gradient norm that triggers clone/split
     prune_opacity: float = 0.01
+    split_scale: float = 0.02      # grown splats larger than this (world units) are split, smaller cloned
+    prune_scale: float = 0.5       # splats larger than this are pruned
     max_splats: int = 50_000
     preview_every: int = 0         # steps between preview renders for the callback (0 = off)
     preview_res: int = 128
@@ -89,6 +93,7 @@ class DistillConfig:
         """Defaults for SD-2.1-base: 512² renders (64² latents), t 980 → 300,
         more splats with densification, random backgrounds."""
         base = DistillConfig(res=512, steps=1000, t_knots=((0.0, 980), (1.0, 300)), supersample=8,
+                             cameras=CameraRanges(),
                              init_splats=5000, densify_every=100, background="random",
                              lr_means=1e-3, lr_means_final=2e-5, lr_sh=1e-2, lr_opacity=5e-2,
                              lr_log_scales=5e-3, lr_quats=5e-3, preview_every=50)
@@ -215,13 +220,13 @@ def distill(guidance, config: DistillConfig, callback: Callable[[StepInfo], bool
             with torch.no_grad():
                 for o in outputs:
                     visible = o.radii > 0
-                    g = o.means2d.grad.norm(dim=-1) * 0.5 * config.res   # gsplat's normalised units
+                    g = o.means2d_grad_norm() * 0.5 * config.res   # gsplat's normalised units
                     grad2d[visible.cpu()] += g[visible].cpu()
                     seen[visible.cpu()] += 1
             if (step + 1) % config.densify_every == 0 and step < config.densify_until * config.steps:
                 scene = densify_and_prune(scene, optimizer, grad2d / seen.clamp_min(1),
-                                          grad_threshold=config.densify_grad, split_scale=0.01 * 2,
-                                          min_opacity=config.prune_opacity, max_scale=0.5,
+                                          grad_threshold=config.densify_grad, split_scale=config.split_scale,
+                                          min_opacity=config.prune_opacity, max_scale=config.prune_scale,
                                           generator=torch.Generator().manual_seed(config.seed + step),
                                           max_splats=config.max_splats)
                 grad2d, seen = torch.zeros(len(scene)), torch.zeros(len(scene))

@@ -34,14 +34,22 @@ EXTENT_SIGMAS = 3.33
 class RenderOutput:
     """rgb [H,W,3] in [0,1] over the background; alpha [H,W] in [0,1]; depth [H,W]
     expected camera z (0 where nothing is hit); means2d [N,2] projected centres in
-    pixels (grad retained for densification when it requires grad); radii [N]
-    screen extent in pixels (0 = not visible)."""
+    pixels ([1,N,2] from gsplat; grad retained for densification, read it with
+    ``means2d_grad_norm``); radii [N] screen extent in pixels (0 = not visible)."""
 
     rgb: Tensor
     alpha: Tensor
     depth: Tensor
     means2d: Tensor
     radii: Tensor
+
+    def means2d_grad_norm(self) -> Tensor:
+        """[N] norm of the loss gradient w.r.t. the projected centres (pixels), after
+        backward; zeros when none reached them. Drives densification."""
+        grad = self.means2d.grad
+        if grad is None:
+            return torch.zeros(self.radii.shape[0], device=self.radii.device)
+        return grad.reshape(-1, 2).norm(dim=-1)
 
 
 def render(scene: GaussianScene, camera: Camera, background=(1.0, 1.0, 1.0), *,
@@ -73,8 +81,8 @@ def _render_gsplat(scene: GaussianScene, camera: Camera, bg: Tensor) -> RenderOu
         means2d.retain_grad()
     rgb = colors[0, ..., :3] + (1 - alpha)[..., None] * bg
     depth = torch.where(alpha > 0, colors[0, ..., 3], torch.zeros_like(alpha))
-    return RenderOutput(rgb, alpha, depth, means2d[0] if means2d.dim() == 3 else means2d,
-                        meta["radii"][0].amax(-1) if meta["radii"].dim() == 3 else meta["radii"][0])
+    radii = meta["radii"][0]
+    return RenderOutput(rgb, alpha, depth, means2d, radii.amax(-1) if radii.dim() == 2 else radii)
 
 
 # ------------------------------------------------------------------ CPU path

@@ -13,7 +13,7 @@ RES = 24
 
 @pytest.fixture(scope="module")
 def prior() -> ExactPrior:
-    return ExactPrior.from_scene_set(FIRST_SET)
+    return ExactPrior.from_scene_set(FIRST_SET, supersample=1)
 
 
 def cameras(n: int, seed: int = 0, res: int = RES):
@@ -116,3 +116,14 @@ def test_bad_inputs_are_refused(prior):
         prior.predict_noise(x_t, 1000, cameras(2))
     with pytest.raises(ValueError, match="unknown scene set"):
         ExactPrior.from_scene_set("nope")
+
+
+def test_supersampled_prior_box_filters_renders_and_references():
+    coarse = ExactPrior.from_scene_set(FIRST_SET, supersample=2)
+    assert coarse.latent_factor == 2
+    cam = cameras(1, res=2 * RES)[0]
+    fine = torch.stack([render(s, cam, coarse.background).rgb.permute(2, 0, 1) for s in coarse.scenes])
+    expected = 2 * torch.nn.functional.avg_pool2d(fine, 2) - 1
+    torch.testing.assert_close(coarse.reference_images([cam], RES, RES)[0], expected)
+    rgb = torch.rand(1, 3, 2 * RES, 2 * RES)
+    assert coarse.encode(rgb).shape == (1, 3, RES, RES) and coarse.decode(coarse.encode(rgb)).shape == rgb.shape

@@ -24,14 +24,21 @@ from cfd.schedule import NoiseSchedule
 
 
 class ExactPrior:
-    """Guidance (see ``cfd.guidance.base``) in [-1, 1] pixel space, C = 3, f = 1,
-    on Stable Diffusion's noise schedule."""
+    """Guidance (see ``cfd.guidance.base``) in [-1, 1] pixel space, C = 3, on
+    Stable Diffusion's noise schedule.
+
+    ``supersample`` = f: images are renders at f× the diffusion resolution,
+    box-filtered down by f (``encode``; the references the same way). f = 2
+    antialiases and, like SD's 8× VAE, hands the loop a render that already
+    supersamples the noise, so no extra render is needed for it."""
 
     channels = 3
-    latent_factor = 1
 
     def __init__(self, scenes: list[GaussianScene], background=(1.0, 1.0, 1.0), name: str = "Exact prior",
-                 names: list[str] | None = None):
+                 names: list[str] | None = None, supersample: int = 2):
+        if supersample < 1:
+            raise ValueError(f"ExactPrior: supersample must be ≥ 1, got {supersample}")
+        self.latent_factor = int(supersample)
         if not scenes:
             raise ValueError("ExactPrior needs at least one reference scene")
         if names is not None and len(names) != len(scenes):
@@ -64,33 +71,38 @@ class ExactPrior:
         return self
 
     def encode(self, rgb: Tensor) -> Tensor:
-        """rgb [B,3,H,W] in [0,1] → x [B,3,H,W] in [-1,1] (differentiable)."""
-        return 2 * rgb - 1
+        """rgb [B,3,H,W] in [0,1] → x [B,3,H/f,W/f] in [-1,1] (f×f box filter; differentiable)."""
+        f = self.latent_factor
+        return 2 * (torch.nn.functional.avg_pool2d(rgb, f) if f > 1 else rgb) - 1
 
     def decode(self, x: Tensor) -> Tensor:
-        """x [B,3,H,W] → rgb [B,3,H,W] in [0,1]."""
-        return ((x.detach() + 1) / 2).clamp(0, 1)
+        """x [B,3,h,w] → rgb [B,3,h·f,w·f] in [0,1] (nearest upsampling)."""
+        rgb = ((x.detach() + 1) / 2).clamp(0, 1)
+        f = self.latent_factor
+        return torch.nn.functional.interpolate(rgb, scale_factor=f, mode="nearest") if f > 1 else rgb
 
     @torch.no_grad()
     def reference_images(self, cameras: list[Camera], width: int, height: int) -> Tensor:
         """X_k(c) [B,K,3,height,width] float32 in [-1,1]: every scene from every camera,
-        rescaled to width × height (the camera's aspect ratio must match).
+        rendered at f× width × height and box-filtered (the camera's aspect ratio
+        must match).
 
         Renders are memoised per exact camera (up to ``cache_bytes``), so a
         training distribution over a finite pool of views (``CameraRanges.pool``)
         renders each reference view once per prior, not once per step."""
         views = []
+        f = self.latent_factor
         for cam in cameras:
-            if (cam.width, cam.height) != (width, height):
-                cam = cam.scaled(width / cam.width)
-                if cam.height != height:
+            if (cam.width, cam.height) != (f * width, f * height):
+                cam = cam.scaled(f * width / cam.width)
+                if cam.height != f * height:
                     raise ValueError(f"ExactPrior: camera aspect {cam.width}x{cam.height} does not match "
                                      f"the image size {width}x{height}")
             key = (cam.viewmat.cpu().numpy().tobytes(), cam.K.cpu().numpy().tobytes(), width, height)
             view = self._cache.get(key)
             if view is None:
-                view = 2 * torch.stack([render(s, cam, self.background).rgb.permute(2, 0, 1)
-                                        for s in self.scenes]) - 1
+                view = self.encode(torch.stack([render(s, cam, self.background).rgb.permute(2, 0, 1)
+                                                for s in self.scenes]))
                 if self._cached_bytes + view.nbytes <= self.cache_bytes:
                     self._cache[key] = view
                     self._cached_bytes += view.nbytes
