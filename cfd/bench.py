@@ -321,7 +321,11 @@ def bench_speed(args) -> dict:
               "phases_ms": phases, "phases_share": {k: round(v / total, 3) for k, v in phases.items()},
               "projected_1000_steps_s": round(step_ms, 2), "peak_rss_mb": round(_peak_rss_mb(), 1)}
     if args.backend != "exact":
-        result.update(dtype=args.dtype, compile=args.compile, splats=args.splats)
+        latents = torch.randn(1, guidance.channels, args.res // guidance.latent_factor,
+                              args.res // guidance.latent_factor, device=device)
+        with torch.no_grad():
+            decode_ms = _timeit(lambda: guidance.decode(latents), 2)
+        result.update(dtype=args.dtype, compile=args.compile, splats=args.splats, decode_ms=round(decode_ms, 1))
     if device == "cuda":
         result["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     for k, v in phases.items():
