@@ -22,8 +22,10 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt $(STAMP)
 run: $(STAMP)
 	$(PY) app.py
 
+# one intra-op thread: the suite is many small tensor ops, which run several
+# times slower with two threads on these 2-core machines
 test: $(DEV_STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) -m cfd.bench render --json outputs/bench_render.json
