@@ -8,7 +8,8 @@ faces, a square grid on each; ``method="cubemap"``), so the jitter of a splat
 surface's expected depth between views — which moves points along the viewing
 ray, mostly towards or away from the origin — rarely moves a point into
 another cell. (A plain 3D lattice, ``method="lattice"``, is kept for the
-benchmark: it is destroyed by that jitter.)
+benchmark: every depth wobble can move its points across cell boundaries; it
+measured 0.52–0.53 cross-view correlation against the cube map's 0.55–0.59.)
 
 Every cell holds an i.i.d. N(0, 1) value per channel, a counter-based hash of
 (seed, cell, channel) — no tables, any number of cells. Each cell seen by a
