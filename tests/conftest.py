@@ -1,14 +1,10 @@
 """Shared fixtures: tiny offline SD folders; the ``slow`` marker and ``--runslow``."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-from tiny_sd import build_tiny_sd  # noqa: E402
+from tiny_sd import build_tiny_sd
 
 
 def pytest_addoption(parser):
