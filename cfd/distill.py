@@ -111,10 +111,15 @@ class StepInfo:
     step: int                  # 1-based
     steps: int
     t: int
-    loss: float                # ½‖grad‖² per pixel of the diffusion image
+    loss_tensor: Tensor        # ½‖grad‖² per pixel of the diffusion image (0-dim, on the device)
     n_splats: int
     scene: GaussianScene       # the live scene (read only; detach before keeping)
     preview: Tensor | None = None  # [H,W,3] in [0,1], every preview_every steps
+
+    @property
+    def loss(self) -> float:
+        """The loss as a float (a host sync on CUDA: read it at a throttled rate)."""
+        return float(self.loss_tensor)
 
 
 # ------------------------------------------------------------- strategies
@@ -194,8 +199,8 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
     means_decay = (config.lr_means_final / config.lr_means) ** (1 / max(config.steps - 1, 1))
     cam_gen = torch.Generator().manual_seed(config.seed)
     bg_gen = torch.Generator().manual_seed(config.seed + 2)
-    grad2d = torch.zeros(len(scene))
-    seen = torch.zeros(len(scene))
+    grad2d = torch.zeros(len(scene), device=device)   # densification statistics, kept on the device
+    seen = torch.zeros(len(scene), device=device)
 
     for step in range(config.steps):
         t = times(step, config.steps)
@@ -229,18 +234,18 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
                 for o in outputs:
                     visible = o.radii > 0
                     g = o.means2d_grad_norm() * 0.5 * config.res   # gsplat's normalised units
-                    grad2d[visible.cpu()] += g[visible].cpu()
-                    seen[visible.cpu()] += 1
+                    grad2d[visible] += g[visible]
+                    seen[visible] += 1
             if (step + 1) % config.densify_every == 0 and step < config.densify_until * config.steps:
                 scene = densify_and_prune(scene, optimizer, grad2d / seen.clamp_min(1),
                                           grad_threshold=config.densify_grad, split_scale=config.split_scale,
                                           min_opacity=config.prune_opacity, max_scale=config.prune_scale,
                                           generator=torch.Generator().manual_seed(config.seed + step),
                                           max_splats=config.max_splats)
-                grad2d, seen = torch.zeros(len(scene)), torch.zeros(len(scene))
+                grad2d, seen = torch.zeros(len(scene), device=device), torch.zeros(len(scene), device=device)
 
         if callback is not None:
-            info = StepInfo(step + 1, config.steps, t, loss.item() / grad[0].numel(), len(scene), scene)
+            info = StepInfo(step + 1, config.steps, t, loss.detach() / grad[0].numel(), len(scene), scene)
             if config.preview_every and ((step + 1) % config.preview_every == 0 or step + 1 == config.steps):
                 info.preview = preview(scene, config.preview_res)
             if callback(info):

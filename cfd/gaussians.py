@@ -286,23 +286,24 @@ def densify_and_prune(scene: GaussianScene, optimizer: torch.optim.Adam, grad2d:
         candidates = grad2d > grad_threshold
         budget = max(0, max_splats - n)
         order = torch.argsort(grad2d, descending=True)
-        chosen = torch.zeros(n, dtype=torch.bool)
+        dev = scene.device
+        chosen = torch.zeros(n, dtype=torch.bool, device=dev)
         chosen[order[: min(budget, int(candidates.sum()))]] = True
         grow = candidates & chosen
         clone, split = grow & ~big, grow & big
 
-        idx_all = torch.arange(n)
+        idx_all = torch.arange(n, device=dev)
         source = torch.cat([idx_all, idx_all[clone], idx_all[split]])
         values = {name: getattr(scene, name).detach()[source].clone() for name in PARAM_NAMES}
         # split: both halves (the original row and its new copy) get a sample offset and smaller scales
-        split_rows = torch.cat([idx_all[split], n + int(clone.sum()) + torch.arange(int(split.sum()))])
+        split_rows = torch.cat([idx_all[split], n + int(clone.sum()) + torch.arange(int(split.sum()), device=dev)])
         if len(split_rows):
             s = values["log_scales"][split_rows].exp()
             R = quat_to_rotmat(values["quats"][split_rows])
-            offset = torch.randn(len(split_rows), 3, generator=generator) * s
+            offset = torch.randn(len(split_rows), 3, generator=generator).to(dev) * s
             values["means"][split_rows] += (R @ offset[:, :, None])[:, :, 0]
             values["log_scales"][split_rows] -= math.log(1.6)
-        fresh = torch.zeros(len(source), dtype=torch.bool)
+        fresh = torch.zeros(len(source), dtype=torch.bool, device=dev)
         fresh[n:] = True
         opacity = torch.sigmoid(values["opacity_logits"])
         scale = values["log_scales"].exp().max(dim=1).values

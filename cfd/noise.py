@@ -111,7 +111,7 @@ def cell_values(cells: Tensor, seed: int, channels: int, step: int = 0, gamma: f
     exactly on a dyadic tree of AR(1) bridges (see the module doc).
     """
     base = mix64(cells ^ mix64(torch.tensor(seed, dtype=torch.int64)))
-    keys = base[:, None] + torch.arange(channels, dtype=torch.int64) * _GOLDEN  # [M, C]
+    keys = base[:, None] + torch.arange(channels, dtype=torch.int64, device=cells.device) * _GOLDEN  # [M, C]
     value = hash_normal(mix64(keys))  # node 0: W(T_0) = W(1)
     if gamma <= 0 or step == 0:
         return value
@@ -168,7 +168,7 @@ def assign_cells(cells: Tensor, pixels: Tensor, n_pixels: int) -> tuple[Tensor, 
     pair_cell = pairs // n_pixels
     order = torch.argsort(-counts, stable=True)
     order = order[torch.argsort(pair_cell[order], stable=True)]
-    first = torch.ones(len(order), dtype=torch.bool)
+    first = torch.ones(len(order), dtype=torch.bool, device=cells.device)
     first[1:] = pair_cell[order][1:] != pair_cell[order][:-1]
     return uniq_cells, (pairs[order] % n_pixels)[first]
 
@@ -190,12 +190,13 @@ def noise_from_surface(depth: Tensor, alpha: Tensor, camera: Camera, seed: int, 
         raise ValueError(f"render size {sW}×{sH} is not a multiple of supersample={s}")
     H, W = sH // s, sW // s
     n_pix = H * W
-    depth, alpha = depth.detach().float().cpu(), alpha.detach().float().cpu()
-    cam = camera.to("cpu")
+    dev = depth.device  # runs where the render is (no host round trip on CUDA)
+    depth, alpha = depth.detach().float(), alpha.detach().float()
+    cam = camera.to(dev)
     if cell_size is None:
         cell_size = default_cell_size(cam.scaled(1 / s), s)
-    rows = torch.arange(sH) // s
-    cols = torch.arange(sW) // s
+    rows = torch.arange(sH, device=dev) // s
+    cols = torch.arange(sW, device=dev) // s
     pixel_of = (rows[:, None] * W + cols[None, :]).reshape(-1)
 
     surface = (alpha > SURFACE_ALPHA).reshape(-1)
@@ -207,21 +208,21 @@ def noise_from_surface(depth: Tensor, alpha: Tensor, camera: Camera, seed: int, 
     uniq_cells, owner = assign_cells(cells, pix, n_pix)
 
     # background sub-samples: one image-space cell per pixel; pixels with no cell get their own
-    has_background = torch.zeros(n_pix, dtype=torch.bool)
+    has_background = torch.zeros(n_pix, dtype=torch.bool, device=dev)
     has_background[pixel_of[~surface]] = True
-    n_cells = torch.zeros(n_pix, dtype=torch.long).index_add_(0, owner, torch.ones_like(owner))
+    n_cells = torch.zeros(n_pix, dtype=torch.long, device=dev).index_add_(0, owner, torch.ones_like(owner))
     orphan = (n_cells == 0) & ~has_background
-    pixel_ids = torch.arange(n_pix, dtype=torch.int64)
+    pixel_ids = torch.arange(n_pix, dtype=torch.int64, device=dev)
     extra_keys = torch.cat([_TAG_BACKGROUND | pixel_ids[has_background], _TAG_ORPHAN | pixel_ids[orphan]])
     extra_pix = torch.cat([pixel_ids[has_background], pixel_ids[orphan]])
 
     keys = torch.cat([uniq_cells, extra_keys])
     pix_all = torch.cat([owner, extra_pix])
     values = cell_values(keys, seed, channels, step, gamma)                # [M', C]
-    total = torch.zeros(n_pix, channels).index_add_(0, pix_all, values)
-    count = torch.zeros(n_pix).index_add_(0, pix_all, torch.ones(len(pix_all)))
+    total = torch.zeros(n_pix, channels, device=dev).index_add_(0, pix_all, values)
+    count = torch.zeros(n_pix, device=dev).index_add_(0, pix_all, torch.ones(len(pix_all), device=dev))
     noise = total / count.sqrt()[:, None]
-    return noise.T.reshape(channels, H, W).contiguous().to(camera.device)
+    return noise.T.reshape(channels, H, W).contiguous()
 
 
 def consistent_noise(scene: GaussianScene, camera: Camera, seed: int, channels: int = 4,
