@@ -25,6 +25,7 @@ run: $(STAMP)
 # one intra-op thread: the suite is many small tensor ops, which run several
 # times slower with two threads on these 2-core machines
 test: $(DEV_STAMP)
+	sh scripts/setup_browser.sh
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 bench: $(STAMP)

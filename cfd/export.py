@@ -222,7 +222,7 @@ def flip_scene_y(scene: GaussianScene) -> GaussianScene:
     return GaussianScene(means, s.log_scales.clone(), quats, s.opacity_logits.clone(), s.sh.clone())
 
 
-def save_viewer_ply(scene: GaussianScene, path, flip_y: bool = True) -> Path:
+def save_viewer_ply(scene: GaussianScene, path, flip_y: bool = True, scale: float = 0.5) -> Path:
     """Write the PLY for gradio's ``gr.Model3D`` splat viewer (gsplat.js) and
     return its path.
 
@@ -238,10 +238,15 @@ def save_viewer_ply(scene: GaussianScene, path, flip_y: bool = True) -> Path:
         reflected). This also brings our front (+z, azimuth 0) to −z, where
         gsplat.js's orbit camera starts (alpha = 0). ``flip_y=False`` writes the
         world coordinates unchanged (equal to ``save_ply`` of the degree-0 scene).
+    scale: uniform scale about the origin (means and splat sizes), for the viewer
+        only: gradio's viewer has a fixed camera (radius 5, focal ≈ 1132 px) that
+        ignores ``camera_position``, so a unit-ball object would fill its canvas.
     """
     s = scene.detach().to("cpu").with_sh_degree(0)
     if flip_y:
         s = flip_scene_y(s)
+    if scale != 1.0:
+        s = GaussianScene(s.means * scale, s.log_scales + math.log(scale), s.quats, s.opacity_logits, s.sh)
     path = Path(path)
     save_ply(s, path)
     return path

@@ -127,7 +127,7 @@ def test_viewer_ply_has_only_dc_fields(tmp_path, small_scene):
 
     scene = small_scene.with_sh_degree(3)
     scene.sh[:, 1:] = 0.3
-    path = save_viewer_ply(scene, tmp_path / "viewer.ply")
+    path = save_viewer_ply(scene, tmp_path / "viewer.ply", scale=1.0)
     vertex = PlyData.read(str(path))["vertex"]
     assert [p.name for p in vertex.properties] == INRIA_DC_NAMES
     assert all(np.dtype(p.val_dtype) == np.float32 for p in vertex.properties)
@@ -138,8 +138,12 @@ def test_viewer_ply_has_only_dc_fields(tmp_path, small_scene):
     assert torch.equal(loaded.opacity_logits, scene.opacity_logits)
     # flipped: y and z negated
     assert torch.equal(loaded.means, scene.means * torch.tensor([1.0, -1.0, -1.0]))
-    unflipped = load_ply(save_viewer_ply(scene, tmp_path / "plain.ply", flip_y=False))
+    unflipped = load_ply(save_viewer_ply(scene, tmp_path / "plain.ply", flip_y=False, scale=1.0))
     assert torch.equal(unflipped.means, scene.means) and torch.equal(unflipped.quats, scene.quats)
+    # the viewer scale shrinks positions and sizes together (a similarity, same look)
+    half = load_ply(save_viewer_ply(scene, tmp_path / "half.ply", flip_y=False, scale=0.5))
+    torch.testing.assert_close(half.means, scene.means * 0.5)
+    torch.testing.assert_close(half.log_scales.exp(), scene.log_scales.exp() * 0.5)
 
 
 def test_viewer_flip_is_a_proper_rotation(small_scene):

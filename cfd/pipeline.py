@@ -1,0 +1,251 @@
+"""One generation into a folder: distil, then export every artefact.
+
+``generate(guidance, config, out_dir)`` runs ``cfd.distill.distill`` and writes
+
+    out_dir/scene.ply     the splats, INRIA layout, full SH (``gaussians.save_ply``)
+    out_dir/viewer.ply    the PLY for a gsplat.js viewer / gr.Model3D (``export.save_viewer_ply``)
+    out_dir/render.mp4    orbit render video (H.264, ``export.orbit_video``)
+    out_dir/noise.mp4     render | the run's consistent noise along the same orbit
+    out_dir/scene.glb     marching-cubes mesh of the splats' density (``export.export_glb``)
+    out_dir/run.json      config, seed, method, timings, versions, n_splats, cancelled flag, …
+
+Atomic: everything is written into a hidden staging folder next to ``out_dir``
+and moved into place only when the run has finished; a failed or cancelled run
+leaves nothing behind (unless ``keep_partial`` asks for the partial scene's
+artefacts). Used by the app and the CLI; nothing here imports gradio.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .distill import DistillConfig, StepInfo, distill
+from .gaussians import GaussianScene, save_ply
+
+__all__ = ["ARTEFACTS", "generate", "nearest_reference", "versions", "config_dict"]
+
+ARTEFACTS = {  # key in the result's "files" → file name in out_dir
+    "scene_ply": "scene.ply",
+    "viewer_ply": "viewer.ply",
+    "render_mp4": "render.mp4",
+    "noise_mp4": "noise.mp4",
+    "glb": "scene.glb",
+    "run_json": "run.json",
+}
+
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the pieces a result depends on."""
+    from . import __version__
+
+    out = {"cfd": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for name in ("gsplat", "diffusers", "numpy"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            out[name] = module.__version__
+    return out
+
+
+def config_dict(config: DistillConfig) -> dict:
+    """``config`` as plain JSON data (tuples become lists)."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+@torch.no_grad()
+def nearest_reference(scene: GaussianScene, guidance, res: int = 64, n_views: int = 8,
+                      elevation_deg: float = 15.0) -> dict | None:
+    """For a guidance with reference scenes (the exact prior: ``reference_images``
+    and ``names``), the PSNR (dB, images in [0, 1]) of ``scene`` to each reference
+    over ``n_views`` orbit views at ``elevation_deg`` (radius/fov of the default
+    training cameras), and the nearest one. None for other guidances."""
+    if not (hasattr(guidance, "reference_images") and hasattr(guidance, "names")):
+        return None
+    from .cameras import CameraRanges, orbit
+    from .render import render
+
+    ranges = CameraRanges()
+    cams = orbit(n_views, elevation_deg, ranges.eval_radius, ranges.eval_fov, res, res)
+    background = tuple(getattr(guidance, "background", (1.0, 1.0, 1.0)))
+    scene = scene.detach().to(guidance.device)
+    ours = torch.stack([render(scene, c, background).rgb.permute(2, 0, 1) for c in cams]).clamp(0, 1)
+    refs = (guidance.reference_images(cams, res, res).to(ours.device) + 1) / 2       # [V,K,3,H,W]
+    mse = (refs - ours[:, None]).square().mean(dim=(0, 2, 3, 4)).clamp_min(1e-12)   # [K]
+    psnr = (-10 * torch.log10(mse)).tolist()
+    best = max(range(len(psnr)), key=psnr.__getitem__)
+    return {"nearest": guidance.names[best], "nearest_psnr": round(psnr[best], 3),
+            "psnr": {name: round(p, 3) for name, p in zip(guidance.names, psnr)}}
+
+
+def _write_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished staging folder's files into ``out_dir`` (renaming the
+    folder itself when ``out_dir`` does not exist yet)."""
+    if not out_dir.exists():
+        staging.replace(out_dir)
+        return
+    for item in staging.iterdir():
+        os.replace(item, out_dir / item.name)
+    staging.rmdir()
+
+
+def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[StepInfo], bool | None] | None = None,
+             video_frames: int = 48, video_res: int = 256, noise_res: int | None = None, glb_resolution: int = 96,
+             should_stop: Callable[[], bool] | None = None, stage_progress: StageProgress | None = None,
+             keep_partial: bool = False, metadata: dict | None = None) -> dict:
+    """Run one generation and write its artefacts (see the module doc) into ``out_dir``.
+
+    guidance: a ``cfd.guidance`` backend; config: the ``DistillConfig`` (its
+        seed drives the run and the noise video).
+    callback: passed on to ``distill`` (return True to stop the run).
+    video_frames, video_res: orbit videos (frames, square pixels). The noise
+        video shows the render next to the run's consistent noise, computed as in
+        training: at ``noise_res`` (default: the guidance's diffusion resolution,
+        res / latent_factor) with the run's supersampling, shown at video_res.
+    glb_resolution: marching-cubes grid points along the longest side.
+    should_stop: polled between export stages; True cancels the run there.
+    stage_progress(stage, done, total): export progress, stage in
+        "render_video", "noise_video", "glb".
+    keep_partial: when the run is stopped early, still write the partial
+        scene's artefacts (run.json says ``"cancelled": true``); by default a
+        cancelled run writes nothing.
+    metadata: extra JSON data stored in run.json (e.g. the prompt).
+
+    Returns ``{"cancelled", "out_dir", "files": {key: path}, "summary": run.json
+    data, "scene": the final (or partial) GaussianScene, on the CPU}``; ``files`` is empty
+    and ``out_dir`` None when a cancelled run wrote nothing. A GLB that cannot
+    be meshed (e.g. a fully transparent scene) is skipped, its reason in
+    ``summary["glb_error"]``; any other error removes the staging folder and
+    propagates.
+    """
+    from . import export
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    stopped = {"by_callback": False, "step": 0}
+    timings: dict[str, float] = {}
+
+    def step_callback(info: StepInfo):
+        stopped["step"] = info.step
+        stop = bool(callback(info)) if callback is not None else False
+        if not stop and should_stop is not None and should_stop():
+            stop = True
+        stopped["by_callback"] = stop
+        return stop
+
+    def cancelled() -> bool:
+        return stopped["by_callback"] or (should_stop is not None and should_stop())
+
+    def stage(name: str):
+        if stage_progress is None:
+            return None
+        return lambda done, total: stage_progress(name, done, total)
+
+    def summary(n_splats: int, is_cancelled: bool, extra: dict) -> dict:
+        return {
+            "method": config.method, "seed": config.seed, "steps": config.steps,
+            "steps_done": stopped["step"], "res": config.res, "cancelled": is_cancelled,
+            "guidance": getattr(guidance, "name", type(guidance).__name__), "n_splats": n_splats,
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            **extra, **(metadata or {}),
+            "config": config_dict(config), "versions": versions(),
+        }
+
+    start = time.perf_counter()
+    try:
+        staging.mkdir()
+        t0 = time.perf_counter()
+        scene = distill(guidance, config, callback=step_callback)
+        timings["distill"] = time.perf_counter() - t0
+        if cancelled() and not keep_partial:
+            shutil.rmtree(staging, ignore_errors=True)
+            timings["total"] = time.perf_counter() - start
+            return {"cancelled": True, "out_dir": None, "files": {}, "summary": summary(len(scene), True, {}),
+                    "scene": scene.detach().to("cpu")}
+        scene = scene.detach()  # stays on the guidance's device: the videos render there (gsplat on CUDA)
+        extra: dict = {}
+        files: dict[str, Path] = {}
+
+        t0 = time.perf_counter()
+        save_ply(scene, staging / ARTEFACTS["scene_ply"])
+        export.save_viewer_ply(scene, staging / ARTEFACTS["viewer_ply"])
+        files["scene_ply"], files["viewer_ply"] = ARTEFACTS["scene_ply"], ARTEFACTS["viewer_ply"]
+        timings["ply"] = time.perf_counter() - t0
+
+        orbit_cache: dict = {}
+
+        def write_render(path):
+            orbit_cache["frames"] = export.orbit_frames(scene, n_frames=video_frames, res=video_res,
+                                                        progress=stage("render_video"))
+            export.write_video(orbit_cache["frames"], path)
+
+        def write_noise(path):
+            # the noise at the training noise resolution, next to the render (reused from the orbit video)
+            noise = export.noise_frames(scene, config.seed, n_frames=video_frames, res=n_res, display_res=video_res,
+                                        channels=int(getattr(guidance, "channels", 4)),
+                                        supersample=n_ss, progress=stage("noise_video"))
+            frames = orbit_cache.get("frames")
+            if frames is None or frames.shape[1:3] != noise.shape[1:3]:
+                frames = export.orbit_frames(scene, n_frames=video_frames, res=video_res)
+            export.write_video(torch.cat([frames, noise], dim=2), path)
+
+        factor = int(getattr(guidance, "latent_factor", 1))
+        n_res = noise_res if noise_res is not None else max(config.res // factor, 8)
+        n_ss = factor if factor > 1 else config.supersample
+        plan = [
+            ("render_video", "render_mp4", write_render),
+            ("noise_video", "noise_mp4", write_noise),
+            ("glb", "glb", lambda p: export.export_glb(scene, p, resolution=glb_resolution)),
+        ]
+        for name, key, write in plan:
+            if cancelled() and not keep_partial:
+                shutil.rmtree(staging, ignore_errors=True)
+                timings["total"] = time.perf_counter() - start
+                return {"cancelled": True, "out_dir": None, "files": {},
+                        "summary": summary(len(scene), True, {}), "scene": scene.to("cpu")}
+            t0 = time.perf_counter()
+            if name == "glb" and stage_progress is not None:
+                stage_progress("glb", 0, 1)
+            try:
+                write(staging / ARTEFACTS[key])
+                files[key] = ARTEFACTS[key]
+            except ValueError as exc:
+                if name != "glb":
+                    raise
+                extra["glb_error"] = str(exc)  # nothing to mesh: the other artefacts still stand
+            timings[name] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        near = nearest_reference(scene, guidance)
+        if near is not None:
+            extra.update(near)
+            timings["nearest"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - start
+        data = summary(len(scene), cancelled(), extra)
+        files["run_json"] = ARTEFACTS["run_json"]
+        data["files"] = dict(files)
+        _write_json(data, staging / ARTEFACTS["run_json"])
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"cancelled": data["cancelled"], "out_dir": out_dir,
+            "files": {k: out_dir / v for k, v in files.items()}, "summary": data, "scene": scene.to("cpu")}
+
