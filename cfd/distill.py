@@ -172,8 +172,8 @@ def distill(guidance, config: DistillConfig, callback: Callable[[StepInfo], bool
     context manager wrapped around each phase (render, noise, encode, guidance,
     backward, optimiser), for ``cfd.bench speed``."""
     timer = timer or (lambda name: nullcontext())
-    device = _guidance_device(guidance)
-    with _intra_op_threads(config.cpu_threads if device.type == "cpu" else None):
+    device = guidance_device(guidance)
+    with cpu_threads(config.cpu_threads if device.type == "cpu" else None):
         return _distill(guidance, config, callback, init, timer, device)
 
 
@@ -262,7 +262,7 @@ def preview(scene: GaussianScene, res: int, azimuth_deg: float = 30.0, elevation
 
 
 @contextmanager
-def _intra_op_threads(n: int | None):
+def cpu_threads(n: int | None):
     """Run with ``n`` torch intra-op threads, restoring the setting afterwards."""
     before = torch.get_num_threads()
     if n:
@@ -273,7 +273,8 @@ def _intra_op_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _guidance_device(guidance) -> torch.device:
+def guidance_device(guidance) -> torch.device:
+    """Where ``guidance`` computes (its ``device`` attribute; CPU if it has none)."""
     device = getattr(guidance, "device", None)
     return torch.device(device) if device is not None else torch.device("cpu")
 

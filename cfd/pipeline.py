@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from .distill import DistillConfig, StepInfo, distill
+from .distill import DistillConfig, StepInfo, cpu_threads, distill, guidance_device
 from .gaussians import GaussianScene, save_ply
 
 __all__ = ["ARTEFACTS", "generate", "nearest_reference", "versions", "config_dict"]
@@ -169,6 +169,8 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         }
 
     start = time.perf_counter()
+    threads = cpu_threads(config.cpu_threads if guidance_device(guidance).type == "cpu" else None)
+    threads.__enter__()  # exports are small-op renders too: same thread policy as the loop
     try:
         staging.mkdir()
         t0 = time.perf_counter()
@@ -246,6 +248,8 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        threads.__exit__(None, None, None)
     return {"cancelled": data["cancelled"], "out_dir": out_dir,
             "files": {k: out_dir / v for k, v in files.items()}, "summary": data, "scene": scene.to("cpu")}
 
