@@ -18,6 +18,7 @@ mp4, run summary, downloads, preview, status); ``/compare`` runs several seeds.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -254,6 +255,11 @@ def validate(prompt, negative_prompt, backend, scene_set, method, seed, steps, g
 # ------------------------------------------------------------------ guidance backends
 
 _SD_LOCK = threading.Lock()          # one SD run at a time: the model (and its prompt) is shared
+
+
+def backend_lock(backend: str):
+    """The lock a run of ``backend`` holds while it lasts (SD's shared model), or none."""
+    return _SD_LOCK if backend == "sd" else contextlib.nullcontext()
 _SD_CACHE: dict[str, StableDiffusionGuidance] = {}
 
 
@@ -447,10 +453,7 @@ def generate(prompt: str = "", seed: int = 0, steps: int = DEFAULTS["exact"]["st
     started = time.perf_counter()
 
     def work(run: Run):
-        lock = _SD_LOCK if req.backend == "sd" else None
-        if lock is not None:
-            lock.acquire()
-        try:
+        with backend_lock(req.backend):
             guidance = make_guidance(req)
             return run_pipeline(guidance, req.config(), run_dir / "result", callback=run.step_callback,
                                 should_stop=run.stop.is_set, stage_progress=run.stage_progress,
@@ -458,9 +461,6 @@ def generate(prompt: str = "", seed: int = 0, steps: int = DEFAULTS["exact"]["st
                                 metadata={"prompt": req.prompt, "negative_prompt": req.negative_prompt,
                                           "backend": req.backend, "scene_set": req.scene_set or None,
                                           "guidance_scale": req.guidance_scale if req.backend == "sd" else None})
-        finally:
-            if lock is not None:
-                lock.release()
 
     try:
         progress(0, desc="Starting")
@@ -539,10 +539,7 @@ def compare(prompt: str = "", seed: int = 0, steps: int = DEFAULTS["exact"]["ste
     started = time.perf_counter()
 
     def work(run: Run):
-        lock = _SD_LOCK if base.backend == "sd" else None
-        if lock is not None:
-            lock.acquire()
-        try:
+        with backend_lock(base.backend):
             guidance = make_guidance(base)
             for i, job in enumerate(jobs):
                 t0 = time.perf_counter()
@@ -553,9 +550,6 @@ def compare(prompt: str = "", seed: int = 0, steps: int = DEFAULTS["exact"]["ste
                 near = nearest_reference(scene, guidance)
                 run.events.put(("result", i, job, img, near, time.perf_counter() - t0))
             return True
-        finally:
-            if lock is not None:
-                lock.release()
 
     gallery, rows = [], []
     try:

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny offline SD folders; the ``slow`` marker and ``--runslow``."""
 from __future__ import annotations
 
+import contextlib
+import socket
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,29 @@ def tiny_sd_model(tmp_path_factory) -> Path:
 def tiny_sd_model_v(tmp_path_factory) -> Path:
     """Folder of the same tiny SD configured for v-prediction."""
     return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd_v"), prediction_type="v_prediction")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_app(runs: Path):
+    """(app module, url): the app on 127.0.0.1 at a free port, its per-request
+    folders under ``runs``, no SD weights reachable (offline, a missing folder)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CFD_RUNS_DIR", str(runs))
+    mp.setenv("CFD_MODEL", str(runs.parent / "no-sd-weights-here"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    import app
+
+    demo = app.build_demo()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                            allowed_paths=[str(app.runs_root())], quiet=True)
+    try:
+        yield app, url
+    finally:
+        demo.close()
+        mp.undo()

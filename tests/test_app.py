@@ -7,7 +7,6 @@ without weights" is the same on every machine.
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from plyfile import PlyData
 
 gradio_client = pytest.importorskip("gradio_client")
+from conftest import served_app  # noqa: E402
 from gradio_client import Client  # noqa: E402
 
 FEW_STEPS = 40          # enough for a recognisable result, seconds on a CPU
@@ -26,32 +26,16 @@ INRIA_FIELDS = {"x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "
                 "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(app module, client, runs folder): the app on 127.0.0.1 at a free port."""
     runs = tmp_path_factory.mktemp("runs")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CFD_RUNS_DIR", str(runs))
-    mp.setenv("CFD_MODEL", str(runs.parent / "no-sd-weights-here"))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    import app
-
-    demo = app.build_demo()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            allowed_paths=[str(app.runs_root())], quiet=True)
-    client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
-    try:
-        yield app, client, runs
-    finally:
-        client.close()
-        demo.close()
-        mp.undo()
+    with served_app(runs) as (app, url):
+        client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+        try:
+            yield app, client, runs
+        finally:
+            client.close()
 
 
 def run_dirs(runs: Path) -> list[Path]:

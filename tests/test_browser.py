@@ -15,10 +15,10 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+from conftest import served_app
 
 CHROMIUM = os.environ.get("CFD_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,29 +33,11 @@ if not os.access(CHROMIUM, os.X_OK):
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip) is not installed")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     runs = tmp_path_factory.mktemp("browser_runs")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CFD_RUNS_DIR", str(runs))
-    mp.setenv("CFD_MODEL", str(runs.parent / "no-sd-weights-here"))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    import app
-
-    demo = app.build_demo()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            allowed_paths=[str(app.runs_root())], quiet=True)
-    try:
+    with served_app(runs) as (_, url):
         yield url, runs
-    finally:
-        demo.close()
-        mp.undo()
 
 
 @pytest.fixture(scope="module")
