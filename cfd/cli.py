@@ -33,10 +33,13 @@ def make_guidance(args):
             return ExactPrior([load_ply(p) for p in args.scenes], names=[p.stem for p in args.scenes],
                               name="Exact prior: " + ", ".join(p.stem for p in args.scenes))
         return ExactPrior.from_scene_set(args.scene_set)
-    from .guidance.stable_diffusion import StableDiffusionGuidance
+    from .guidance.stable_diffusion import StableDiffusionGuidance, check_sd_weights, hub_offline
 
     if not args.prompt or not args.prompt.strip():
         raise ValueError("--prompt is empty; Stable Diffusion needs a text prompt, e.g. --prompt 'a DSLR photo of a hamburger'")
+    if not hub_offline() and check_sd_weights(args.model) is not None:
+        print("Stable Diffusion weights are not on this machine; trying the Hugging Face Hub "
+              "(set HF_HUB_OFFLINE=1 to fail at once, or CFD_MODEL=/path/to/folder) …", file=sys.stderr)
     return StableDiffusionGuidance.from_pretrained(args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
                                                    guidance_scale=args.guidance_scale)
 
