@@ -20,7 +20,7 @@ from typing import Callable, ContextManager
 import torch
 from torch import Tensor
 
-from .cameras import CameraRanges, sample_cameras
+from .cameras import CameraRanges, orbit_camera, sample_cameras
 from .gaussians import GaussianScene, densify_and_prune, init_scene, make_optimizer
 from .noise import FixedImageNoise, IIDNoise, NoiseSource, Surface, SurfaceNoise, default_cell_size
 from .render import render
@@ -184,8 +184,9 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
     noise_res = config.res // f
     # SD's 8× render already supersamples its latents; pixel-space priors render the surface extra
     noise_ss = f if f > 1 else config.supersample
-    train_cam = sample_cameras(1, noise_res, noise_res, torch.Generator().manual_seed(0), config.cameras)[0]
-    cell_size = default_cell_size(train_cam, noise_ss)  # one cell size for the whole run
+    # one cell size for the whole run, from the middle of the training views' radius and fov
+    mid_view = orbit_camera(0.0, 0.0, config.cameras.eval_radius, config.cameras.eval_fov, noise_res, noise_res)
+    cell_size = default_cell_size(mid_view, noise_ss)
     times, noise = strategies(config, cell_size, noise_ss)
     schedule = NoiseSchedule(guidance.alphas_cumprod)
 
@@ -255,8 +256,6 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
 
 def preview(scene: GaussianScene, res: int, azimuth_deg: float = 30.0, elevation_deg: float = 15.0) -> Tensor:
     """[res,res,3] render of ``scene`` from a fixed front-ish view, white background."""
-    from .cameras import orbit_camera
-
     with torch.no_grad():
         return render(scene.detach(), orbit_camera(azimuth_deg, elevation_deg, 2.5, 49, res, res)).rgb.cpu()
 
