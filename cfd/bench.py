@@ -85,23 +85,6 @@ def bench_render(args) -> dict:
                        "met": device != "cpu" or target["forward_backward_ms"] <= 400}}
 
 
-def nearest_scene_psnr(scene, references, res: int, cameras_ranges=None, background=(1.0, 1.0, 1.0)) -> list[float]:
-    """PSNR (dB, images in [0,1]) of ``scene`` against each reference scene over 8
-    orbit views at elevation 15°, radius/fov = the middle of the training ranges."""
-    from .cameras import CameraRanges, orbit
-    from .render import render
-
-    ranges = cameras_ranges or CameraRanges()
-    cams = orbit(8, 15.0, ranges.eval_radius, ranges.eval_fov, res, res)
-    with torch.no_grad():
-        ours = [render(scene, c, background).rgb for c in cams]
-        result = []
-        for ref in references:
-            mse = torch.stack([((o - render(ref, c, background).rgb) ** 2).mean() for o, c in zip(ours, cams)]).mean()
-            result.append(float(-10 * torch.log10(mse.clamp_min(1e-10))))
-    return result
-
-
 def _parse_seeds(text: str) -> list[int]:
     if "-" in text:
         lo, hi = text.split("-")
@@ -131,7 +114,7 @@ def bench_toy(args) -> dict:
             t0 = time.perf_counter()
             scene = distill(prior, config)
             seconds = time.perf_counter() - t0
-            psnr = nearest_scene_psnr(scene, scenes, args.res)
+            psnr = prior.scene_psnr(scene, args.res)
             nearest = max(range(len(psnr)), key=psnr.__getitem__)
             runs.append({"method": method, "seed": seed, "psnr": [round(p, 2) for p in psnr],
                          "nearest": nearest, "nearest_name": names[nearest], "seconds": round(seconds, 2)})

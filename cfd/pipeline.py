@@ -63,26 +63,12 @@ def config_dict(config: DistillConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-@torch.no_grad()
-def nearest_reference(scene: GaussianScene, guidance, res: int = 64, n_views: int = 8,
-                      elevation_deg: float = 15.0) -> dict | None:
-    """For a guidance with reference scenes (the exact prior: ``reference_images``
-    and ``names``), the PSNR (dB, images in [0, 1]) of ``scene`` to each reference
-    over ``n_views`` orbit views at ``elevation_deg`` (radius/fov of the default
-    training cameras), and the nearest one. None for other guidances."""
-    if not (hasattr(guidance, "reference_images") and hasattr(guidance, "names")):
+def nearest_reference(scene: GaussianScene, guidance, res: int = 64) -> dict | None:
+    """For a guidance with reference scenes (the exact prior's ``scene_psnr``), the
+    PSNR of ``scene`` to each reference and the nearest one; None otherwise."""
+    if not hasattr(guidance, "scene_psnr"):
         return None
-    from .cameras import CameraRanges, orbit
-    from .render import render
-
-    ranges = CameraRanges()
-    cams = orbit(n_views, elevation_deg, ranges.eval_radius, ranges.eval_fov, res, res)
-    background = tuple(getattr(guidance, "background", (1.0, 1.0, 1.0)))
-    scene = scene.detach().to(guidance.device)
-    ours = torch.stack([render(scene, c, background).rgb.permute(2, 0, 1) for c in cams]).clamp(0, 1)
-    refs = (guidance.reference_images(cams, res, res).to(ours.device) + 1) / 2       # [V,K,3,H,W]
-    mse = (refs - ours[:, None]).square().mean(dim=(0, 2, 3, 4)).clamp_min(1e-12)   # [K]
-    psnr = (-10 * torch.log10(mse)).tolist()
+    psnr = guidance.scene_psnr(scene, res)
     best = max(range(len(psnr)), key=psnr.__getitem__)
     return {"nearest": guidance.names[best], "nearest_psnr": round(psnr[best], 3),
             "psnr": {name: round(p, 3) for name, p in zip(guidance.names, psnr)}}

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from cfd.bench import nearest_scene_psnr
 from cfd.distill import METHODS, DistillConfig, distill
 from cfd.guidance.exact_prior import ExactPrior
 from cfd.scenes import load_scene_set
@@ -71,7 +70,7 @@ def test_cfd_is_sharper_and_more_diverse_than_sds(prior):
         results = []
         for seed in range(3):
             scene = distill(prior, DistillConfig(method=method, seed=seed, steps=300, res=32))
-            results.append(nearest_scene_psnr(scene, prior.scenes, 32))
+            results.append(prior.scene_psnr(scene, 32))
         best[method] = results
     cfd_best = [max(p) for p in best["cfd"]]
     sds_best = [max(p) for p in best["sds"]]

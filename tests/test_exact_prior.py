@@ -127,3 +127,9 @@ def test_supersampled_prior_box_filters_renders_and_references():
     torch.testing.assert_close(coarse.reference_images([cam], RES, RES)[0], expected)
     rgb = torch.rand(1, 3, 2 * RES, 2 * RES)
     assert coarse.encode(rgb).shape == (1, 3, RES, RES) and coarse.decode(coarse.encode(rgb)).shape == rgb.shape
+
+
+def test_scene_psnr_finds_the_scene_itself(prior):
+    psnr = prior.scene_psnr(prior.scenes[1], res=24)
+    assert len(psnr) == len(prior.scenes)
+    assert psnr[1] >= 99 and max(p for k, p in enumerate(psnr) if k != 1) < 25

@@ -109,6 +109,24 @@ class ExactPrior:
             views.append(view)
         return torch.stack(views)
 
+    @torch.no_grad()
+    def scene_psnr(self, scene: GaussianScene, res: int = 32, n_views: int = 8,
+                   elevation_deg: float = 15.0) -> list[float]:
+        """PSNR (dB, images in [0, 1]) of ``scene`` against each reference scene,
+        both rendered alike at res × res over the prior's background from
+        ``n_views`` orbit views at ``elevation_deg``, radius and fov the middle of
+        the default training ranges. Sharpness and mode of a distilled scene."""
+        from cfd.cameras import CameraRanges, orbit
+
+        ranges = CameraRanges()
+        cams = orbit(n_views, elevation_deg, ranges.eval_radius, ranges.eval_fov, res, res)
+        ours = [render(scene.detach().to(self.device), c, self.background).rgb for c in cams]
+        psnr = []
+        for ref in self.scenes:
+            mse = torch.stack([((o - render(ref, c, self.background).rgb) ** 2).mean() for o, c in zip(ours, cams)])
+            psnr.append(float(-10 * torch.log10(mse.mean().clamp_min(1e-10))))
+        return psnr
+
     def _alpha_sigma(self, t: int) -> tuple[float, float]:
         t = int(t)
         if not 0 <= t < len(self.alphas_cumprod):
