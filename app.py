@@ -38,7 +38,7 @@ import gradio as gr
 import torch
 
 from cfd.distill import METHODS, DistillConfig, distill, preview
-from cfd.guidance import GuidanceUnavailable, StableDiffusionGuidance, check_sd_weights
+from cfd.guidance import DEFAULT_GUIDANCE_SCALE, GuidanceUnavailable, StableDiffusionGuidance, check_sd_weights
 from cfd.guidance.exact_prior import ExactPrior
 from cfd.pipeline import generate as run_pipeline
 from cfd.pipeline import nearest_reference
@@ -77,7 +77,7 @@ DEFAULTS = {
     "exact": {"steps": 200, "res": 32, "t_end": 20},
     "sd": {"steps": 1000, "res": 512, "t_end": 300},
 }
-DEFAULT_CFG = 50.0
+DEFAULT_CFG = DEFAULT_GUIDANCE_SCALE
 DEFAULT_NEGATIVE = "blurry, oversmoothed, low quality, low resolution, monochrome"
 VIDEO_FRAMES, VIDEO_RES, GLB_RES = 48, 256, 96
 PREVIEW_EVERY, PREVIEW_RES = 10, 128
@@ -261,6 +261,7 @@ def backend_lock(backend: str):
     """The lock a run of ``backend`` holds while it lasts (SD's shared model), or none."""
     return _SD_LOCK if backend == "sd" else contextlib.nullcontext()
 _SD_CACHE: dict[str, StableDiffusionGuidance] = {}
+_PRIOR_CACHE: dict[str, ExactPrior] = {}   # per scene set
 
 
 def sd_status() -> str | None:
@@ -286,8 +287,10 @@ def _device() -> str:
 def make_guidance(req: Request):
     """The guidance of a validated request (raises gr.Error when SD is unusable).
     For SD the caller must hold ``_SD_LOCK`` while the run lasts."""
-    if req.backend == "exact":
-        return ExactPrior.from_scene_set(req.scene_set).to(_device())
+    if req.backend == "exact":  # one prior per set: its memoised reference renders serve every run
+        if req.scene_set not in _PRIOR_CACHE:
+            _PRIOR_CACHE[req.scene_set] = ExactPrior.from_scene_set(req.scene_set).to(_device())
+        return _PRIOR_CACHE[req.scene_set]
     require_sd()
     model = os.environ.get("CFD_MODEL") or "default"
     try:

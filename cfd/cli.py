@@ -40,8 +40,9 @@ def make_guidance(args):
     if not hub_offline() and check_sd_weights(args.model) is not None:
         print("Stable Diffusion weights are not on this machine; trying the Hugging Face Hub "
               "(set HF_HUB_OFFLINE=1 to fail at once, or CFD_MODEL=/path/to/folder) …", file=sys.stderr)
+    scale = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
     return StableDiffusionGuidance.from_pretrained(args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                                                   guidance_scale=args.guidance_scale)
+                                                   **scale)
 
 
 def cmd_generate(args) -> int:
@@ -51,9 +52,8 @@ def cmd_generate(args) -> int:
     from .pipeline import generate
 
     guidance = make_guidance(args)
-    overrides = dict(method=args.method, seed=args.seed, steps=args.steps)
-    if args.res is not None:
-        overrides["res"] = args.res
+    overrides = dict(method=args.method, seed=args.seed)
+    overrides.update({k: v for k, v in (("steps", args.steps), ("res", args.res)) if v is not None})
     config = (DistillConfig(**overrides) if args.backend == "exact"
               else DistillConfig.for_stable_diffusion(**overrides))
     bar = tqdm(total=config.steps, desc=f"{config.method} seed {config.seed}", unit="step")
@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scene-set", default="toys", help="exact prior: a bundled set (toys, garden)")
     p.add_argument("--method", default="cfd", choices=["cfd", "cfd-sde", "sds", "iid", "fixed2d"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (SD backend)")
+    p.add_argument("--steps", type=int, default=None, help="default: 300 exact, 1000 SD")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="CFG scale, diffusers convention (SD backend; default 50)")
     p.add_argument("--res", type=int, default=None, help="render resolution (default: 32 exact, 512 SD)")
     p.add_argument("--out", type=Path, default=Path("outputs/run"))
     p.set_defaults(func=cmd_generate)
@@ -104,12 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .guidance.base import GuidanceUnavailable
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:
+    except ValueError as exc:  # bad input: the message names the problem and the fix
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # GuidanceUnavailable: missing weights, with the fix
+    except GuidanceUnavailable as exc:  # missing weights, with the fix
         print(f"error: {exc}", file=sys.stderr)
         return 3

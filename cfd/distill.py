@@ -13,6 +13,8 @@ One step τ of N (DESIGN.md §4):
 """
 from __future__ import annotations
 
+import hashlib
+import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Callable, ContextManager
@@ -43,7 +45,8 @@ class DistillConfig:
     t_knots: tuple = ((0.0, 980), (1.0, 20))   # annealed t(τ/N), piecewise linear
     t_range: tuple = (20, 980)     # SDS: t ~ U[t_min, t_max]
     gamma: float = 1e-4            # cfd-sde refresh rate per step
-    supersample: int = 2           # noise sub-pixels per side (SD reuses its 8× render)
+    supersample: int = 2           # noise sub-pixels per side for pixel-space guidance (latent_factor 1);
+                                   # latent guidance (SD ×8, ExactPrior ×2) reuses its render instead
     # training views; the exact prior's default is a pool of 64 views so its
     # reference renders are memoised (for_stable_diffusion samples continuously)
     cameras: CameraRanges = CameraRanges(pool=64)
@@ -95,8 +98,7 @@ class DistillConfig:
     def for_stable_diffusion(**overrides) -> "DistillConfig":
         """Defaults for SD-2.1-base: 512² renders (64² latents), t 980 → 300,
         more splats with densification, random backgrounds."""
-        base = DistillConfig(res=512, steps=1000, t_knots=((0.0, 980), (1.0, 300)), supersample=8,
-                             cameras=CameraRanges(),
+        base = DistillConfig(res=512, steps=1000, t_knots=((0.0, 980), (1.0, 300)), cameras=CameraRanges(),
                              init_splats=5000, densify_every=100, background="random",
                              lr_means=1e-3, lr_means_final=2e-5, lr_sh=1e-2, lr_opacity=5e-2,
                              lr_log_scales=5e-3, lr_quats=5e-3, preview_every=50)
@@ -144,17 +146,25 @@ class UniformTime:
         return uniform_timestep(self.generator, *self.t_range)
 
 
+def stream_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed for one random stream of a run (cameras, times,
+    noise, backgrounds, densification), so no two streams of two seeds coincide."""
+    digest = hashlib.blake2b(f"{seed}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def strategies(config: DistillConfig, cell_size: float, noise_supersample: int):
     """The (time, noise) strategies of ``config.method``."""
     seed = config.seed
     annealed = AnnealedTime(config.t_knots)
     if config.method == "sds":
-        return UniformTime(config.t_range, torch.Generator().manual_seed(seed + 1)), IIDNoise(seed)
+        return (UniformTime(config.t_range, torch.Generator().manual_seed(stream_seed(seed, "times"))),
+                IIDNoise(stream_seed(seed, "noise")))
     noise: NoiseSource = {
         "cfd": lambda: SurfaceNoise(seed, noise_supersample, cell_size),
         "cfd-sde": lambda: SurfaceNoise(seed, noise_supersample, cell_size, gamma=config.gamma),
-        "iid": lambda: IIDNoise(seed),
-        "fixed2d": lambda: FixedImageNoise(seed),
+        "iid": lambda: IIDNoise(stream_seed(seed, "noise")),
+        "fixed2d": lambda: FixedImageNoise(stream_seed(seed, "noise")),
     }[config.method]()
     return annealed, noise
 
@@ -198,8 +208,8 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
                                        "quats": config.lr_quats, "opacity_logits": config.lr_opacity,
                                        "sh": config.lr_sh}, betas=config.adam_betas)
     means_decay = (config.lr_means_final / config.lr_means) ** (1 / max(config.steps - 1, 1))
-    cam_gen = torch.Generator().manual_seed(config.seed)
-    bg_gen = torch.Generator().manual_seed(config.seed + 2)
+    cam_gen = torch.Generator().manual_seed(stream_seed(config.seed, "cameras"))
+    bg_gen = torch.Generator().manual_seed(stream_seed(config.seed, "backgrounds"))
     grad2d = torch.zeros(len(scene), device=device)   # densification statistics, kept on the device
     seen = torch.zeros(len(scene), device=device)
 
@@ -220,7 +230,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
         with timer("guidance"):
             x_t = alpha * x.detach() + sigma * eps
             eps_hat = guidance.predict_noise(x_t, t, cameras)
-            grad = (sigma / alpha) * (eps_hat - eps)                          # w(t) = λ_t
+            grad = float(schedule.lam(t)) * (eps_hat - eps)                   # w(t) = λ_t = σ_t/α_t
         with timer("backward"):
             loss = 0.5 * ((x - (x - grad).detach()) ** 2).sum() / len(cameras)
             optimizer.zero_grad(set_to_none=True)
@@ -241,7 +251,8 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
                 scene = densify_and_prune(scene, optimizer, grad2d / seen.clamp_min(1),
                                           grad_threshold=config.densify_grad, split_scale=config.split_scale,
                                           min_opacity=config.prune_opacity, max_scale=config.prune_scale,
-                                          generator=torch.Generator().manual_seed(config.seed + step),
+                                          generator=torch.Generator().manual_seed(
+                                              stream_seed(config.seed, f"densify/{step}")),
                                           max_splats=config.max_splats)
                 grad2d, seen = torch.zeros(len(scene), device=device), torch.zeros(len(scene), device=device)
 
@@ -260,16 +271,29 @@ def preview(scene: GaussianScene, res: int, azimuth_deg: float = 30.0, elevation
         return render(scene.detach(), orbit_camera(azimuth_deg, elevation_deg, 2.5, 49, res, res)).rgb.cpu()
 
 
+_threads_lock = threading.Lock()
+_threads_state = {"users": 0, "before": None}
+
+
 @contextmanager
 def cpu_threads(n: int | None):
-    """Run with ``n`` torch intra-op threads, restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    if n:
+    """Run with ``n`` torch intra-op threads (a process-wide setting), restoring
+    the setting when the last overlapping user leaves; None changes nothing."""
+    if not n:
+        yield
+        return
+    with _threads_lock:
+        if _threads_state["users"] == 0:
+            _threads_state["before"] = torch.get_num_threads()
+        _threads_state["users"] += 1
         torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _threads_lock:
+            _threads_state["users"] -= 1
+            if _threads_state["users"] == 0:
+                torch.set_num_threads(_threads_state["before"])
 
 
 def guidance_device(guidance) -> torch.device:

@@ -86,6 +86,9 @@ def _publish(staging: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         staging.replace(out_dir)
         return
+    for name in ARTEFACTS.values():  # a reused folder keeps no artefact of an earlier run
+        if not (staging / name).exists():
+            (out_dir / name).unlink(missing_ok=True)
     for item in staging.iterdir():
         os.replace(item, out_dir / item.name)
     staging.rmdir()
@@ -221,7 +224,7 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
             timings[name] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        near = nearest_reference(scene, guidance)
+        near = nearest_reference(scene, guidance, res=config.res)
         if near is not None:
             extra.update(near)
             timings["nearest"] = time.perf_counter() - t0

@@ -132,7 +132,7 @@ def sh_colors(scene: GaussianScene, camera: Camera) -> Tensor:
 
 def render_torch(scene: GaussianScene, camera: Camera, background: Tensor, *,
                  tile_size: int = 8) -> RenderOutput:
-    """The pure-torch renderer (any device); same semantics as the gsplat path."""
+    """The pure-torch renderer (CPU tensors); same semantics as the gsplat path."""
     means2d, conics, depths, radii = project(scene, camera)
     if means2d.requires_grad:
         means2d.retain_grad()

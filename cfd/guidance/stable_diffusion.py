@@ -36,6 +36,9 @@ from cfd.guidance.base import GuidanceUnavailable
 from cfd.schedule import NoiseSchedule
 
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
+# CFG scale in diffusers' convention ε_u + s(ε_c − ε_u); the authors' 50–70 is in
+# "ε_c + s(ε_c − ε_u)", i.e. ours minus one. Shared by the CLI and the app.
+DEFAULT_GUIDANCE_SCALE = 50.0
 MODEL_ENV = "CFD_MODEL"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -179,7 +182,7 @@ class StableDiffusionGuidance:
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: Mapping, *,
-                 prompt: str, negative_prompt: str = "", guidance_scale: float = 7.5,
+                 prompt: str, negative_prompt: str = "", guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
                  view_dependent: bool = True, device=None, dtype=None,
                  name: str = "Stable Diffusion"):
         self.device, self.dtype = _device_dtype(device, dtype)
@@ -216,7 +219,7 @@ class StableDiffusionGuidance:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, prompt: str,
-                        negative_prompt: str = "", guidance_scale: float = 7.5,
+                        negative_prompt: str = "", guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
                         view_dependent: bool = True, device=None, dtype=None) -> "StableDiffusionGuidance":
         """Load SD from a hub id or local diffusers folder (see ``resolve_model``).
 
