@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from cfd.distill import METHODS, DistillConfig, distill
+from cfd.gaussians import init_scene
 from cfd.guidance.exact_prior import ExactPrior
 from cfd.scenes import load_scene_set
 
@@ -19,8 +20,11 @@ def small(**kw):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_and_changes_the_scene(prior, method):
     seen = []
-    scene = distill(prior, small(method=method), callback=lambda info: seen.append(info.t))
+    config = small(method=method)
+    scene = distill(prior, config, callback=lambda info: seen.append(info.t))
+    start = init_scene(config.init_splats, seed=config.init_seed, radius=config.init_radius)
     assert len(seen) == 8 and torch.isfinite(scene.means).all()
+    assert not torch.equal(scene.means, start.means) and not torch.equal(scene.sh, start.sh)
     if method == "sds":
         assert len(set(seen)) > 1
     else:
@@ -49,11 +53,15 @@ def test_callback_can_stop_and_sees_previews(prior):
     assert len(scene) == infos[-1].n_splats and not scene.means.requires_grad
 
 
-def test_densification_grows_and_prunes(prior):
-    config = small(steps=12, densify_every=4, densify_until=1.0, densify_grad=0.0, prune_opacity=0.0)
+def test_densification_grows_then_pruning_shrinks(prior):
     sizes = []
-    distill(prior, config, callback=lambda info: sizes.append(info.n_splats))
+    grow = small(steps=12, densify_every=4, densify_until=1.0, densify_grad=0.0, prune_opacity=0.0)
+    distill(prior, grow, callback=lambda info: sizes.append(info.n_splats))
     assert sizes[0] == 300 and sizes[-1] > 300
+    sizes.clear()
+    prune = small(steps=4, densify_every=4, densify_until=1.0, densify_grad=1e9, prune_opacity=0.5)
+    distill(prior, prune, callback=lambda info: sizes.append(info.n_splats))
+    assert sizes[-1] < 300  # the initial splats have opacity 0.1
 
 
 def test_bad_config_is_refused():
@@ -77,3 +85,12 @@ def test_cfd_is_sharper_and_more_diverse_than_sds(prior):
     assert sum(cfd_best) / 3 >= sum(sds_best) / 3 + 2.0, (cfd_best, sds_best)
     assert max(cfd_best) >= 30.0, cfd_best
     assert len({max(range(3), key=p.__getitem__) for p in best["cfd"]}) >= 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_distill_runs_on_cuda():
+    _, scenes = load_scene_set("toys")
+    gpu_prior = ExactPrior(scenes[:2]).to("cuda")
+    for method in ("cfd", "cfd-sde", "sds"):
+        scene = distill(gpu_prior, small(method=method, steps=3, densify_every=1, densify_grad=0.0))
+        assert scene.means.is_cuda and torch.isfinite(scene.means).all()

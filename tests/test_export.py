@@ -102,7 +102,6 @@ def test_noise_to_display_mapping_and_nearest_upsampling():
 
 
 def test_noise_frames_stick_to_the_orbit(tmp_path, small_scene):
-    pytest.importorskip("cfd.noise")
     frames = noise_frames(small_scene, seed=0, n_frames=3, res=24, display_res=48)
     assert frames.shape == (3, 48, 48, 3)
     assert abs(frames.mean().item() - 0.5) < 0.03  # N(0,1) → 0.5 + n/6

@@ -45,7 +45,7 @@ def test_depth_is_camera_z_of_an_opaque_splat():
     out = render(one_splat((0.0, 0.0, 0.2), 0.3, opacity=0.999), orbit_camera(0, 0, 2.5, 49, 32, 32))
     assert abs(out.depth[16, 16].item() - 2.3) < 1e-4
     assert out.alpha[16, 16] > 0.98
-    assert out.depth[0, 0] == 0 or out.alpha[0, 0] > 0
+    assert out.alpha[0, 0] == 0 and out.depth[0, 0] == 0  # nothing hit: depth 0
 
 
 def test_background_shows_where_empty():
