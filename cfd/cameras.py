@@ -62,18 +62,17 @@ class Camera:
         x, y, z = self.position.tolist()
         return math.degrees(math.atan2(y, math.hypot(x, z)))
 
-    def pixel_rays(self, width: int | None = None, height: int | None = None) -> tuple[Tensor, Tensor]:
+    def pixel_rays(self) -> tuple[Tensor, Tensor]:
         """Rays through pixel centres: origin [3] and directions [H, W, 3] in world
         coordinates, scaled so that a point at camera depth z is origin + z·dir."""
-        cam = self if width is None else self.scaled(width / self.width)
-        H, W = cam.height, cam.width
+        H, W = self.height, self.width
         dev = self.device
         j, i = torch.meshgrid(
             torch.arange(H, device=dev, dtype=torch.float32) + 0.5,
             torch.arange(W, device=dev, dtype=torch.float32) + 0.5,
             indexing="ij",
         )
-        fx, fy, cx, cy = cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]
+        fx, fy, cx, cy = self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]
         d_cam = torch.stack([(i - cx) / fx, (j - cy) / fy, torch.ones_like(i)], dim=-1)
         R = self.viewmat[:3, :3]
         return self.position, d_cam @ R  # R^T d for every pixel

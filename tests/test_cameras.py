@@ -62,3 +62,12 @@ def test_poles_are_well_defined(elevation):
     assert torch.isfinite(cam.viewmat).all()
     uv, _ = project(cam, torch.zeros(3))
     assert torch.allclose(uv, torch.tensor([8.0, 8.0]), atol=1e-4)
+
+
+def test_pixel_rays_hit_what_the_pixels_see():
+    cam = orbit_camera(33, 12, 2.5, 45, 20, 14)
+    origin, dirs = cam.pixel_rays()
+    assert dirs.shape == (14, 20, 3) and torch.allclose(origin, cam.position)
+    point = origin + 1.7 * dirs[5, 9]           # depth 1.7 along pixel (row 5, col 9)
+    uv, z = project(cam, point)
+    assert torch.allclose(uv, torch.tensor([9.5, 5.5]), atol=1e-4) and abs(z.item() - 1.7) < 1e-5
