@@ -187,13 +187,19 @@ def distill(guidance, config: DistillConfig, callback: Callable[[StepInfo], bool
         return _distill(guidance, config, callback, init, timer, device)
 
 
-def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
+def noise_grid(guidance, config: DistillConfig) -> tuple[int, int]:
+    """(noise resolution, noise supersampling) of a run: the guidance's diffusion
+    resolution res / latent_factor; a latent guidance's render already supersamples
+    it (SD ×8, ExactPrior ×2), a pixel-space one uses ``config.supersample``."""
     f = guidance.latent_factor
     if config.res % f:
         raise ValueError(f"res={config.res} must be a multiple of the guidance's latent factor {f}")
-    noise_res = config.res // f
-    # SD's 8× render already supersamples its latents; pixel-space priors render the surface extra
-    noise_ss = f if f > 1 else config.supersample
+    return config.res // f, (f if f > 1 else config.supersample)
+
+
+def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
+    f = guidance.latent_factor
+    noise_res, noise_ss = noise_grid(guidance, config)
     # one cell size for the whole run, from the middle of the training views' radius and fov
     mid_view = orbit_camera(0.0, 0.0, config.cameras.eval_radius, config.cameras.eval_fov, noise_res, noise_res)
     cell_size = default_cell_size(mid_view, noise_ss)

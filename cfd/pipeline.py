@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from .distill import DistillConfig, StepInfo, cpu_threads, distill, guidance_device
+from .distill import DistillConfig, StepInfo, cpu_threads, distill, guidance_device, noise_grid
 from .gaussians import GaussianScene, save_ply
 
 __all__ = ["ARTEFACTS", "generate", "nearest_reference", "versions", "config_dict"]
@@ -197,9 +197,8 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
                 frames = export.orbit_frames(scene, n_frames=video_frames, res=video_res)
             export.write_video(torch.cat([frames, noise], dim=2), path)
 
-        factor = int(getattr(guidance, "latent_factor", 1))
-        n_res = noise_res if noise_res is not None else max(config.res // factor, 8)
-        n_ss = factor if factor > 1 else config.supersample
+        run_res, n_ss = noise_grid(guidance, config)
+        n_res = noise_res if noise_res is not None else run_res
         plan = [
             ("render_video", "render_mp4", write_render),
             ("noise_video", "noise_mp4", write_noise),

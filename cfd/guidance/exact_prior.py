@@ -47,7 +47,8 @@ class ExactPrior:
         self.names = list(names) if names is not None else [f"scene {k}" for k in range(len(scenes))]
         self.background = tuple(float(v) for v in background)
         self.name = name
-        self.alphas_cumprod = NoiseSchedule.stable_diffusion().alphas_cumprod
+        self.schedule = NoiseSchedule.stable_diffusion()
+        self.alphas_cumprod = self.schedule.alphas_cumprod
         self.cache_bytes = 256 * 2**20   # memoised reference renders, see reference_images
         self._cache: dict = {}
         self._cached_bytes = 0
@@ -127,13 +128,6 @@ class ExactPrior:
             psnr.append(float(-10 * torch.log10(mse.mean().clamp_min(1e-10))))
         return psnr
 
-    def _alpha_sigma(self, t: int) -> tuple[float, float]:
-        t = int(t)
-        if not 0 <= t < len(self.alphas_cumprod):
-            raise ValueError(f"timestep out of range [0, {len(self.alphas_cumprod) - 1}]: {t}")
-        ac = float(self.alphas_cumprod[t])
-        return ac ** 0.5, (1 - ac) ** 0.5
-
     def _check(self, x_t: Tensor, cameras: list[Camera]) -> None:
         if x_t.dim() != 4 or x_t.shape[1] != 3:
             raise ValueError(f"ExactPrior: x_t must be [B,3,H,W], got {tuple(x_t.shape)}")
@@ -149,7 +143,7 @@ class ExactPrior:
     def _posterior(self, x_t: Tensor, t: int, cameras: list[Camera]) -> tuple[Tensor, Tensor, Tensor, float, float]:
         """(x_t, refs, w) in float64 on x_t's device, and α_t, σ_t."""
         self._check(x_t, cameras)
-        alpha, sigma = self._alpha_sigma(t)
+        alpha, sigma = float(self.schedule.alpha(int(t))), float(self.schedule.sigma(int(t)))
         x = x_t.detach().double()
         refs = self.reference_images(cameras, x_t.shape[3], x_t.shape[2]).to(x.device, torch.float64)
         return x, refs, self._weights(x, refs, alpha, sigma), alpha, sigma
