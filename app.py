@@ -38,7 +38,8 @@ import gradio as gr
 import torch
 
 from cfd.distill import METHODS, DistillConfig, distill, preview
-from cfd.guidance import DEFAULT_GUIDANCE_SCALE, GuidanceUnavailable, StableDiffusionGuidance, check_sd_weights
+from cfd.guidance import (DEFAULT_GUIDANCE_SCALE, DEFAULT_NEGATIVE_PROMPT, GuidanceUnavailable,
+                          StableDiffusionGuidance, check_sd_weights)
 from cfd.guidance.exact_prior import ExactPrior
 from cfd.pipeline import generate as run_pipeline
 from cfd.pipeline import nearest_reference
@@ -78,7 +79,7 @@ DEFAULTS = {
     "sd": {"steps": 1000, "res": 512, "t_end": 300},
 }
 DEFAULT_CFG = DEFAULT_GUIDANCE_SCALE
-DEFAULT_NEGATIVE = "blurry, oversmoothed, low quality, low resolution, monochrome"
+DEFAULT_NEGATIVE = DEFAULT_NEGATIVE_PROMPT
 VIDEO_FRAMES, VIDEO_RES, GLB_RES = 48, 256, 96
 PREVIEW_EVERY, PREVIEW_RES = 10, 128
 
@@ -189,6 +190,8 @@ class Request:
     def config(self) -> DistillConfig:
         """The DistillConfig of this request (SD defaults for the SD backend)."""
         overrides = dict(method=self.method, seed=self.seed, steps=self.steps, res=self.res, gamma=self.gamma,
+                         prompt=self.prompt, negative_prompt=self.negative_prompt,
+                         guidance_scale=self.guidance_scale,
                          t_knots=((0.0, self.t_start), (1.0, self.t_end)), preview_every=PREVIEW_EVERY,
                          preview_res=PREVIEW_RES)
         if self.method == "sds":  # SDS draws t uniformly in the same range
@@ -295,15 +298,11 @@ def make_guidance(req: Request):
     model = os.environ.get("CFD_MODEL") or "default"
     try:
         if model not in _SD_CACHE:
-            _SD_CACHE[model] = StableDiffusionGuidance.from_pretrained(
-                prompt=req.prompt, negative_prompt=req.negative_prompt, guidance_scale=req.guidance_scale)
+            _SD_CACHE[model] = StableDiffusionGuidance.from_pretrained()
     except GuidanceUnavailable as exc:
         raise gr.Error(f"{exc}\nThe exact prior (backend 'exact') works without weights.",
                        title="Stable Diffusion unavailable", print_exception=False) from None
-    guidance = _SD_CACHE[model]
-    guidance.set_prompt(req.prompt, req.negative_prompt)
-    guidance.guidance_scale = req.guidance_scale
-    return guidance
+    return _SD_CACHE[model]
 
 
 # ------------------------------------------------------------------ runs in a worker thread

@@ -275,11 +275,11 @@ def bench_speed(args) -> dict:
         from .guidance.stable_diffusion import build_random_sd21
 
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-        guidance = build_random_sd21(prompt="a photo of a hamburger", device=device,
-                                     dtype=dtype if device == "cuda" else torch.float32)
+        guidance = build_random_sd21(device=device, dtype=dtype if device == "cuda" else torch.float32)
         if args.compile:
             guidance.unet = torch.compile(guidance.unet)
-        config = DistillConfig.for_stable_diffusion(method=args.method, steps=args.steps + args.warmup,
+        config = DistillConfig.for_stable_diffusion(prompt="a photo of a hamburger", method=args.method,
+                                                    steps=args.steps + args.warmup,
                                                     res=args.res, batch_views=args.batch_views,
                                                     init_splats=args.splats, densify_every=0, preview_every=0)
     timer = PhaseTimer()

@@ -35,14 +35,10 @@ def make_guidance(args):
         return ExactPrior.from_scene_set(args.scene_set)
     from .guidance.stable_diffusion import StableDiffusionGuidance, check_sd_weights, hub_offline
 
-    if not args.prompt or not args.prompt.strip():
-        raise ValueError("--prompt is empty; Stable Diffusion needs a text prompt, e.g. --prompt 'a DSLR photo of a hamburger'")
     if not hub_offline() and check_sd_weights(args.model) is not None:
         print("Stable Diffusion weights are not on this machine; trying the Hugging Face Hub "
               "(set HF_HUB_OFFLINE=1 to fail at once, or CFD_MODEL=/path/to/folder) …", file=sys.stderr)
-    scale = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
-    return StableDiffusionGuidance.from_pretrained(args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                                                   **scale)
+    return StableDiffusionGuidance.from_pretrained(args.model)
 
 
 def cmd_generate(args) -> int:
@@ -51,8 +47,12 @@ def cmd_generate(args) -> int:
     from .distill import DistillConfig
     from .pipeline import generate
 
+    if args.backend == "sd" and not args.prompt.strip():  # before loading a model
+        raise ValueError("--prompt is empty; Stable Diffusion needs a text prompt, "
+                         "e.g. --prompt 'a DSLR photo of a hamburger'")
     guidance = make_guidance(args)
-    overrides = dict(method=args.method, seed=args.seed)
+    overrides = dict(method=args.method, seed=args.seed, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                     guidance_scale=args.guidance_scale)
     overrides.update({k: v for k, v in (("steps", args.steps), ("res", args.res)) if v is not None})
     config = (DistillConfig(**overrides) if args.backend == "exact"
               else DistillConfig.for_stable_diffusion(**overrides))
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="distil a scene and write scene.ply, render.mp4, noise.mp4, scene.glb, run.json")
     p.add_argument("--backend", choices=["exact", "sd"], default="exact")
     p.add_argument("--prompt", default="", help="text prompt (SD backend)")
-    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--negative-prompt", default=None, help="default: the backend's")
     p.add_argument("--model", default=None, help="SD hub id or local folder (default: $CFD_MODEL or SD-2.1-base)")
     p.add_argument("--scenes", type=Path, nargs="*", help="exact prior: reference PLYs (default: --scene-set)")
     p.add_argument("--scene-set", default="toys", help="exact prior: a bundled set (toys, garden)")

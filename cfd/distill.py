@@ -2,6 +2,7 @@
 the ablations, in one loop that differs only through a time and a noise strategy.
 
 One step τ of N (DESIGN.md §4):
+    cond   = guidance.condition(prompt, negative prompt, CFG scale)      once per run
     t      = t(τ)                                  time strategy
     c      ~ training camera distribution          seeded by the run's seed
     x      = encode(render(θ, c))                  differentiable
@@ -39,6 +40,10 @@ class DistillConfig:
 
     method: str = "cfd"            # cfd | cfd-sde | sds | iid | fixed2d
     seed: int = 0                  # drives the noise, the camera sequence and SDS's timesteps
+    # the run's conditioning, prepared once by guidance.condition (None: the backend's default)
+    prompt: str = ""
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None   # CFG s in ε_u + s(ε_c − ε_u)
     steps: int = 300
     res: int = 32                  # render resolution fed to the guidance (pixels)
     batch_views: int = 1           # views per step
@@ -205,6 +210,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
     cell_size = default_cell_size(mid_view, noise_ss)
     times, noise = strategies(config, cell_size, noise_ss)
     schedule = NoiseSchedule(guidance.alphas_cumprod)
+    cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)
 
     scene = init if init is not None else init_scene(
         config.init_splats, seed=config.seed if config.init_seed is None else config.init_seed,
@@ -235,7 +241,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
             eps = noise.sample(step, tuple(x.shape), surfaces).to(x.device)
         with timer("guidance"):
             x_t = alpha * x.detach() + sigma * eps
-            eps_hat = guidance.predict_noise(x_t, t, cameras)
+            eps_hat = guidance.predict_noise(x_t, t, cameras, cond)
             grad = float(schedule.lam(t)) * (eps_hat - eps)                   # w(t) = λ_t = σ_t/α_t
         with timer("backward"):
             loss = 0.5 * ((x - (x - grad).detach()) ** 2).sum() / len(cameras)

@@ -354,12 +354,27 @@ def tulips() -> list[Part]:
     return parts
 
 
+# Per set: the theme and its aliases; per object: the builder, a caption and the
+# texts that name it (the exact prior's vocabulary, see cfd/vocabulary.py).
 SETS = {
-    "toys": {"name": "Toys", "prompt": "a toy on a table",
-             "objects": {"snowman": snowman, "mushroom": mushroom, "rubber_duck": rubber_duck, "rocket": rocket}},
-    "garden": {"name": "Potted plants", "prompt": "a plant in a pot",
-               "objects": {"cactus": cactus, "potted_tree": potted_tree, "sunflower": sunflower,
-                           "tulips": tulips}},
+    "toys": {"name": "Toys", "prompt": "a toy on a table", "theme": "a toy",
+             "theme_aliases": ["toy", "plaything"],
+             "objects": {
+                 "snowman": (snowman, "a snowman with a top hat and a carrot nose", ["snowman", "snow man"]),
+                 "mushroom": (mushroom, "a red toadstool mushroom with white spots",
+                              ["mushroom", "toadstool", "fly agaric"]),
+                 "rubber_duck": (rubber_duck, "a yellow rubber duck", ["duck", "rubber duck", "bath duck"]),
+                 "rocket": (rocket, "a toy rocket with fins", ["rocket", "spaceship", "space ship"]),
+             }},
+    "garden": {"name": "Potted plants", "prompt": "a plant in a pot", "theme": "a potted plant",
+               "theme_aliases": ["plant", "potted plant", "houseplant", "pot"],
+               "objects": {
+                   "cactus": (cactus, "a flowering cactus in a terracotta pot", ["cactus", "cacti", "succulent"]),
+                   "potted_tree": (potted_tree, "a small apple tree in a blue pot",
+                                   ["tree", "apple tree", "potted tree", "bonsai"]),
+                   "sunflower": (sunflower, "two sunflowers in a pink pot", ["sunflower"]),
+                   "tulips": (tulips, "a bunch of tulips in a cream pot", ["tulip"]),
+               }},
 }
 
 
@@ -415,12 +430,14 @@ def build_sets(out_dir: Path = SCENES_DIR) -> dict[str, list[GaussianScene]]:
         folder = out_dir / set_id
         folder.mkdir(parents=True, exist_ok=True)
         scenes, entries = [], []
-        for i, (name, fn) in enumerate(spec["objects"].items()):
+        for i, (name, (fn, caption, aliases)) in enumerate(spec["objects"].items()):
             scene = build_object(fn(), seed=1000 * len(built) + i)
             save_ply(scene, folder / f"{name}.ply")
             scenes.append(scene)
-            entries.append({"file": f"{name}.ply", "name": name.replace("_", " ")})
-        meta = {"name": spec["name"], "prompt": spec["prompt"], "scenes": entries}
+            entries.append({"file": f"{name}.ply", "name": name.replace("_", " "), "caption": caption,
+                            "aliases": aliases})
+        meta = {"name": spec["name"], "prompt": spec["prompt"], "theme": spec["theme"],
+                "theme_aliases": spec["theme_aliases"], "scenes": entries}
         (folder / "set.json").write_text(json.dumps(meta, indent=2) + "\n")
         built[set_id] = scenes
     return built

@@ -20,8 +20,12 @@ def cam(azimuth, elevation=15.0):
 
 @pytest.fixture(scope="module")
 def guidance(tiny_sd_model):
-    return StableDiffusionGuidance.from_pretrained(tiny_sd_model, prompt=PROMPT, negative_prompt=NEGATIVE,
-                                                   guidance_scale=7.5, device="cpu")
+    return StableDiffusionGuidance.from_pretrained(tiny_sd_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cond(guidance):
+    return guidance.condition(PROMPT, NEGATIVE, 7.5)
 
 
 def manual_prediction(g, x_t, t, texts):
@@ -69,7 +73,7 @@ def test_uncached_hub_model_offline_fails_fast(monkeypatch, tmp_path):
     hub_offline_env(monkeypatch, tmp_path)
     start = time.perf_counter()
     with pytest.raises(GuidanceUnavailable) as info:
-        StableDiffusionGuidance.from_pretrained(prompt="a cat")
+        StableDiffusionGuidance.from_pretrained()
     assert time.perf_counter() - start < 1.0
     message = str(info.value)
     assert DEFAULT_SD_MODEL in message and str(tmp_path / "hf" / "hub") in message
@@ -84,7 +88,7 @@ def test_hub_cache_snapshot_loads_offline(monkeypatch, tmp_path, tiny_sd_model):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
     assert check_sd_weights("someone/tiny-sd") is None
-    g = StableDiffusionGuidance.from_pretrained("someone/tiny-sd", prompt="a cat", device="cpu")
+    g = StableDiffusionGuidance.from_pretrained("someone/tiny-sd", device="cpu")
     assert g.name == "Stable Diffusion (someone/tiny-sd)"
 
 
@@ -93,7 +97,7 @@ def test_local_folder_missing_unet(tmp_path, tiny_sd_model):
     shutil.copytree(tiny_sd_model, folder)
     shutil.rmtree(folder / "unet")
     with pytest.raises(GuidanceUnavailable) as info:
-        StableDiffusionGuidance.from_pretrained(folder, prompt="a cat")
+        StableDiffusionGuidance.from_pretrained(folder)
     message = str(info.value)
     assert "unet/" in message and str(folder) in message and "CFD_MODEL" in message
     assert check_sd_weights(folder) == message
@@ -106,7 +110,7 @@ def test_unsupported_prediction_type(guidance):
         StableDiffusionGuidance.from_components(
             guidance.unet, guidance.vae, guidance.text_encoder, guidance.tokenizer,
             {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-             "prediction_type": "sample"}, prompt="x", device="cpu")
+             "prediction_type": "sample"}, device="cpu")
 
 
 # ----------------------------------------------------------------- encode / decode
@@ -123,11 +127,11 @@ def test_encode_decode_and_gradient(guidance):
 
 # ----------------------------------------------------------------- noise prediction
 
-def test_predict_noise_cfg_matches_separate_unet_calls(guidance):
+def test_predict_noise_cfg_matches_separate_unet_calls(guidance, cond):
     torch.manual_seed(0)
     x_t = torch.randn(2, 4, 8, 8, requires_grad=True)
     cameras = [cam(0), cam(180)]
-    eps = guidance.predict_noise(x_t, 500, cameras)
+    eps = guidance.predict_noise(x_t, 500, cameras, cond)
     assert eps.shape == x_t.shape and eps.dtype == torch.float32 and not eps.requires_grad
     eps_u = manual_prediction(guidance, x_t, 500, [NEGATIVE] * 2)
     eps_c = manual_prediction(guidance, x_t, 500, [PROMPT + ", front view", PROMPT + ", back view"])
@@ -135,41 +139,63 @@ def test_predict_noise_cfg_matches_separate_unet_calls(guidance):
     assert (eps - eps_c).abs().max() > 1e-3  # guidance does something
 
 
-def test_predict_noise_checks_inputs(guidance):
+def test_conditions_travel_with_each_call(guidance):
+    """Two runs' conditions interleaved on one model give what each gives alone."""
+    a, b = guidance.condition("a teapot", "", 3.0), guidance.condition("a cat", NEGATIVE, 12.0)
+    x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    alone = [guidance.predict_noise(x_t, t, [cam(30)], c) for c, t in ((a, 400), (b, 700))]
+    interleaved = [guidance.predict_noise(x_t, 400, [cam(30)], a), guidance.predict_noise(x_t, 700, [cam(30)], b)]
+    for x, y in zip(alone, interleaved):
+        torch.testing.assert_close(x, y)
+    assert (alone[0] - guidance.predict_noise(x_t, 400, [cam(30)], b)).abs().max() > 1e-3
+
+
+def test_condition_defaults_and_refusals(guidance):
+    from cfd.guidance import DEFAULT_GUIDANCE_SCALE, DEFAULT_NEGATIVE_PROMPT
+
+    c = guidance.condition("  a   cat ")
+    assert (c.prompt, c.negative_prompt, c.guidance_scale) == ("a cat", DEFAULT_NEGATIVE_PROMPT,
+                                                               DEFAULT_GUIDANCE_SCALE)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        guidance.condition("  ")
+    with pytest.raises(ValueError, match="guidance_scale must be ≥ 1"):
+        guidance.condition("a cat", guidance_scale=0.5)
+
+
+def test_predict_noise_checks_inputs(guidance, cond):
     x_t = torch.randn(2, 4, 8, 8)
     with pytest.raises(ValueError):
-        guidance.predict_noise(x_t, 500, [cam(0)])
+        guidance.predict_noise(x_t, 500, [cam(0)], cond)
     with pytest.raises(ValueError):
-        guidance.predict_noise(x_t, 1000, [cam(0), cam(1)])
+        guidance.predict_noise(x_t, 1000, [cam(0), cam(1)], cond)
 
 
 def test_v_prediction_converted_to_epsilon(tiny_sd_model_v):
-    g = StableDiffusionGuidance.from_pretrained(tiny_sd_model_v, prompt=PROMPT, negative_prompt=NEGATIVE,
-                                                guidance_scale=3.0, view_dependent=False, device="cpu")
+    g = StableDiffusionGuidance.from_pretrained(tiny_sd_model_v, view_dependent=False, device="cpu")
     assert g.prediction_type == "v_prediction"
     x_t, t = torch.randn(1, 4, 8, 8), 700
     v_u = manual_prediction(g, x_t, t, [NEGATIVE])
     v_c = manual_prediction(g, x_t, t, [PROMPT])
     abar = scaled_linear_alphas_cumprod()[t].item()
     expected = abar ** 0.5 * (v_u + 3.0 * (v_c - v_u)) + (1 - abar) ** 0.5 * x_t
-    torch.testing.assert_close(g.predict_noise(x_t, t, [cam(40)]), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(g.predict_noise(x_t, t, [cam(40)], g.condition(PROMPT, NEGATIVE, 3.0)), expected,
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_text_embeddings_cached(tiny_sd_model):
-    guidance = StableDiffusionGuidance.from_pretrained(tiny_sd_model, prompt=PROMPT,
-                                                       negative_prompt=NEGATIVE, device="cpu")
+    guidance = StableDiffusionGuidance.from_pretrained(tiny_sd_model, device="cpu")
+    cond = guidance.condition(PROMPT, NEGATIVE)
     calls = []
     forward = guidance.text_encoder.forward
     guidance.text_encoder.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
     views = [cam(az, el) for az in range(-180, 180, 45) for el in (10, 75)]
     for step in range(0, len(views), 4):
-        guidance.predict_noise(torch.randn(4, 4, 8, 8), 900 - 20 * step, views[step:step + 4])
-        guidance.predict_noise(torch.randn(1, 4, 8, 8), 300, views[step:step + 1])
-    texts = {NEGATIVE} | {guidance.prompt_for(c) for c in views}
+        guidance.predict_noise(torch.randn(4, 4, 8, 8), 900 - 20 * step, views[step:step + 4], cond)
+        guidance.predict_noise(torch.randn(1, 4, 8, 8), 300, views[step:step + 1], cond)
+    texts = {NEGATIVE} | {guidance.prompt_for(cond, c) for c in views}
     assert len(texts) == 5 and len(calls) == len(texts)
-    guidance.set_prompt("a teapot", NEGATIVE)
-    guidance.predict_noise(torch.randn(1, 4, 8, 8), 300, [cam(0)])
-    assert len(calls) == len(texts) + 2
+    guidance.predict_noise(torch.randn(1, 4, 8, 8), 300, [cam(0)], guidance.condition("a teapot", NEGATIVE))
+    assert len(calls) == len(texts) + 1  # only the new prompt's text is encoded
 
 
 # ----------------------------------------------------------------- view-dependent prompts
@@ -184,15 +210,15 @@ def test_view_suffix(azimuth, elevation, suffix):
     assert view_suffix(azimuth, elevation) == suffix
 
 
-def test_prompt_for_cameras(guidance):
-    assert guidance.prompt_for(cam(0)) == PROMPT + ", front view"
-    assert guidance.prompt_for(cam(90)) == PROMPT + ", side view"
-    assert guidance.prompt_for(cam(-100)) == PROMPT + ", side view"
-    assert guidance.prompt_for(cam(180)) == PROMPT + ", back view"
-    assert guidance.prompt_for(cam(30, 80)) == PROMPT + ", overhead view"
+def test_prompt_for_cameras(guidance, cond):
+    assert guidance.prompt_for(cond, cam(0)) == PROMPT + ", front view"
+    assert guidance.prompt_for(cond, cam(90)) == PROMPT + ", side view"
+    assert guidance.prompt_for(cond, cam(-100)) == PROMPT + ", side view"
+    assert guidance.prompt_for(cond, cam(180)) == PROMPT + ", back view"
+    assert guidance.prompt_for(cond, cam(30, 80)) == PROMPT + ", overhead view"
     guidance.view_dependent = False
     try:
-        assert guidance.prompt_for(cam(180)) == PROMPT
+        assert guidance.prompt_for(cond, cam(180)) == PROMPT
     finally:
         guidance.view_dependent = True
 
@@ -220,8 +246,8 @@ def test_sd21_configs_are_sd21_architecture():
 def test_build_random_sd21_runs():
     from cfd.guidance.stable_diffusion import build_random_sd21
 
-    g = build_random_sd21(prompt="a cat", device="cpu")
+    g = build_random_sd21(device="cpu")
     assert g.channels == 4 and g.latent_factor == 8
     latents = g.encode(torch.rand(1, 3, 64, 64))
-    eps = g.predict_noise(latents, 500, [cam(0)])
+    eps = g.predict_noise(latents, 500, [cam(0)], g.condition("a cat"))
     assert eps.shape == (1, 4, 8, 8) and torch.isfinite(eps).all()

@@ -1,26 +1,56 @@
-"""The exact denoiser of a finite set of reference splat scenes (pixel space).
+"""The exact denoiser of a finite set of reference splat scenes (pixel space),
+with text conditioning, classifier-free guidance and a multi-view posterior.
 
-Data distribution, per camera c: "our render of one of K reference scenes from
-c", X_k(c) in [-1, 1] over the prior's background, each scene equally likely.
-Under x_t = α_t x_0 + σ_t ε its exact (posterior-mean) ε-prediction is
+Data distribution, per camera c: "our render of one of K reference objects from
+c", X_k(c) in [-1, 1] over the prior's background. Under x_t = α_t x_0 + σ_t ε
+and a prior restricted to a set S of objects (uniform over S), the exact
+(posterior-mean) ε-prediction is
 
-    ε*(x_t, t, c) = (x_t − α_t Σ_k w_k X_k(c)) / σ_t,
-    w = softmax_k(−‖x_t − α_t X_k(c)‖² / (2 σ_t²)),
+    ε*_S(x_t, t, c) = (x_t − α_t Σ_{k∈S} w_k X_k(c)) / σ_t,
+    w = softmax_{k∈S}(ℓ_k),   ℓ_k = −‖x_t − α_t X_k(c)‖² / (2 σ_t²),
 
 with the softmax taken through log-sum-exp in float64, so it stays exact and
-finite at the smallest σ_t. No weights needed: it makes distillation's claims
-(mode-seeking sharpness, seed diversity) measurable on a CPU.
+finite at the smallest σ_t.
+
+Text and CFG, exactly as SD uses them: the prompt selects the conditional set S_c
+(the objects it names, or a theme's objects, ``cfd.vocabulary``), the negative
+prompt the unconditional set S_u (the objects it names; every object when it
+names none), and ε̂ = ε*_{S_u} + s (ε*_{S_c} − ε*_{S_u}).
+
+Multi-view (``multiview=True``): the B views of one call are views of *one*
+object, so ℓ_k = Σ_views ℓ_k(view) and every view shares the same posterior
+weights — the exact analogue of a multi-view diffusion model (MVDream) that
+denoises its views jointly. No weights needed: it makes distillation's claims
+(mode-seeking sharpness, seed diversity, prompt following) measurable on a CPU.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from cfd.cameras import Camera
-from cfd.gaussians import GaussianScene
+from cfd.gaussians import GaussianScene, load_ply
 from cfd.render import render
-from cfd.scenes import load_scene_set
+from cfd.scenes import find_scene_sets, vocabulary
 from cfd.schedule import NoiseSchedule
+from cfd.vocabulary import Vocabulary
+
+# CFG scale s (ε_u + s(ε_c − ε_u)) used when a run gives none
+DEFAULT_EXACT_GUIDANCE_SCALE = 7.5
+
+
+@dataclass(frozen=True)
+class ExactCondition:
+    """A run's conditioning on the exact prior: the object indices of the
+    conditional (``positive``) and unconditional (``negative``) sets."""
+
+    prompt: str
+    negative_prompt: str
+    guidance_scale: float
+    positive: tuple[int, ...]
+    negative: tuple[int, ...]
 
 
 class ExactPrior:
@@ -35,16 +65,22 @@ class ExactPrior:
     channels = 3
 
     def __init__(self, scenes: list[GaussianScene], background=(1.0, 1.0, 1.0), name: str = "Exact prior",
-                 names: list[str] | None = None, supersample: int = 2):
+                 names: list[str] | None = None, supersample: int = 2, multiview: bool = False,
+                 vocabulary: Vocabulary | None = None):
         if supersample < 1:
             raise ValueError(f"ExactPrior: supersample must be ≥ 1, got {supersample}")
         self.latent_factor = int(supersample)
         if not scenes:
             raise ValueError("ExactPrior needs at least one reference scene")
-        if names is not None and len(names) != len(scenes):
-            raise ValueError(f"ExactPrior: {len(names)} names for {len(scenes)} scenes")
+        if vocabulary is None:
+            vocabulary = Vocabulary.from_names(list(names) if names is not None
+                                               else [f"scene {k}" for k in range(len(scenes))])
+        if len(vocabulary) != len(scenes):
+            raise ValueError(f"ExactPrior: {len(vocabulary)} names for {len(scenes)} scenes")
         self.scenes = list(scenes)
-        self.names = list(names) if names is not None else [f"scene {k}" for k in range(len(scenes))]
+        self.vocabulary = vocabulary
+        self.names = list(vocabulary.names)
+        self.multiview = bool(multiview)
         self.background = tuple(float(v) for v in background)
         self.name = name
         self.schedule = NoiseSchedule.stable_diffusion()
@@ -54,11 +90,18 @@ class ExactPrior:
         self._cached_bytes = 0
 
     @classmethod
+    def bundled(cls, set_ids: list[str] | None = None, **kwargs) -> "ExactPrior":
+        """The prior over the objects of the bundled sets ``set_ids`` (None: all of
+        them, the app's and CLI's default), with their captions, aliases and themes."""
+        sets = find_scene_sets(set_ids)
+        scenes = [load_ply(p) for s in sets for p in s.paths]
+        kwargs.setdefault("name", "Exact prior: " + ", ".join(s.name for s in sets))
+        return cls(scenes, vocabulary=vocabulary(sets), **kwargs)
+
+    @classmethod
     def from_scene_set(cls, set_id: str, **kwargs) -> "ExactPrior":
-        """The prior over a bundled set (``cfd.scenes``), named after it."""
-        scene_set, scenes = load_scene_set(set_id)
-        kwargs.setdefault("name", f"Exact prior: {scene_set.name}")
-        return cls(scenes, names=scene_set.names, **kwargs)
+        """The prior over one bundled set (``cfd.scenes``), named after it."""
+        return cls.bundled([set_id], **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -128,34 +171,78 @@ class ExactPrior:
             psnr.append(float(-10 * torch.log10(mse.mean().clamp_min(1e-10))))
         return psnr
 
+    # -- text and CFG
+
+    def condition(self, prompt: str = "", negative_prompt: str | None = None,
+                  guidance_scale: float | None = None) -> ExactCondition:
+        """Resolve a run's prompts to object sets (``cfd.vocabulary``). An empty
+        prompt is unconditional (every object); a prompt that names nothing this
+        prior knows is refused (ValueError listing what it knows). A negative
+        prompt that names no object leaves the unconditional set at every object."""
+        prompt = " ".join(str(prompt or "").split())
+        negative_prompt = " ".join(str(negative_prompt or "").split())
+        scale = DEFAULT_EXACT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+        if not scale >= 1:
+            raise ValueError(f"guidance_scale must be ≥ 1 (1 = no guidance), got {guidance_scale}")
+        everything = tuple(range(len(self.scenes)))
+        positive = self.vocabulary.select(prompt) if prompt else everything
+        if not positive:
+            raise ValueError(f"The embedded exact prior does not know {prompt!r}. It knows only these objects: "
+                             f"{self.vocabulary.describe()}. Name one of them (e.g. "
+                             f"'{self.vocabulary.captions[0]}'); free text needs Stable Diffusion "
+                             "(backend 'sd', with its weights).")
+        negative = self.vocabulary.select(negative_prompt) or everything
+        return ExactCondition(prompt, negative_prompt, scale, positive, negative)
+
+    # -- the posterior
+
     def _check(self, x_t: Tensor, cameras: list[Camera]) -> None:
         if x_t.dim() != 4 or x_t.shape[1] != 3:
             raise ValueError(f"ExactPrior: x_t must be [B,3,H,W], got {tuple(x_t.shape)}")
         if len(cameras) != x_t.shape[0]:
             raise ValueError(f"ExactPrior: {len(cameras)} cameras for a batch of {x_t.shape[0]}")
 
+    def _log_likelihoods(self, x: Tensor, refs: Tensor, alpha: float, sigma: float) -> Tensor:
+        """ℓ [B,K] float64 from x [B,3,H,W] and refs [B,K,3,H,W]; with ``multiview``
+        each row is the sum over the B views (one object for all views)."""
+        logits = -(x[:, None] - alpha * refs).square().sum(dim=(2, 3, 4)) / (2 * sigma ** 2)
+        return logits.sum(dim=0, keepdim=True).expand_as(logits) if self.multiview else logits
+
     @staticmethod
-    def _weights(x_t: Tensor, refs: Tensor, alpha: float, sigma: float) -> Tensor:
-        """w [B,K] float64 from x_t [B,3,H,W] and refs [B,K,3,H,W] (float64)."""
-        logits = -(x_t[:, None] - alpha * refs).square().sum(dim=(2, 3, 4)) / (2 * sigma ** 2)
-        return (logits - logits.logsumexp(dim=1, keepdim=True)).exp()
+    def _weights(logits: Tensor, members: tuple[int, ...]) -> Tensor:
+        """softmax of ``logits`` [B,K] over the objects ``members`` (0 elsewhere)."""
+        mask = torch.full(logits.shape[1:], float("-inf"), dtype=logits.dtype, device=logits.device)
+        mask[list(members)] = 0
+        return (logits + mask).softmax(dim=1)
 
     def _posterior(self, x_t: Tensor, t: int, cameras: list[Camera]) -> tuple[Tensor, Tensor, Tensor, float, float]:
-        """(x_t, refs, w) in float64 on x_t's device, and α_t, σ_t."""
+        """(x_t, refs, ℓ) in float64 on x_t's device, and α_t, σ_t."""
         self._check(x_t, cameras)
         alpha, sigma = float(self.schedule.alpha(int(t))), float(self.schedule.sigma(int(t)))
         x = x_t.detach().double()
         refs = self.reference_images(cameras, x_t.shape[3], x_t.shape[2]).to(x.device, torch.float64)
-        return x, refs, self._weights(x, refs, alpha, sigma), alpha, sigma
+        return x, refs, self._log_likelihoods(x, refs, alpha, sigma), alpha, sigma
 
     @torch.no_grad()
-    def posterior_weights(self, x_t: Tensor, t: int, cameras: list[Camera]) -> Tensor:
-        """p(scene k | x_t, c) [B,K] float32."""
-        return self._posterior(x_t, t, cameras)[2].float()
+    def posterior_weights(self, x_t: Tensor, t: int, cameras: list[Camera],
+                          cond: ExactCondition | None = None) -> Tensor:
+        """p(object k | x_t, c, prompt) [B,K] float32 (``cond``: None = unconditional)."""
+        cond = cond or self.condition()
+        return self._weights(self._posterior(x_t, t, cameras)[2], cond.positive).float()
 
     @torch.no_grad()
-    def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera]) -> Tensor:
-        """ε*(x_t, t, c) [B,3,H,W] float32 on x_t's device; x_t [B,3,H,W], one camera per item."""
-        x, refs, w, alpha, sigma = self._posterior(x_t, t, cameras)
-        x0 = (w[:, :, None, None, None] * refs).sum(dim=1)
+    def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera],
+                      cond: ExactCondition | None = None) -> Tensor:
+        """ε̂ = ε*_u + s(ε*_c − ε*_u) [B,3,H,W] float32 on x_t's device; x_t [B,3,H,W],
+        one camera per item; ``cond`` from ``condition`` (None = unconditional)."""
+        cond = cond or self.condition()
+        x, refs, logits, alpha, sigma = self._posterior(x_t, t, cameras)
+
+        def mean(members):  # posterior-mean clean image [B,3,H,W] under the prior over ``members``
+            return torch.einsum("bk,bkchw->bchw", self._weights(logits, members), refs)
+
+        x0 = mean(cond.positive)
+        if cond.guidance_scale != 1 and cond.negative != cond.positive:
+            x0_u = mean(cond.negative)
+            x0 = x0_u + cond.guidance_scale * (x0 - x0_u)
         return ((x - alpha * x0) / sigma).float()

@@ -23,7 +23,9 @@ so ``check_sd_weights`` and this module stay cheap.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +41,8 @@ DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
 # CFG scale in diffusers' convention ε_u + s(ε_c − ε_u); the authors' 50–70 is in
 # "ε_c + s(ε_c − ε_u)", i.e. ours minus one. Shared by the CLI and the app.
 DEFAULT_GUIDANCE_SCALE = 50.0
+# One default shared by the guidance, the CLI and the app.
+DEFAULT_NEGATIVE_PROMPT = "blurry, oversmoothed, low quality, low resolution, monochrome"
 MODEL_ENV = "CFD_MODEL"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -174,6 +178,15 @@ def _device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
+@dataclass(frozen=True)
+class SDCondition:
+    """A run's text conditioning for Stable Diffusion (``StableDiffusionGuidance.condition``)."""
+
+    prompt: str
+    negative_prompt: str
+    guidance_scale: float
+
+
 class StableDiffusionGuidance:
     """Latent-space SD guidance with classifier-free guidance and cached prompt embeddings.
 
@@ -182,9 +195,7 @@ class StableDiffusionGuidance:
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: Mapping, *,
-                 prompt: str, negative_prompt: str = "", guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                 view_dependent: bool = True, device=None, dtype=None,
-                 name: str = "Stable Diffusion"):
+                 view_dependent: bool = True, device=None, dtype=None, name: str = "Stable Diffusion"):
         self.device, self.dtype = _device_dtype(device, dtype)
         prediction_type = scheduler_config.get("prediction_type") or "epsilon"
         if prediction_type not in PREDICTION_TYPES:
@@ -203,24 +214,22 @@ class StableDiffusionGuidance:
         self.channels = int(unet.config.in_channels)
         self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.name = name
-        self.guidance_scale = float(guidance_scale)
         self.view_dependent = view_dependent
         self._embeddings: dict[str, Tensor] = {}
-        self.set_prompt(prompt, negative_prompt)
+        self._embeddings_lock = threading.Lock()
 
     @classmethod
-    def from_components(cls, unet, vae, text_encoder, tokenizer, scheduler_config: Mapping, *,
-                        prompt: str, **kwargs) -> "StableDiffusionGuidance":
+    def from_components(cls, unet, vae, text_encoder, tokenizer, scheduler_config: Mapping,
+                        **kwargs) -> "StableDiffusionGuidance":
         """Guidance over already built diffusers/transformers components:
         UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer and the
-        scheduler config dict. ``kwargs``: negative_prompt, guidance_scale,
-        view_dependent, device, dtype, name (see the class)."""
-        return cls(unet, vae, text_encoder, tokenizer, scheduler_config, prompt=prompt, **kwargs)
+        scheduler config dict. ``kwargs``: view_dependent, device, dtype, name
+        (see the class)."""
+        return cls(unet, vae, text_encoder, tokenizer, scheduler_config, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike | None = None, *, prompt: str,
-                        negative_prompt: str = "", guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                        view_dependent: bool = True, device=None, dtype=None) -> "StableDiffusionGuidance":
+    def from_pretrained(cls, model: str | os.PathLike | None = None, *, view_dependent: bool = True,
+                        device=None, dtype=None) -> "StableDiffusionGuidance":
         """Load SD from a hub id or local diffusers folder (see ``resolve_model``).
 
         Local folders and HF_HUB_OFFLINE=1 never touch the network, and are checked
@@ -248,31 +257,41 @@ class StableDiffusionGuidance:
         except (OSError, ValueError) as err:
             raise GuidanceUnavailable(_unavailable_message(model, f"loading failed ({err})")) from err
         return cls.from_components(unet, vae, text_encoder, tokenizer, scheduler_config,
-                                   prompt=prompt, negative_prompt=negative_prompt,
-                                   guidance_scale=guidance_scale, view_dependent=view_dependent,
-                                   device=device, dtype=dtype, name=f"Stable Diffusion ({model})")
+                                   view_dependent=view_dependent, device=device, dtype=dtype,
+                                   name=f"Stable Diffusion ({model})")
 
     # -- prompts
 
-    def set_prompt(self, prompt: str, negative_prompt: str = "") -> None:
-        """Change the prompts; embeddings are computed lazily and cached per text."""
-        self.prompt, self.negative_prompt = prompt, negative_prompt
-        self._embeddings.clear()
+    def condition(self, prompt: str, negative_prompt: str | None = None,
+                  guidance_scale: float | None = None) -> "SDCondition":
+        """A run's conditioning (defaults: ``DEFAULT_NEGATIVE_PROMPT``,
+        ``DEFAULT_GUIDANCE_SCALE``). ValueError for an empty prompt or a scale < 1."""
+        prompt = " ".join(str(prompt or "").split())
+        if not prompt:
+            raise ValueError("the prompt is empty: Stable Diffusion needs a text prompt, "
+                             "e.g. 'a DSLR photo of a corgi wearing a beret'")
+        scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+        if not scale >= 1:
+            raise ValueError(f"guidance_scale must be ≥ 1 (1 = no guidance), got {guidance_scale}")
+        negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else " ".join(negative_prompt.split())
+        return SDCondition(prompt, negative, scale)
 
-    def prompt_for(self, camera: Camera) -> str:
+    def prompt_for(self, cond: "SDCondition", camera: Camera) -> str:
         """The conditional prompt for one view (with its view suffix if view-dependent)."""
         if not self.view_dependent:
-            return self.prompt
-        return self.prompt + view_suffix(camera.azimuth_deg, camera.elevation_deg)
+            return cond.prompt
+        return cond.prompt + view_suffix(camera.azimuth_deg, camera.elevation_deg)
 
     def text_embedding(self, text: str) -> Tensor:
-        """[1, L, D] text-encoder hidden states of ``text``, computed once per text."""
-        if text not in self._embeddings:
-            ids = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids
-            with torch.no_grad():
-                self._embeddings[text] = self.text_encoder(ids.to(self.device)).last_hidden_state
-        return self._embeddings[text]
+        """[1, L, D] text-encoder hidden states of ``text``, computed once per text
+        (thread-safe cache shared by every run on this model)."""
+        with self._embeddings_lock:
+            if text not in self._embeddings:
+                ids = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                     truncation=True, return_tensors="pt").input_ids
+                with torch.no_grad():
+                    self._embeddings[text] = self.text_encoder(ids.to(self.device)).last_hidden_state
+            return self._embeddings[text]
 
     # -- the Guidance protocol
 
@@ -290,9 +309,10 @@ class StableDiffusionGuidance:
             image = self.vae.decode(x).sample
         return ((image.float() + 1) / 2).clamp(0, 1)
 
-    def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera]) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera], cond: "SDCondition") -> Tensor:
         """CFG noise prediction ε̂ = ε_u + s(ε_c − ε_u) for latents x_t [B, C, h, w] at
-        integer timestep t, one camera per batch item (for the view suffix). One
+        integer timestep t, one camera per batch item (for the view suffix), with
+        ``cond``'s prompts and scale s. One
         UNet call on the batch [uncond; cond] of size 2B. Returns float32 [B, C, h, w]
         on x_t's device, without gradient. v-prediction models are converted with
         ε = α_t v + σ_t x_t."""
@@ -302,14 +322,14 @@ class StableDiffusionGuidance:
         t = int(t)
         alpha, sigma = self.schedule.alpha(t).item(), self.schedule.sigma(t).item()  # validates t
         with torch.no_grad():
-            uncond = self.text_embedding(self.negative_prompt).expand(batch, -1, -1)
-            cond = torch.cat([self.text_embedding(self.prompt_for(c)) for c in cameras])
+            uncond = self.text_embedding(cond.negative_prompt).expand(batch, -1, -1)
+            text = torch.cat([self.text_embedding(self.prompt_for(cond, c)) for c in cameras])
             x = x_t.detach().to(self.device, self.dtype)
             timesteps = torch.full((2 * batch,), t, device=self.device, dtype=torch.long)
             out = self.unet(torch.cat([x, x]), timesteps,
-                            encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
+                            encoder_hidden_states=torch.cat([uncond, text])).sample.float()
             out_uncond, out_cond = out.chunk(2)
-            out = out_uncond + self.guidance_scale * (out_cond - out_uncond)
+            out = out_uncond + cond.guidance_scale * (out_cond - out_uncond)
             if self.prediction_type == "v_prediction":
                 out = alpha * out + sigma * x_t.detach().to(self.device).float()
         return out.to(x_t.device)
@@ -356,7 +376,7 @@ def sd21_configs() -> dict[str, dict]:
     }
 
 
-def build_random_sd21(*, prompt: str, device=None, dtype=None, **kwargs) -> StableDiffusionGuidance:
+def build_random_sd21(*, device=None, dtype=None, **kwargs) -> StableDiffusionGuidance:
     """SD-2.1-base's real architecture (UNet 865M, VAE 84M, OpenCLIP-H text encoder
     340M parameters) with random weights and the offline byte-level tokenizer, for
     honest speed measurements without weights. Its outputs are meaningless.
@@ -373,4 +393,4 @@ def build_random_sd21(*, prompt: str, device=None, dtype=None, **kwargs) -> Stab
     tokenizer = byte_level_clip_tokenizer(configs["text_encoder"]["max_position_embeddings"])
     kwargs.setdefault("name", "Stable Diffusion 2.1-base architecture (random weights)")
     return StableDiffusionGuidance.from_components(unet, vae, text_encoder, tokenizer, configs["scheduler"],
-                                                   prompt=prompt, device=device, dtype=dtype, **kwargs)
+                                                   device=device, dtype=dtype, **kwargs)
