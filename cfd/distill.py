@@ -9,7 +9,8 @@ One step τ of N (DESIGN.md §4):
     ε̃      = noise(τ, c)                           noise strategy
     x_t    = α_t x + σ_t ε̃
     ε̂      = guidance(x_t, t, c)
-    grad   = w(t) (ε̂ − ε̃),  w(t) = σ_t / α_t       (= x − x̂₀: pull x to the predicted clean image)
+    grad   = w(t) (ε̂ − ε̃)                          weighting: λ_t = σ_t/α_t (CFD: = x − x̂₀,
+                                                   pull x to the predicted clean image), σ_t² (SDS)
     loss   = ½ ‖x − sg(x − grad)‖²;  Adam step on θ; densify/prune on schedule
 """
 from __future__ import annotations
@@ -49,6 +50,8 @@ class DistillConfig:
     batch_views: int = 1           # views per step
     t_knots: tuple = ((0.0, 980), (1.0, 20))   # annealed t(τ/N), piecewise linear
     t_range: tuple = (20, 980)     # SDS: t ~ U[t_min, t_max]
+    weighting: str | None = None   # w(t): "lambda" (σ_t/α_t) | "sigma2" (σ_t², DreamFusion);
+                                   # None: sigma2 for sds, lambda for the others
     gamma: float = 1e-4            # cfd-sde refresh rate per step
     supersample: int = 2           # noise sub-pixels per side for pixel-space guidance (latent_factor 1);
                                    # latent guidance (SD ×8, ExactPrior ×2) reuses its render instead
@@ -90,6 +93,8 @@ class DistillConfig:
             problems.append(f"steps={self.steps} must be in 1..65536")
         if not 8 <= self.res <= 2048:
             problems.append(f"res={self.res} must be in 8..2048")
+        if self.weighting not in (None, *WEIGHTINGS):
+            problems.append(f"weighting {self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
         if self.background not in ("white", "black", "random"):
             problems.append(f"background {self.background!r} must be white, black or random")
         if not 0 < self.gamma < 1:
@@ -151,6 +156,17 @@ class UniformTime:
         return uniform_timestep(self.generator, *self.t_range)
 
 
+WEIGHTINGS = {
+    "lambda": lambda schedule, t: float(schedule.lam(t)),             # σ_t/α_t: CFD, the ODE's own scale
+    "sigma2": lambda schedule, t: float(schedule.sigma(t)) ** 2,      # σ_t² = 1 − ᾱ_t: DreamFusion's SDS
+}
+
+
+def weighting(config: "DistillConfig"):
+    """w(schedule, t) of ``config`` (DreamFusion's σ_t² for sds unless overridden)."""
+    return WEIGHTINGS[config.weighting or ("sigma2" if config.method == "sds" else "lambda")]
+
+
 def stream_seed(seed: int, stream: str) -> int:
     """An independent 63-bit seed for one random stream of a run (cameras, times,
     noise, backgrounds, densification), so no two streams of two seeds coincide."""
@@ -209,6 +225,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
     mid_view = orbit_camera(0.0, 0.0, config.cameras.eval_radius, config.cameras.eval_fov, noise_res, noise_res)
     cell_size = default_cell_size(mid_view, noise_ss)
     times, noise = strategies(config, cell_size, noise_ss)
+    weight = weighting(config)
     schedule = NoiseSchedule(guidance.alphas_cumprod)
     cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)
 
@@ -242,7 +259,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
         with timer("guidance"):
             x_t = alpha * x.detach() + sigma * eps
             eps_hat = guidance.predict_noise(x_t, t, cameras, cond)
-            grad = float(schedule.lam(t)) * (eps_hat - eps)                   # w(t) = λ_t = σ_t/α_t
+            grad = weight(schedule, t) * (eps_hat - eps)
         with timer("backward"):
             loss = 0.5 * ((x - (x - grad).detach()) ** 2).sum() / len(cameras)
             optimizer.zero_grad(set_to_none=True)
