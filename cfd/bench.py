@@ -141,7 +141,7 @@ def bench_toy(args) -> dict:
         summary[spec] = {"mean_best_psnr": round(statistics.mean(best), 2),
                          "distinct_modes": len(set(reached)),
                          "chimeras": len(rs) - len(reached),
-                         "mode_entropy": round(float(-(p * p.log2()).sum()), 3),
+                         "mode_entropy": round(abs(float(-(p * p.log2()).sum())), 3),
                          "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
     if args.figure:
         _toy_figure(finals, methods, seeds, args.figure)
@@ -280,9 +280,9 @@ def bench_speed(args) -> dict:
     if args.backend == "exact":
         from .guidance.exact_prior import ExactPrior
 
-        guidance = ExactPrior.from_scene_set("toys").to(device)
+        guidance = ExactPrior.bundled(multiview=args.batch_views > 1).to(device)
         config = DistillConfig(method=args.method, steps=args.steps + args.warmup, res=args.res,
-                               batch_views=args.batch_views)
+                               batch_views=args.batch_views, prompt="a toy")
     else:
         from .guidance.stable_diffusion import build_random_sd21
 

@@ -27,12 +27,14 @@ def test_generate_refuses_bad_input(tmp_path, capsys):
 
 def test_bench_toy_json_contract(tmp_path):
     out = tmp_path / "toy.json"
-    assert bench_main(["toy", "--methods", "cfd,sds", "--seeds", "0-1", "--steps", "6", "--res", "16",
-                       "--json", str(out)]) == 0
+    assert bench_main(["toy", "--methods", "cfd,sds:lambda", "--seeds", "0-1", "--steps", "6", "--res", "16",
+                       "--views", "2", "--prior", "multiview", "--prompt", "a toy", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert set(data) >= {"config", "runs", "summary"}
     assert len(data["runs"]) == 4
     for run in data["runs"]:
-        assert set(run) >= {"method", "seed", "psnr", "nearest", "seconds"} and len(run["psnr"]) == 3
-    for method in ("cfd", "sds"):
-        assert set(data["summary"][method]) == {"mean_best_psnr", "distinct_modes", "mode_entropy", "mean_seconds"}
+        assert set(run) >= {"method", "seed", "psnr", "nearest", "seconds"} and len(run["psnr"]) == 4  # the toys
+    assert (data["config"]["prior"], data["config"]["views"], data["config"]["prompt"]) == ("multiview", 2, "a toy")
+    for method in ("cfd", "sds:lambda"):
+        assert set(data["summary"][method]) == {"mean_best_psnr", "distinct_modes", "chimeras", "mode_entropy",
+                                                "mean_seconds"}
