@@ -36,3 +36,33 @@ def test_bench_toy_json_contract(tmp_path):
         assert set(run) >= {"method", "seed", "psnr", "nearest", "seconds"} and len(run["psnr"]) == 3
     for method in ("cfd", "sds"):
         assert set(data["summary"][method]) == {"mean_best_psnr", "distinct_modes", "mode_entropy", "mean_seconds"}
+
+
+def test_generate_sd_preset_on_the_tiny_pipeline(tmp_path, tiny_sd_model):
+    """`--backend sd` with no --res/--steps is the SD preset; here 50 steps at 64 px on
+    the tiny random SD, cfd-sde with the authors' schedules, the shared defaults."""
+    from cfd.guidance import DEFAULT_GUIDANCE_SCALE, DEFAULT_NEGATIVE_PROMPT
+    from cfd.schedule import AUTHORS_SD_GAMMA_KNOTS, AUTHORS_SD_T_KNOTS
+
+    out = tmp_path / "sd"
+    assert cli_main(["generate", "--backend", "sd", "--model", str(tiny_sd_model), "--prompt", "a hamburger",
+                     "--method", "cfd-sde", "--steps", "50", "--res", "64", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps_done"] == 50 and run["skipped_steps"] == 0 and run["res"] == 64
+    assert run["condition"] == {"prompt": "a hamburger", "negative_prompt": DEFAULT_NEGATIVE_PROMPT,
+                                "guidance_scale": DEFAULT_GUIDANCE_SCALE}
+    config = run["config"]
+    assert [tuple(k) for k in config["t_knots"]] == list(AUTHORS_SD_T_KNOTS)
+    assert [tuple(k) for k in config["gamma"]] == list(AUTHORS_SD_GAMMA_KNOTS)
+    assert config["gamma_reference_steps"] == 25_000 and config["densify_every"] == 5
+    assert config["init_splats"] < run["n_splats"] <= 4 * config["init_splats"]   # densified, selectively
+    for name in ("scene.ply", "render.mp4", "noise.mp4"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_sd_without_res_or_steps_is_the_sd_preset(tmp_path, monkeypatch, capsys):
+    """No weights here: `--backend sd` alone is refused for the weights, not for its res."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli_main(["generate", "--backend", "sd", "--prompt", "a cat", "--model", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "x")]) == 3
+    assert "Stable Diffusion weights" in capsys.readouterr().err
