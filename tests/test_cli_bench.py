@@ -66,3 +66,14 @@ def test_sd_without_res_or_steps_is_the_sd_preset(tmp_path, monkeypatch, capsys)
     assert cli_main(["generate", "--backend", "sd", "--prompt", "a cat", "--model", str(tmp_path / "none"),
                      "--out", str(tmp_path / "x")]) == 3
     assert "Stable Diffusion weights" in capsys.readouterr().err
+
+
+def test_bench_speed_reports_the_splat_curve_with_densification(tmp_path):
+    out = tmp_path / "speed.json"
+    assert bench_main(["speed", "--backend", "exact", "--res", "16", "--steps", "18", "--densify",
+                       "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["densify_every"] == 2 and data["skipped_steps"] == 0 and data["ms_per_step"] > 0
+    curve = data["splat_curve"]
+    assert curve[0] == [0, 1000] and len(curve) > 2 and all(b[1] > a[1] for a, b in zip(curve, curve[1:]))
+    assert curve[-1][1] <= 4000 and "densify" in data["phases_ms"]
