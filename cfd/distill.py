@@ -320,11 +320,13 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         with timer("optimiser"):
-            if finite(step, optimizer):          # else skipped: Adam untouched
+            stepped = finite(step, optimizer)    # a NaN/Inf gradient skips the step: Adam untouched
+            if stepped:
                 optimizer.step()
-                densify.observe(outputs)
             optimizer.param_groups[0]["lr"] *= means_decay   # group 0 is "means"
         with timer("densify"):
+            if stepped:
+                densify.observe(outputs)         # view-space gradients of this step
             scene = densify.step(step, _current_scene(optimizer), optimizer)
 
         if callback is not None:
