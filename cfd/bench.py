@@ -282,7 +282,8 @@ def bench_speed(args) -> dict:
 
         guidance = ExactPrior.bundled(multiview=args.batch_views > 1).to(device)
         config = DistillConfig(method=args.method, steps=args.steps + args.warmup, res=args.res,
-                               batch_views=args.batch_views, prompt="a toy")
+                               batch_views=args.batch_views, prompt="a toy",
+                               densify_every=max(1, (args.steps + args.warmup) // 10) if args.densify else 0)
     else:
         from .guidance.stable_diffusion import build_random_sd21
 
@@ -293,12 +294,17 @@ def bench_speed(args) -> dict:
         config = DistillConfig.for_stable_diffusion(prompt="a photo of a hamburger", method=args.method,
                                                     steps=args.steps + args.warmup,
                                                     res=args.res, batch_views=args.batch_views,
-                                                    init_splats=args.splats, densify_every=0, preview_every=0)
+                                                    init_splats=args.splats, preview_every=0,
+                                                    **({} if args.densify else {"densify_every": 0}))
     timer = PhaseTimer()
-    marks = []
+    marks, splats = [], [(0, config.init_splats)]
+    skipped = {"steps": 0}
 
     def callback(info):
         marks.append(time.perf_counter())
+        skipped["steps"] = info.skipped_steps
+        if info.n_splats != splats[-1][1]:
+            splats.append((info.step, info.n_splats))
         if info.step == args.warmup:
             timer.total.clear()
             if device == "cuda":
@@ -315,7 +321,9 @@ def bench_speed(args) -> dict:
               "batch_views": args.batch_views, "steps_timed": steps, "ms_per_step": round(step_ms, 2),
               "phases_ms": phases, "phases_share": {k: round(v / total, 3) for k, v in phases.items()},
               "projected_1000_steps_s": round(step_ms, 2),  # 1000 steps × ms/step ÷ 1000 ms/s
-              "peak_rss_mb": round(_peak_rss_mb(), 1)}
+              "peak_rss_mb": round(_peak_rss_mb(), 1),
+              # densification (--densify): (step, splats) at every change; steps skipped for a NaN/Inf gradient
+              "densify_every": config.densify_every, "splat_curve": splats, "skipped_steps": skipped["steps"]}
     if args.backend != "exact":
         latents = torch.randn(1, guidance.channels, args.res // guidance.latent_factor,
                               args.res // guidance.latent_factor, device=device)
@@ -387,6 +395,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16",
                    help="UNet/VAE dtype on CUDA (CPU always runs fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--densify", action="store_true",
+                   help="densify as the preset does (every 10 %% of the run until half-way); "
+                        "reports the splat-count curve")
     p.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result = {"command": args.command, "environment": _environment(), **COMMANDS[args.command](args)}

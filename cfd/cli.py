@@ -95,16 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scene-set", default="toys", help="exact prior: a bundled set (toys, garden)")
     p.add_argument("--method", default="cfd", choices=["cfd", "cfd-sde", "sds", "iid", "fixed2d"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="default: 300 exact, 1000 SD")
+    p.add_argument("--steps", type=int, default=None,
+                   help="default: the backend's (DistillConfig / DistillConfig.for_stable_diffusion)")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="CFG scale, diffusers convention (SD backend; default 50)")
-    p.add_argument("--res", type=int, default=None, help="render resolution (default: 32 exact, 512 SD)")
+                   help="CFG scale, diffusers convention (default: the backend's; SD: 71, the authors' 70)")
+    p.add_argument("--res", type=int, default=None, help="render resolution (default: the backend's)")
     p.add_argument("--out", type=Path, default=Path("outputs/run"))
     p.set_defaults(func=cmd_generate)
     return parser
 
 
 def main(argv=None) -> int:
+    from .distill import NonFiniteGradient
     from .guidance.base import GuidanceUnavailable
 
     args = build_parser().parse_args(argv)
@@ -116,3 +118,6 @@ def main(argv=None) -> int:
     except GuidanceUnavailable as exc:  # missing weights, with the fix
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except NonFiniteGradient as exc:  # the run diverged; nothing was written
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
