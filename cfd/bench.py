@@ -225,7 +225,7 @@ def bench_noise(args) -> dict:
     res, s = args.res, args.supersample
     pairs = [(orbit_camera(az, el, 2.5, 49, res, res), orbit_camera(az + 5, el, 2.5, 49, res, res))
              for az, el in NOISE_VIEW_PAIRS]
-    cell = default_cell_size(pairs[0][0], s)
+    cell = default_cell_size(pairs[0][0])
     out = {"res": res, "supersample": s, "cell_size": cell, "view_pairs": NOISE_VIEW_PAIRS, "seeds": [0, 1],
            "cases": {}}
     for name, scene in noise_cases().items():

@@ -179,7 +179,7 @@ def noise_source(guidance, config: DistillConfig, init: GaussianScene | None = N
         return FixedImageNoise(stream_seed(seed, "noise"))
     res, supersample = noise_grid(guidance, config)
     mid_view = orbit_camera(0.0, 0.0, config.cameras.eval_radius, config.cameras.eval_fov, res, res)
-    return SurfaceNoise(seed, supersample, default_cell_size(mid_view, supersample),
+    return SurfaceNoise(seed, supersample, default_cell_size(mid_view),
                         centre=(0.0, 0.0, 0.0) if init is None else scene_centre(init),
                         gamma=config.gamma if config.method == "cfd-sde" else 0.0)
 

@@ -73,7 +73,7 @@ def correlation(scene, noise_a, noise_b, cam_a, cam_b):
                                    torus_scene()], ids=["small", "large", "off-centre", "torus"])
 def test_noise_sticks_to_the_surface_across_views(scene):
     a, b = views_5_degrees_apart()
-    size = default_cell_size(a, 4)
+    size = default_cell_size(a)
     na = consistent_noise(scene, a, seed=7, supersample=4, cell_size=size)
     nb = consistent_noise(scene, b, seed=7, supersample=4, cell_size=size)
     rho, used = correlation(scene, na, nb, a, b)
@@ -126,7 +126,7 @@ def test_sde_source_matches_ode_at_step_zero_and_drifts_after():
     with torch.no_grad():
         out = render(scene, cam)
     surf = [Surface(out.depth, out.alpha, cam)]
-    size = default_cell_size(cam.scaled(0.25), 4)
+    size = default_cell_size(cam.scaled(0.25))
     ode = SurfaceNoise(0, 4, size).sample(0, (1, 4, RES, RES), surf)
     sde = SurfaceNoise(0, 4, size, gamma=0.05)
     assert torch.equal(sde.sample(0, (1, 4, RES, RES), surf), ode)
@@ -146,7 +146,7 @@ def test_a_run_has_one_noise_source_that_knows_its_cells(method, kind, gamma):
     if kind is SurfaceNoise:
         # cells sized for the middle training view on the run's noise grid, centred where init_scene's ball is
         assert source.supersample == 2 and source.gamma == gamma and source.centre == (0.0, 0.0, 0.0)
-        assert source.cell_size == default_cell_size(orbit_camera(0, 0, 2.5, 49, 32, 32), 2)
+        assert source.cell_size == default_cell_size(orbit_camera(0, 0, 2.5, 49, 32, 32))
         off_centre = shell_scene(0.3, centre=(0.4, 0.2, 0.1))
         centre = noise_source(pixel_space, config, init=off_centre).centre
         assert centre == scene_centre(off_centre) and math.dist(centre, (0.4, 0.2, 0.1)) < 0.01
