@@ -703,7 +703,8 @@ def build_demo() -> gr.Blocks:
                         with gr.Row():
                             render_video = gr.Video(label="Orbit render", autoplay=True, loop=True, height=260,
                                                     interactive=False, elem_id="render-video")
-                            noise_video = gr.Video(label="Render | consistent noise (sticks to the surface)",
+                            noise_video = gr.Video(label="Render | the run's noise: CFD's turns with the object, "
+                                                         "SDS's flickers",
                                                    autoplay=True, loop=True, height=260, interactive=False,
                                                    elem_id="noise-video")
                         downloads = gr.File(label="Downloads (PLY, GLB, MP4, run.json)", file_count="multiple",

@@ -28,7 +28,8 @@ from torch import Tensor
 from .cameras import CameraRanges, orbit_camera, sample_cameras
 from .densify import Densifier
 from .gaussians import GaussianScene, init_scene, make_optimizer
-from .noise import FixedImageNoise, IIDNoise, NoiseSource, Surface, SurfaceNoise, default_cell_size
+from .noise import (FixedImageNoise, IIDNoise, NoiseSource, Surface, SurfaceNoise, default_cell_size,
+                    scene_centre)
 from .render import render
 from .schedule import (AUTHORS_SD_GAMMA_KNOTS, AUTHORS_SD_STEPS, AUTHORS_SD_T_KNOTS, GammaSchedule,
                        NoiseSchedule, annealed_timestep, check_gamma, uniform_timestep)
@@ -229,20 +230,34 @@ def stream_seed(seed: int, stream: str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def strategies(config: DistillConfig, cell_size: float, noise_supersample: int):
-    """The (time, noise) strategies of ``config.method``."""
-    seed = config.seed
-    annealed = AnnealedTime(config.t_knots)
+def strategies(guidance, config: DistillConfig, init: GaussianScene | None = None):
+    """The (time, noise) strategies of ``config.method`` (the noise: ``noise_source``)."""
     if config.method == "sds":
-        return (UniformTime(config.t_range, torch.Generator().manual_seed(stream_seed(seed, "times"))),
-                IIDNoise(stream_seed(seed, "noise")))
-    noise: NoiseSource = {
-        "cfd": lambda: SurfaceNoise(seed, noise_supersample, cell_size),
-        "cfd-sde": lambda: SurfaceNoise(seed, noise_supersample, cell_size, gamma=config.gamma_schedule()),
-        "iid": lambda: IIDNoise(stream_seed(seed, "noise")),
-        "fixed2d": lambda: FixedImageNoise(stream_seed(seed, "noise")),
-    }[config.method]()
-    return annealed, noise
+        times = UniformTime(config.t_range, torch.Generator().manual_seed(stream_seed(config.seed, "times")))
+    else:
+        times = AnnealedTime(config.t_knots)
+    return times, noise_source(guidance, config, init)
+
+
+def noise_source(guidance, config: DistillConfig, init: GaussianScene | None = None) -> NoiseSource:
+    """The noise ε̃ of a run of ``config.method``, decided once for the run; the
+    loop and the pipeline's noise video both draw it from a source built here.
+
+    Surface noise (cfd, cfd-sde) lives on the run's noise grid (``noise_grid``),
+    its cells sized for the middle training view and centred on the starting
+    scene: ``init``'s opacity-weighted centre, or the origin, where
+    ``init_scene`` puts its ball and the training cameras look.
+    """
+    seed = config.seed
+    if config.method in ("sds", "iid"):
+        return IIDNoise(stream_seed(seed, "noise"))
+    if config.method == "fixed2d":
+        return FixedImageNoise(stream_seed(seed, "noise"))
+    res, supersample = noise_grid(guidance, config)
+    mid_view = orbit_camera(0.0, 0.0, config.cameras.eval_radius, config.cameras.eval_fov, res, res)
+    return SurfaceNoise(seed, supersample, default_cell_size(mid_view),
+                        centre=(0.0, 0.0, 0.0) if init is None else scene_centre(init),
+                        gamma=config.gamma_schedule() if config.method == "cfd-sde" else 0.0)
 
 
 # ------------------------------------------------------------------ loop
@@ -275,11 +290,8 @@ def noise_grid(guidance, config: DistillConfig) -> tuple[int, int]:
 
 def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
     f = guidance.latent_factor
-    noise_res, noise_ss = noise_grid(guidance, config)
-    # one cell size for the whole run, from the middle of the training views' radius and fov
-    mid_view = orbit_camera(0.0, 0.0, config.cameras.eval_radius, config.cameras.eval_fov, noise_res, noise_res)
-    cell_size = default_cell_size(mid_view, noise_ss)
-    times, noise = strategies(config, cell_size, noise_ss)
+    _, noise_ss = noise_grid(guidance, config)
+    times, noise = strategies(guidance, config, init)
     weight = weighting(config)
     schedule = NoiseSchedule(guidance.alphas_cumprod)
     cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)

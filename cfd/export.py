@@ -3,9 +3,9 @@ a GLB mesh.
 
 - ``write_video``: frames → H.264 / yuv420p mp4 that browsers play.
 - ``orbit_frames`` / ``orbit_video``: renders along ``cameras.orbit``.
-- ``noise_frames`` / ``noise_video``: the multi-view consistent noise
-  (``cfd.noise.consistent_noise``) along the same orbit, optionally next to the
-  render, so one sees the noise stick to the surface.
+- ``noise_frames`` / ``noise_video``: the noise a run added (its own noise
+  source, ``cfd.distill.noise_source``) along the same orbit, optionally next
+  to the render: CFD's noise sticks to the surface, SDS's flickers.
 - ``save_viewer_ply``: the PLY for gradio's ``gr.Model3D`` splat viewer
   (gsplat.js): DC colour only, rotated to gsplat.js's y-down world.
 - ``density_grid`` / ``splat_mesh`` / ``export_glb``: a coloured triangle mesh
@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .cameras import Camera, orbit
 from .gaussians import GaussianScene, quat_to_rotmat, save_ply
+from .noise import SURFACE_ALPHA, NoiseSource, Surface
 from .render import render
 
 __all__ = [
@@ -141,67 +142,74 @@ def orbit_video(scene: GaussianScene, path, n_frames: int = 48, res: int = 256, 
 
 # ---------------------------------------------------------------- noise video
 
-def noise_to_display(noise: Tensor, channel: int | None = None, display_res: int | None = None) -> Tensor:
+NOISE_SPAN = 1.5                    # |noise| shown at full colour (σ); beyond is clipped
+NOISE_NEGATIVE = (0.13, 0.30, 0.85)  # −NOISE_SPAN … 0 … +NOISE_SPAN: blue … white … red
+NOISE_POSITIVE = (0.85, 0.30, 0.13)
+NEUTRAL_GREY = 0.5                  # pixels off the object
+
+
+def noise_to_display(noise: Tensor, mask: Tensor | None = None, display_res: int | None = None) -> Tensor:
     """Map a noise image [C,H,W] (≈ N(0,1)) to a displayable [H',W',3] in [0,1].
 
-    channel None: channels 0..2 as RGB (a single channel is repeated as grey);
-    an int picks that channel as grey. Values map as 0.5 + n/6, clipped (±3σ
-    spans the range, so 0 is mid-grey). ``display_res`` (square) upsamples with
-    nearest neighbour so every noise cell stays a crisp block; H', W' are
-    display_res or H, W.
+    The first channel goes through a diverging colour map, −NOISE_SPAN σ blue,
+    0 white, +NOISE_SPAN σ red (clipped; red − blue is linear in the value);
+    pixels where ``mask`` [H,W] is False (off the object) are neutral grey.
+    ``display_res`` (square) upsamples with nearest neighbour so every noise
+    pixel stays a crisp block; H', W' are display_res or H, W.
     """
     if noise.dim() != 3:
         raise ValueError(f"noise must be [C,H,W], got {tuple(noise.shape)}")
-    c = noise.shape[0]
-    if channel is None:
-        img = noise[:3] if c >= 3 else noise[:1].expand(3, -1, -1)
-    else:
-        if not 0 <= channel < c:
-            raise ValueError(f"channel {channel} out of range for {c}-channel noise")
-        img = noise[channel:channel + 1].expand(3, -1, -1)
-    img = (0.5 + img.float() / 6.0).clamp(0, 1)
-    if display_res is not None and (img.shape[1], img.shape[2]) != (display_res, display_res):
-        img = torch.nn.functional.interpolate(img[None], size=(display_res, display_res), mode="nearest")[0]
-    return img.permute(1, 2, 0).contiguous()
+    v = (noise[0].float() / NOISE_SPAN).clamp(-1, 1)[..., None]
+    end = torch.where(v > 0, torch.tensor(NOISE_POSITIVE), torch.tensor(NOISE_NEGATIVE))
+    img = 1 + v.abs() * (end - 1)
+    if mask is not None:
+        img = torch.where(mask[..., None], img, torch.tensor(NEUTRAL_GREY))
+    if display_res is not None and tuple(img.shape[:2]) != (display_res, display_res):
+        img = torch.nn.functional.interpolate(img.permute(2, 0, 1)[None], size=(display_res, display_res),
+                                              mode="nearest")[0].permute(1, 2, 0)
+    return img.contiguous()
 
 
-def noise_frames(scene: GaussianScene, seed: int, n_frames: int = 48, res: int = 64, display_res: int = 256,
-                 channel: int | None = None, side_by_side: bool = False, elevation_deg: float = 15,
-                 radius: float = 2.5, fov_deg: float = 49, background=(1.0, 1.0, 1.0), *,
-                 channels: int = 4, supersample: int = 4, progress: Progress | None = None) -> Tensor:
-    """The consistent noise of ``scene`` (``cfd.noise.consistent_noise`` with
-    ``seed``, ``channels``, ``supersample``) along the same orbit as
-    ``orbit_frames``, computed at ``res``×``res`` (the latent resolution) and shown
-    at ``display_res`` (see ``noise_to_display`` for the colour mapping).
+def noise_frames(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, res: int = 64,
+                 display_res: int = 256, *, supersample: int = 4, channels: int = 4, steps: int = 1,
+                 renders: Tensor | None = None, elevation_deg: float = 15, radius: float = 2.5, fov_deg: float = 49,
+                 progress: Progress | None = None) -> Tensor:
+    """The noise a run added, along the orbit of ``orbit_frames``.
 
-    Returns float [F, display_res, display_res, 3] in [0,1], or with
-    ``side_by_side`` [F, display_res, 2·display_res, 3]: the render (at
-    display_res, over ``background``) on the left, the noise on the right.
+    ``source`` is the run's noise source (``cfd.distill.noise_source``); frame k
+    shows its draw for that view at the step it stands for, round(k·(steps−1)/
+    (n_frames−1)): surface noise sticks to the object (cfd) or drifts as its
+    refreshes did over the run (cfd-sde), i.i.d. noise is fresh every frame
+    (sds, iid), a fixed image stays on the screen (fixed2d). The noise is drawn
+    at res×res (the run's noise grid; the surface rendered at ``supersample``×)
+    and shown at display_res by ``noise_to_display``, pixels off the object grey.
+
+    renders: frames [F, display_res, W, 3] (e.g. ``orbit_frames``) shown left of
+    the noise. Returns float [F, display_res, W + display_res, 3] in [0,1], on
+    the CPU; ``progress(done, total)`` is called after each frame.
     """
-    from .noise import consistent_noise  # lazy: the noise module is heavier
-
     cams = _orbit_cameras(n_frames, res, elevation_deg, radius, fov_deg)
     frames = []
     with torch.no_grad():
-        for i, cam in enumerate(cams):
-            noise = consistent_noise(scene, cam, seed, channels=channels, supersample=supersample)
-            img = noise_to_display(noise.detach().cpu(), channel, display_res)
-            if side_by_side:
-                rgb = render(scene, cam.scaled(display_res / res), background).rgb.clamp(0, 1).cpu()
-                img = torch.cat([rgb, img], dim=1)
-            frames.append(img)
+        for k, cam in enumerate(cams):
+            cam_ss = cam.scaled(supersample)
+            out = render(scene, cam_ss)
+            surfaces = [Surface(out.depth, out.alpha, cam_ss)] if source.needs_surface else None
+            step = round(k * (steps - 1) / max(n_frames - 1, 1))
+            noise = source.sample(step, (1, channels, res, res), surfaces)[0].cpu()
+            on_object = torch.nn.functional.avg_pool2d((out.alpha > SURFACE_ALPHA).float()[None], supersample)[0]
+            img = noise_to_display(noise, on_object.cpu() > 0.5, display_res)
+            frames.append(img if renders is None else torch.cat([renders[k], img], dim=1))
             if progress is not None:
-                progress(i + 1, len(cams))
+                progress(k + 1, len(cams))
     return torch.stack(frames)
 
 
-def noise_video(scene: GaussianScene, path, seed: int, n_frames: int = 48, res: int = 64,
-                display_res: int = 256, channel: int | None = None, side_by_side: bool = False,
-                fps: float = 24, **kwargs) -> Path:
+def noise_video(scene: GaussianScene, path, source: NoiseSource, n_frames: int = 48, res: int = 64,
+                display_res: int = 256, fps: float = 24, **kwargs) -> Path:
     """``noise_frames`` written as an mp4 (see ``write_video``); returns the path.
     Extra keyword arguments go to ``noise_frames``."""
-    frames = noise_frames(scene, seed, n_frames, res, display_res, channel, side_by_side, **kwargs)
-    return write_video(frames, path, fps=fps)
+    return write_video(noise_frames(scene, source, n_frames, res, display_res, **kwargs), path, fps=fps)
 
 
 # ----------------------------------------------------------------- viewer PLY

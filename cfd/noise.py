@@ -2,14 +2,51 @@
 
 Construction (DESIGN.md §5). Each output pixel is supersampled s×s; every
 sub-pixel that hits the surface (alpha > 0.5) is lifted to its surface point
-(ray origin + expected depth × direction) and quantised into a *cell*. Cells
-come from a cube-map parameterisation of the direction from the origin (six
-faces, a square grid on each; ``method="cubemap"``), so the jitter of a splat
-surface's expected depth between views — which moves points along the viewing
-ray, mostly towards or away from the origin — rarely moves a point into
-another cell. (A plain 3D lattice, ``method="lattice"``, is kept for the
-benchmark: every depth wobble can move its points across cell boundaries; it
-measured 0.52–0.53 cross-view correlation against the cube map's 0.55–0.59.)
+(ray origin + expected depth × direction) and quantised into a *cell* of a
+parameterisation centred on the object (``scene_centre``: the opacity-weighted
+mean of the splats; a run fixes its centre once, see
+``cfd.distill.noise_source``):
+
+- ``shell_cells`` (the default): the direction from the centre on an
+  equi-angular cube map, cut by radius into shells [c·ρᵏ, c·ρᵏ⁺¹) (c = cell
+  size, ρ = SHELL_RATIO = 1.3); each shell's angular grid is one cell size wide
+  at the shell's middle radius. A cell is about c across at every radius, so
+  the consistency does not depend on the object's size or position; points on
+  one ray at different radii get different cells; and the shells are thick
+  (0.26·r), so the jitter of a splat surface's expected depth between views,
+  which moves points along the ray, rarely changes a point's cell.
+- ``lattice_cells``: a plain 3D lattice, the benchmark's baseline.
+
+Cross-view correlation (``python -m cfd.bench noise``: 64², s = 4, 12 view
+pairs 5° apart × 2 seeds, nearest-pixel reprojection, which caps it near
+0.6; standard error ≈ 0.01), against the two parameterisations this replaced
+(a cube map of the direction from the origin with cells sized for radius 0.5,
+and the lattice, both with 2-sub-pixel cells; the code of commit 9fe31eb):
+
+    object             shells  old cube map  old lattice
+    shell r = 0.2       0.63      0.29         0.56
+    shell r = 0.35      0.60      0.48         0.52
+    shell r = 0.5       0.55      0.53         0.49
+    shell r = 0.65      0.56      0.58         0.49
+    shell r = 0.8       0.55      0.53         0.46
+    off-centre shell    0.54      0.49         0.50
+    off-centre blob     0.59      0.47         0.50
+    torus               0.59      0.54         0.54
+    fuzzy blob          0.58      0.56         0.50
+
+At r = 0.65 the old cube map, whose cells there are 1.3× their size at 0.5,
+is 0.015 ahead: within the difference's standard error (≈ 0.018); on 24 other
+random pairs the two measured 0.56 and 0.57. Shell ratios 1.3 / 1.6 / 2
+measured within ±0.01 of each other on average (24 random pairs); shell
+boundaries dithered by direction lost 0.01–0.02; centring on the origin
+instead of the object lost 0.05 on the off-centre blob.
+
+The cell is a fraction of an output pixel, CELL_PIXELS = 0.625, whatever the
+supersampling (mean over the objects above, 6 pairs): s = 2 (the exact
+prior's grid) 0.52 / 0.53 / 0.51 / 0.45 for 0.625 / 0.8 / 1 / 1.25 pixels; s = 4
+0.57 / 0.57 for 0.625 / 0.75; s = 8 (SD's latents) 0.59 for 0.4–0.625, 0.58
+for 0.8. On the toy benchmark (s = 2, 6 CFD seeds) 0.625-pixel cells reached
+29.2 dB mean nearest-scene PSNR, 1-pixel cells 26.8 dB, 1.25-pixel 26.0 dB.
 
 Every cell holds an i.i.d. N(0, 1) value per channel, a counter-based hash of
 (seed, cell, channel) — no tables, any number of cells. Each cell seen by a
@@ -20,6 +57,11 @@ and a surface region carries the same values into every view that sees it.
 Sub-pixels that miss the surface contribute one image-space background cell
 per pixel (fixed for the run); a pixel left with no cell gets its own
 image-space cell too.
+
+The computation has fixed shapes (sort-based ownership, no compaction), so on
+CUDA it makes no host sync, and its sums run on integers (int64 fixed point),
+so a seed gives the same noise bit for bit on a GPU too (float atomics would
+not).
 
 SDE mode refreshes the field by n ← √(1−γ)·n + √γ·ξ per step. Per cell this is
 the AR(1) process n_k = ρ^k W(ρ^{−2k}) with ρ = √(1−γ) and W a Brownian motion,
@@ -43,10 +85,12 @@ from .gaussians import GaussianScene
 from .schedule import GammaSchedule
 
 SURFACE_ALPHA = 0.5
-CELL_FACTOR = 2.0                # default cell: 2 sub-pixels wide (best measured consistency)
+CELL_PIXELS = 0.625              # default cell: 0.625 output pixels wide at the origin's distance (measured, above)
+SHELL_RATIO = 1.3                # outer / inner radius of a shell of ``shell_cells``
 TREE_LEVELS = 16                 # the SDE field is defined for steps 0 … 2^16
-_TAG_BACKGROUND = 1 << 61
-_TAG_ORPHAN = 1 << 60
+FIXED_POINT = 2.0 ** 32          # per-pixel sums run in int64 units of 2^-32: exact, in any order
+_TAG_BACKGROUND = 1 << 61        # cell ids use bits 0–60; image-space cells are tagged above them
+_TAG_ORPHAN = 1 << 62
 _MASK64 = (1 << 64) - 1
 
 
@@ -81,29 +125,42 @@ def hash_normal(keys: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------ cells
 
-def cubemap_cells(points: Tensor, cell_size: float, reference_radius: float = 0.5) -> Tensor:
-    """[M,3] surface points → [M] int64 cube-map cell ids. The grid has
-    round(2·reference_radius / cell_size) cells per face side, so cells are
-    ``cell_size`` wide on a sphere of ``reference_radius``."""
-    a = points.abs()
-    axis = a.argmax(-1)
-    major = torch.gather(points, 1, axis[:, None])[:, 0]
+def scene_centre(scene: GaussianScene) -> tuple[float, float, float]:
+    """The opacity-weighted mean of the splat centres (the origin for an empty scene)."""
+    w = scene.opacities.detach()
+    centre = (scene.means.detach() * w[:, None]).sum(0) / w.sum().clamp_min(1e-12)
+    return tuple(centre.tolist())
+
+
+def shell_cells(q: Tensor, cell_size: float) -> Tensor:
+    """[M,3] points relative to the centre → [M] int64 cell ids (bits 0–60).
+
+    The direction on an equi-angular cube map (six faces, each a square grid
+    of equal angles), cut by radius into shells [c·ρᵏ, c·ρᵏ⁺¹) (c = cell_size,
+    ρ = SHELL_RATIO; points closer than c share shell 0). Shell k's faces have
+    ⌈r_k·(π/2)/c⌉ cells per side, r_k its middle radius, so a cell is about c
+    across at every radius.
+    """
+    r = q.norm(dim=-1).clamp_min(cell_size)
+    axis = q.abs().argmax(-1)
+    major = torch.gather(q, 1, axis[:, None])[:, 0]
     face = 2 * axis + (major < 0).long()
-    other = torch.stack([torch.where(axis == 0, points[:, 1], points[:, 0]),
-                         torch.where(axis == 2, points[:, 1], points[:, 2])], -1)
-    uv = other / major.abs().clamp_min(1e-12)[:, None]                  # in [-1, 1]
-    grid = max(1, round(2 * reference_radius / cell_size))
-    iuv = ((uv + 1) * (grid / 2)).floor().long().clamp(0, grid - 1)
-    return (face << 48) | (iuv[:, 0] << 24) | iuv[:, 1]
+    other = torch.stack([torch.where(axis == 0, q[:, 1], q[:, 0]),
+                         torch.where(axis == 2, q[:, 1], q[:, 2])], -1)
+    angle = torch.atan(other / major.abs().clamp_min(1e-12)[:, None]) / (math.pi / 2) + 0.5   # in [0, 1]
+    shell = torch.floor(torch.log(r / cell_size) / math.log(SHELL_RATIO))
+    side = torch.ceil(SHELL_RATIO ** (shell + 0.5) * (math.pi / 2))[:, None]          # cells per face side
+    iuv = torch.minimum(torch.floor(angle * side), side - 1).long()
+    return (face << 58) | (shell.long() << 40) | (iuv[:, 0] << 20) | iuv[:, 1]
 
 
-def lattice_cells(points: Tensor, cell_size: float) -> Tensor:
-    """[M,3] points → [M] int64 ids of a plain 3D lattice (benchmark baseline)."""
-    ijk = (points / cell_size).floor().long() + (1 << 19)
+def lattice_cells(q: Tensor, cell_size: float) -> Tensor:
+    """[M,3] points → [M] int64 ids of a plain 3D lattice (the benchmark's baseline)."""
+    ijk = (q / cell_size).floor().long() + (1 << 19)
     return (ijk[:, 0] << 40) | (ijk[:, 1] << 20) | ijk[:, 2]
 
 
-CELL_METHODS = {"cubemap": cubemap_cells, "lattice": lattice_cells}
+CELL_METHODS = {"shells": shell_cells, "lattice": lattice_cells}
 
 
 # ------------------------------------------------------------- cell values
@@ -117,9 +174,9 @@ def cell_values(cells: Tensor, seed: int, channels: int, step: int = 0,
     after ``step`` refreshes n ← √(1−γ_k) n + √γ_k ξ, evaluated exactly on a
     dyadic tree of AR(1) bridges (see the module doc).
     """
-    base = mix64(cells ^ mix64(torch.tensor(seed, dtype=torch.int64)))
+    base = mix64(cells ^ int(mix64(torch.tensor(seed, dtype=torch.int64))))  # a Python int: no transfer
     keys = base[:, None] + torch.arange(channels, dtype=torch.int64, device=cells.device) * _GOLDEN  # [M, C]
-    value = hash_normal(mix64(keys))  # node 0: W(T_0) = W(1)
+    value = hash_normal(keys)  # node 0: W(T_0) = W(1)
     if not isinstance(gamma, GammaSchedule):
         if gamma <= 0 or step == 0:
             return value
@@ -141,14 +198,14 @@ def cell_values(cells: Tensor, seed: int, channels: int, step: int = 0,
     # AR(1) bridge between the two ends (Markov: only they matter)
     lo, hi = 0, 1 << TREE_LEVELS
     x_lo = value.double()
-    x_hi = math.sqrt(decay(lo, hi)) * x_lo + math.sqrt(keep(lo, hi)) * hash_normal(mix64(keys + 1)).double()
+    x_hi = math.sqrt(decay(lo, hi)) * x_lo + math.sqrt(keep(lo, hi)) * hash_normal(keys + 1).double()
     node = 1
     while step not in (lo, hi):
         mid = (lo + hi) // 2
         mean = (math.sqrt(decay(lo, mid)) * keep(mid, hi) * x_lo
                 + math.sqrt(decay(mid, hi)) * keep(lo, mid) * x_hi) / keep(lo, hi)
         std = math.sqrt(keep(lo, mid) * keep(mid, hi) / keep(lo, hi))
-        x_mid = mean + std * hash_normal(mix64(keys + 2 * node + 2)).double()
+        x_mid = mean + std * hash_normal(keys + 2 * node + 2).double()
         node = 2 * node + (step >= mid)
         if step >= mid:
             lo, x_lo = mid, x_mid
@@ -159,41 +216,63 @@ def cell_values(cells: Tensor, seed: int, channels: int, step: int = 0,
 
 # ------------------------------------------------------------ the noise
 
-def default_cell_size(camera: Camera, supersample: int) -> float:
-    """CELL_FACTOR × the world size of one sub-pixel at the distance of the
-    origin (``camera`` at output resolution). Pass an explicit cell size to make
-    views with different zoom share cells."""
+def default_cell_size(camera: Camera) -> float:
+    """CELL_PIXELS × the world size of one output pixel at the distance of the
+    origin (``camera`` at output resolution): the same for every orbit view of
+    one radius. Pass an explicit cell size to make views with different zoom
+    share cells."""
     distance = float(camera.position.norm())
-    return CELL_FACTOR * distance / (float(camera.K[1, 1]) * supersample)
+    return CELL_PIXELS * distance / float(camera.K[1, 1])
 
 
-def assign_cells(cells: Tensor, pixels: Tensor, n_pixels: int) -> tuple[Tensor, Tensor]:
-    """Give every distinct cell of a view to exactly one pixel.
+def _surface_points(depth: Tensor, camera: Camera, centre) -> Tensor:
+    """[sH, sW, 3] points ray origin + depth × direction, relative to ``centre``,
+    built on depth's device from the camera's numbers as Python floats (a CPU
+    camera, as the loop's, costs no copy to the device and so no host sync)."""
+    (fx, _, cx), (_, fy, cy), _ = camera.K.tolist()
+    R = camera.viewmat[:3, :3].tolist()
+    origin = [p - c for p, c in zip(camera.position.tolist(), centre)]
+    H, W = depth.shape
+    x = (torch.arange(W, device=depth.device, dtype=torch.float32) + 0.5 - cx) / fx
+    y = (torch.arange(H, device=depth.device, dtype=torch.float32)[:, None] + 0.5 - cy) / fy
+    # world direction = Rᵀ (x, y, 1)
+    return torch.stack([origin[k] + depth * (R[0][k] * x + R[1][k] * y + R[2][k]) for k in range(3)], -1)
 
-    cells [M] int64, pixels [M] long: the cell and pixel of each sub-sample.
-    Returns the unique cells [U] and their owner pixels [U]: the pixel holding
-    most of the cell's sub-samples (ties: the lowest pixel index).
+
+def assign_cells(cells: Tensor, pixels: Tensor, n_pixels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Give every distinct cell of a view to exactly one pixel: the pixel
+    holding most of the cell's sub-samples (ties: the lowest pixel index).
+
+    cells [M] int64, pixels [M] long, non-decreasing: the cell and the pixel of
+    each sub-sample. Every shape is fixed (no host sync on CUDA) and every
+    reduction is on integers (deterministic). Returns, over the sub-samples
+    sorted by cell: the cells [M], ``first`` [M] (True at the first sub-sample
+    of each distinct cell) and the pixel that owns each sub-sample's cell [M].
     """
-    uniq_cells, cell_idx = torch.unique(cells, return_inverse=True)
-    pairs, counts = torch.unique(cell_idx * n_pixels + pixels, return_counts=True)
-    pair_cell = pairs // n_pixels
-    order = torch.argsort(-counts, stable=True)
-    order = order[torch.argsort(pair_cell[order], stable=True)]
-    first = torch.ones(len(order), dtype=torch.bool, device=cells.device)
-    first[1:] = pair_cell[order][1:] != pair_cell[order][:-1]
-    return uniq_cells, (pairs[order] % n_pixels)[first]
+    cells, order = torch.sort(cells, stable=True)  # stable: pixels stay sorted within a cell
+    pixels = pixels[order]
+    first = torch.ones_like(cells, dtype=torch.bool)
+    first[1:] = cells[1:] != cells[:-1]
+    new_pair = first.clone()
+    new_pair[1:] |= pixels[1:] != pixels[:-1]
+    cell_id, pair_id = first.cumsum(0) - 1, new_pair.cumsum(0) - 1
+    samples = torch.zeros_like(pair_id).index_add_(0, pair_id, torch.ones_like(pair_id))[pair_id]
+    score = samples * n_pixels + (n_pixels - 1 - pixels)  # most sub-samples first, then the lowest pixel
+    best = torch.zeros_like(score).scatter_reduce_(0, cell_id, score, "amax")
+    return cells, first, n_pixels - 1 - best[cell_id] % n_pixels
 
 
 def noise_from_surface(depth: Tensor, alpha: Tensor, camera: Camera, seed: int, *, supersample: int,
-                       channels: int = 4, cell_size: float | None = None, method: str = "cubemap",
-                       step: int = 0, gamma: float | GammaSchedule = 0.0) -> Tensor:
+                       channels: int = 4, cell_size: float | None = None, centre=(0.0, 0.0, 0.0),
+                       method: str = "shells", step: int = 0, gamma: float | GammaSchedule = 0.0) -> Tensor:
     """Consistent noise from an already rendered surface.
 
     depth, alpha: [s·H, s·W] expected camera z and opacity of a render by
     ``camera`` (at that supersampled resolution), s = ``supersample``.
-    Returns [C, H, W] float32 noise, each pixel and channel N(0,1), independent
-    within the view. ``cell_size``: world units (default: one sub-pixel at the
-    origin's distance, see ``default_cell_size``).
+    Returns [C, H, W] float32 noise on depth's device, each pixel and channel
+    N(0,1), independent within the view. ``cell_size``: world units (default:
+    see ``default_cell_size``); ``centre``: of the cell parameterisation
+    (``method``, a key of CELL_METHODS).
     """
     sH, sW = depth.shape
     s = supersample
@@ -201,54 +280,44 @@ def noise_from_surface(depth: Tensor, alpha: Tensor, camera: Camera, seed: int, 
         raise ValueError(f"render size {sW}×{sH} is not a multiple of supersample={s}")
     H, W = sH // s, sW // s
     n_pix = H * W
-    dev = depth.device  # runs where the render is (no host round trip on CUDA)
-    depth, alpha = depth.detach().float(), alpha.detach().float()
-    cam = camera.to(dev)
+    dev = depth.device
     if cell_size is None:
-        cell_size = default_cell_size(cam.scaled(1 / s), s)
-    rows = torch.arange(sH, device=dev) // s
-    cols = torch.arange(sW, device=dev) // s
-    pixel_of = (rows[:, None] * W + cols[None, :]).reshape(-1)
+        cell_size = default_cell_size(camera.scaled(1 / s))
 
-    surface = (alpha > SURFACE_ALPHA).reshape(-1)
-    origin, dirs = cam.pixel_rays()
-    points = origin + depth.reshape(-1, 1)[surface] * dirs.reshape(-1, 3)[surface]
-    cells = CELL_METHODS[method](points, cell_size)
-    pix = pixel_of[surface]
+    def pixel_major(x: Tensor) -> Tensor:  # [sH, sW, ...] → [H·W·s², ...]: sub-sample i lies in pixel i // s²
+        return x.reshape(H, s, W, s, *x.shape[2:]).transpose(1, 2).reshape(n_pix * s * s, *x.shape[2:])
 
-    uniq_cells, owner = assign_cells(cells, pix, n_pix)
-
-    # background sub-samples: one image-space cell per pixel; pixels with no cell get their own
-    has_background = torch.zeros(n_pix, dtype=torch.bool, device=dev)
-    has_background[pixel_of[~surface]] = True
-    n_cells = torch.zeros(n_pix, dtype=torch.long, device=dev).index_add_(0, owner, torch.ones_like(owner))
-    orphan = (n_cells == 0) & ~has_background
-    pixel_ids = torch.arange(n_pix, dtype=torch.int64, device=dev)
-    extra_keys = torch.cat([_TAG_BACKGROUND | pixel_ids[has_background], _TAG_ORPHAN | pixel_ids[orphan]])
-    extra_pix = torch.cat([pixel_ids[has_background], pixel_ids[orphan]])
-
-    keys = torch.cat([uniq_cells, extra_keys])
-    pix_all = torch.cat([owner, extra_pix])
-    values = cell_values(keys, seed, channels, step, gamma)                # [M', C]
-    total = torch.zeros(n_pix, channels, device=dev).index_add_(0, pix_all, values)
-    count = torch.zeros(n_pix, device=dev).index_add_(0, pix_all, torch.ones(len(pix_all), device=dev))
-    noise = total / count.sqrt()[:, None]
-    return noise.T.reshape(channels, H, W).contiguous()
+    points = pixel_major(_surface_points(depth.detach().float(), camera, centre))
+    hit = pixel_major(alpha.detach()) > SURFACE_ALPHA
+    pixels = torch.arange(n_pix * s * s, device=dev) // (s * s)
+    # sub-samples that miss the surface fall in their pixel's image-space background cell
+    cells = torch.where(hit, CELL_METHODS[method](points, cell_size), _TAG_BACKGROUND | pixels)
+    cells, first, owner = assign_cells(cells, pixels, n_pix)
+    values = cell_values(cells, seed, channels, step, gamma) * first[:, None]  # each distinct cell once
+    total = torch.zeros(n_pix, channels, dtype=torch.int64, device=dev).index_add_(
+        0, owner, (values.double() * FIXED_POINT).round().long())
+    count = torch.zeros(n_pix, dtype=torch.int64, device=dev).index_add_(0, owner, first.long())
+    # a pixel that owns no cell (its sub-samples' cells went to neighbours) gets an image-space cell of its own
+    orphan = cell_values(_TAG_ORPHAN | torch.arange(n_pix, device=dev), seed, channels, step, gamma)
+    mean = total.double() / FIXED_POINT / count.clamp_min(1).double().sqrt()[:, None]
+    noise = torch.where((count > 0)[:, None], mean, orphan.double())
+    return noise.float().T.reshape(channels, H, W).contiguous()
 
 
 def consistent_noise(scene: GaussianScene, camera: Camera, seed: int, channels: int = 4,
-                     supersample: int = 4, **kwargs) -> Tensor:
+                     supersample: int = 4, *, centre=None, **kwargs) -> Tensor:
     """[C, H, W] consistent noise of ``scene`` seen by ``camera`` (H, W = the
     camera's size). Renders depth and alpha itself at ``supersample``× the
-    resolution; keyword arguments go to ``noise_from_surface`` (cell_size,
-    method, step, gamma)."""
+    resolution. ``centre``: of the cells (default: ``scene_centre(scene)``);
+    other keyword arguments go to ``noise_from_surface`` (cell_size, method,
+    step, gamma)."""
     from .render import render
 
     cam_ss = camera.scaled(supersample)
     with torch.no_grad():
         out = render(scene.detach(), cam_ss)
-    return noise_from_surface(out.depth, out.alpha, cam_ss, seed, supersample=supersample,
-                              channels=channels, **kwargs)
+    return noise_from_surface(out.depth, out.alpha, cam_ss, seed, supersample=supersample, channels=channels,
+                              centre=scene_centre(scene) if centre is None else centre, **kwargs)
 
 
 # ------------------------------------------------- noise sources of the loop
@@ -300,15 +369,16 @@ class SurfaceNoise(NoiseSource):
 
     needs_surface = True
 
-    def __init__(self, seed: int, supersample: int, cell_size: float, gamma: float | GammaSchedule = 0.0,
-                 method: str = "cubemap"):
-        self.seed, self.supersample, self.cell_size = seed, supersample, cell_size
+    def __init__(self, seed: int, supersample: int, cell_size: float, centre=(0.0, 0.0, 0.0),
+                 gamma: float | GammaSchedule = 0.0, method: str = "shells"):
+        self.seed, self.supersample, self.cell_size, self.centre = seed, supersample, cell_size, tuple(centre)
         self.gamma, self.method = gamma, method
 
     def sample(self, step, shape, surfaces=None):
         return torch.stack([noise_from_surface(s.depth, s.alpha, s.camera, self.seed, supersample=self.supersample,
-                                               channels=shape[1], cell_size=self.cell_size, method=self.method,
-                                               step=step, gamma=self.gamma) for s in surfaces])
+                                               channels=shape[1], cell_size=self.cell_size, centre=self.centre,
+                                               method=self.method, step=step, gamma=self.gamma)
+                            for s in surfaces])
 
 
 def cross_view_correlation(noise_a: Tensor, noise_b: Tensor, camera_a: Camera, camera_b: Camera,

@@ -5,7 +5,7 @@
     out_dir/scene.ply     the splats, INRIA layout, full SH (``gaussians.save_ply``)
     out_dir/viewer.ply    the PLY for a gsplat.js viewer / gr.Model3D (``export.save_viewer_ply``)
     out_dir/render.mp4    orbit render video (H.264, ``export.orbit_video``)
-    out_dir/noise.mp4     render | the run's consistent noise along the same orbit
+    out_dir/noise.mp4     render | the noise the run added, along the same orbit (``export.noise_frames``)
     out_dir/scene.glb     marching-cubes mesh of the splats' density (``export.export_glb``)
     out_dir/run.json      config, condition used, seed, method, timings, versions, n_splats,
                           skipped_steps, cancelled flag, …
@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from .distill import DistillConfig, StepInfo, cpu_threads, distill, guidance_device, noise_grid
+from .distill import DistillConfig, StepInfo, cpu_threads, distill, guidance_device, noise_grid, noise_source
 from .gaussians import GaussianScene, save_ply
 
 __all__ = ["ARTEFACTS", "generate", "nearest_reference", "versions", "config_dict"]
@@ -105,9 +105,10 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         seed drives the run and the noise video).
     callback: passed on to ``distill`` (return True to stop the run).
     video_frames, video_res: orbit videos (frames, square pixels). The noise
-        video shows the render next to the run's consistent noise, computed as in
-        training: at ``noise_res`` (default: the guidance's diffusion resolution,
-        res / latent_factor) with the run's supersampling, shown at video_res.
+        video shows the render next to the noise the run added, drawn from the
+        run's noise source (``distill.noise_source``) at ``noise_res`` (default:
+        the guidance's diffusion resolution, res / latent_factor) with the run's
+        supersampling, shown at video_res.
     glb_resolution: marching-cubes grid points along the longest side.
     should_stop: polled between export stages; True cancels the run there.
     stage_progress(stage, done, total): export progress, stage in
@@ -196,14 +197,12 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
             export.write_video(orbit_cache["frames"], path)
 
         def write_noise(path):
-            # the noise at the training noise resolution, next to the render (reused from the orbit video)
-            noise = export.noise_frames(scene, config.seed, n_frames=video_frames, res=n_res, display_res=video_res,
-                                        channels=int(getattr(guidance, "channels", 4)),
-                                        supersample=n_ss, progress=stage("noise_video"))
-            frames = orbit_cache.get("frames")
-            if frames is None or frames.shape[1:3] != noise.shape[1:3]:
-                frames = export.orbit_frames(scene, n_frames=video_frames, res=video_res)
-            export.write_video(torch.cat([frames, noise], dim=2), path)
+            # the run's own noise source on its noise grid, next to the orbit render of the render video
+            frames = export.noise_frames(scene, noise_source(guidance, config), n_frames=video_frames, res=n_res,
+                                         display_res=video_res, supersample=n_ss, steps=max(stopped["step"], 1),
+                                         channels=int(getattr(guidance, "channels", 4)), renders=orbit_cache["frames"],
+                                         progress=stage("noise_video"))
+            export.write_video(frames, path)
 
         run_res, n_ss = noise_grid(guidance, config)
         n_res = noise_res if noise_res is not None else run_res

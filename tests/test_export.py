@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from cfd.cameras import Camera, orbit
-from cfd.export import (export_glb, flip_scene_y, noise_frames, noise_to_display, noise_video, orbit_frames,
-                        orbit_video, save_viewer_ply, write_video)
+from cfd.export import (NEUTRAL_GREY, NOISE_NEGATIVE, NOISE_POSITIVE, NOISE_SPAN, export_glb, flip_scene_y,
+                        noise_frames, noise_to_display, noise_video, orbit_frames, orbit_video, save_viewer_ply,
+                        write_video)
 from cfd.gaussians import GaussianScene, init_scene, load_ply, make_scene, quat_to_rotmat
+from cfd.noise import NoiseSource
 from cfd.render import render
 
 INRIA_DC_NAMES = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -86,35 +88,78 @@ def test_orbit_video_is_h264_with_all_frames(tmp_path, small_scene):
 
 # ---------------------------------------------------------------- noise video
 
-def test_noise_to_display_mapping_and_nearest_upsampling():
-    noise = torch.tensor([[[0.0, 3.0], [-3.0, 6.0]]]).repeat(4, 1, 1)
-    noise[1] *= -1
+def test_noise_to_display_maps_the_first_channel_and_greys_the_background():
+    noise = torch.tensor([[[0.0, NOISE_SPAN], [-NOISE_SPAN, 9.0]]]).repeat(3, 1, 1)
+    noise[1:] = -5.0  # only the first channel is shown
     img = noise_to_display(noise, display_res=4)
     assert img.shape == (4, 4, 3)
-    assert torch.allclose(img[0, 0], torch.tensor([0.5, 0.5, 0.5]))
-    assert torch.allclose(img[0, 2], torch.tensor([1.0, 0.0, 1.0]))  # +3σ → 1, −3σ → 0
-    assert torch.allclose(img[2, 2], torch.tensor([1.0, 0.0, 1.0]))  # clipped
+    assert torch.equal(img[0, 0], torch.ones(3))  # 0 → white
+    assert torch.allclose(img[0, 2], torch.tensor(NOISE_POSITIVE))
+    assert torch.allclose(img[2, 0], torch.tensor(NOISE_NEGATIVE))
+    assert torch.allclose(img[2, 2], torch.tensor(NOISE_POSITIVE))  # clipped
     assert torch.equal(img[::2, ::2], img[1::2, 1::2])  # crisp blocks
-    grey = noise_to_display(noise, channel=1)
-    assert torch.equal(grey[..., 0], grey[..., 2]) and grey[0, 1, 0] == 0.0
+    half = noise_to_display(torch.full((1, 1, 1), -NOISE_SPAN / 2))[0, 0]
+    assert torch.isclose(half[0] - half[2], (img[2, 0, 0] - img[2, 0, 2]) / 2)  # red − blue is linear in the noise
+    masked = noise_to_display(noise, mask=torch.tensor([[True, False], [False, True]]))
+    assert torch.equal(masked[0, 1], torch.full((3,), NEUTRAL_GREY)) and torch.equal(masked[0, 0], img[0, 0])
     with pytest.raises(ValueError):
-        noise_to_display(noise, channel=4)
+        noise_to_display(noise[0])
 
 
-def test_noise_frames_stick_to_the_orbit(tmp_path, small_scene):
-    frames = noise_frames(small_scene, seed=0, n_frames=3, res=24, display_res=48)
-    assert frames.shape == (3, 48, 48, 3)
-    assert abs(frames.mean().item() - 0.5) < 0.03  # N(0,1) → 0.5 + n/6
-    assert (frames < 0.45).float().mean() > 0.3 and (frames > 0.55).float().mean() > 0.3  # both signs
-    assert torch.equal(frames[:, ::2, ::2], frames[:, 1::2, 1::2])  # nearest upsampling
-    assert (frames[0] - frames[1]).abs().mean() > 0.02  # the camera moved
+def shown_noise(frames: torch.Tensor, res: int) -> torch.Tensor:
+    """[F, 1, res, res]: what a noise video shows at each noise pixel (red − blue at the block centres)."""
+    f = frames.shape[1] // res
+    centres = frames[:, f // 2::f, f // 2::f]
+    return (centres[..., 0] - centres[..., 2])[:, None]
 
-    both = noise_frames(small_scene, seed=0, n_frames=1, res=24, display_res=48, side_by_side=True)
-    assert both.shape == (1, 48, 96, 3)
-    assert torch.equal(both[0, :, 48:], frames[0])  # same view (azimuth 0), same seed: same noise
-    assert torch.allclose(both[0, :, :48], orbit_frames(small_scene, 1, 48)[0])
 
-    path = noise_video(small_scene, tmp_path / "noise.mp4", seed=0, n_frames=2, res=8, display_res=32)
+@pytest.mark.parametrize("method", ["cfd", "sds", "fixed2d"])
+def test_noise_video_shows_the_runs_noise_on_the_object_only(method):
+    from cfd.bench import shell_scene as sphere
+    from cfd.distill import DistillConfig, noise_source
+    from cfd.noise import cross_view_correlation
+
+    scene, res, n = sphere(), 32, 48
+    config = DistillConfig(method=method, res=res, supersample=4)
+    source = noise_source(type("PixelGuidance", (), {"latent_factor": 1})(), config)
+    frames = noise_frames(scene, source, n_frames=n, res=res, display_res=4 * res, supersample=4, steps=config.steps)
+    shown = shown_noise(frames, res)
+    cams = orbit(n, 15, 2.5, 49, res, res)
+    outs = [render(scene, cam) for cam in cams]
+    rho = np.mean([cross_view_correlation(shown[k], shown[k + 1], cams[k], cams[k + 1], outs[k].depth, outs[k].alpha,
+                                          outs[k + 1].depth, outs[k + 1].alpha)[0] for k in range(n - 1)])
+    if method == "cfd":
+        assert rho >= 0.4, rho  # consecutive frames 7.5° apart: the noise moves with the surface (measured 0.63)
+    elif method == "sds":
+        assert abs(rho) < 0.05, rho  # fresh noise every frame
+    # the background shows no noise, the object does
+    centres = frames[:, 2::4, 2::4]
+    alpha = torch.stack([o.alpha for o in outs])
+    assert (alpha < 0.01).any() and (centres[alpha < 0.01] == NEUTRAL_GREY).all()
+    coloured = (centres != NEUTRAL_GREY).any(-1)
+    inside = -torch.nn.functional.max_pool2d(-alpha, 3, stride=1, padding=1) > 0.99  # opaque, off the silhouette
+    assert inside.sum() > 3000 and coloured[inside].all()
+    if method == "fixed2d":  # one image, fixed on the screen
+        both = coloured[0] & coloured[1]
+        assert both.sum() > 150 and torch.equal(shown[0, 0][both], shown[1, 0][both])
+
+
+def test_noise_frames_draw_each_frame_at_its_step_next_to_the_renders(tmp_path, small_scene):
+    class Recorder(NoiseSource):
+        def __init__(self):
+            self.steps = []
+
+        def sample(self, step, shape, surfaces=None):
+            self.steps.append(step)
+            return torch.randn(shape)
+
+    source = Recorder()
+    renders = orbit_frames(small_scene, n_frames=5, res=32)
+    frames = noise_frames(small_scene, source, n_frames=5, res=8, display_res=32, steps=301, renders=renders)
+    assert source.steps == [0, 75, 150, 225, 300]  # frame k ↔ step round(k·(steps−1)/(frames−1))
+    assert frames.shape == (5, 32, 64, 3) and torch.equal(frames[:, :, :32], renders)
+
+    path = noise_video(small_scene, tmp_path / "noise.mp4", Recorder(), n_frames=2, res=8, display_res=32)
     import imageio_ffmpeg
     assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == 2
 

@@ -4,32 +4,17 @@ import pytest
 import torch
 from scipy import stats
 
+from cfd.bench import blob_scene, shell_scene, torus_scene
 from cfd.cameras import orbit_camera
-from cfd.gaussians import init_scene, make_scene
+from cfd.distill import DistillConfig, noise_source
+from cfd.gaussians import make_scene
 from cfd.noise import (FixedImageNoise, IIDNoise, Surface, SurfaceNoise, assign_cells, cell_values,
-                       consistent_noise, cross_view_correlation, default_cell_size)
+                       consistent_noise, cross_view_correlation, default_cell_size, noise_from_surface,
+                       scene_centre, shell_cells)
 from cfd.render import render
 
 RES = 64
-
-
-def sphere_shell(n=6000, radius=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    spacing = radius * math.sqrt(4 * math.pi / n)
-    return make_scene(d * radius, torch.full((n, 3), 0.7 * spacing), torch.rand(n, 3, generator=g),
-                      torch.full((n,), 0.9))
-
-
-def blob(n=5000, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    scene = init_scene(n, seed=seed, radius=0.6, opacity=0.8)
-    scene.log_scales = torch.log(torch.rand(n, 3, generator=g) * 0.04 + 0.01)
-    scene.quats = torch.randn(n, 4, generator=g)
-    return scene
-
-
-SCENES = {"shell": sphere_shell(), "blob": blob()}
+SCENES = {"shell": shell_scene(), "blob": blob_scene()}
 
 
 @pytest.fixture(scope="module", params=sorted(SCENES))
@@ -53,13 +38,26 @@ def test_each_view_is_iid_standard_normal(scene):
 
 def test_every_cell_has_one_owner_with_most_samples():
     g = torch.Generator().manual_seed(0)
-    cells = torch.randint(0, 50, (2000,), generator=g)
-    pixels = torch.randint(0, 40, (2000,), generator=g)
-    uniq, owner = assign_cells(cells, pixels, 40)
-    assert torch.equal(uniq, torch.unique(cells)) and len(owner) == len(uniq)
-    for cell, pix in zip(uniq.tolist(), owner.tolist()):
+    cells = torch.randint(0, 50, (2000,), generator=g) * 7919
+    pixels = torch.randint(0, 40, (2000,), generator=g).sort().values
+    sorted_cells, first, owner = assign_cells(cells, pixels, 40)
+    assert torch.equal(sorted_cells, cells.sort().values) and torch.equal(sorted_cells[first], torch.unique(cells))
+    for cell in torch.unique(cells).tolist():
         hits = torch.bincount(pixels[cells == cell], minlength=40)
-        assert hits[pix] == hits.max() and pix == int(torch.nonzero(hits == hits.max())[0])
+        owners = owner[sorted_cells == cell]
+        assert (owners == owners[0]).all()
+        assert hits[owners[0]] == hits.max() and owners[0] == int(torch.nonzero(hits == hits.max())[0])
+
+
+def test_cells_are_one_cell_size_across_at_every_radius_and_split_along_a_ray():
+    size = 0.04
+    d = torch.nn.functional.normalize(torch.randn(500_000, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    for radius in (0.25, 0.5, 1.0, 2.0):
+        # a sphere of radius r meets ≈ 4πr² / size² cells (up to the cube map's and the shells' quantisation)
+        cells_per_area = len(torch.unique(shell_cells(radius * d, size))) * size ** 2 / (4 * math.pi * radius ** 2)
+        assert 0.8 < cells_per_area < 1.8, (radius, cells_per_area)
+    ray = torch.tensor([[0.3, 0.5, 0.81]]) * torch.tensor([[0.35], [0.85], [2.0]])
+    assert len(torch.unique(shell_cells(ray, size))) == 3
 
 
 def views_5_degrees_apart():
@@ -71,17 +69,23 @@ def correlation(scene, noise_a, noise_b, cam_a, cam_b):
     return cross_view_correlation(noise_a, noise_b, cam_a, cam_b, ra.depth, ra.alpha, rb.depth, rb.alpha)
 
 
-def test_noise_sticks_to_the_surface_across_views():
-    scene = SCENES["shell"]
+@pytest.mark.parametrize("scene", [shell_scene(0.2), shell_scene(0.8), shell_scene(0.3, centre=(0.4, 0.2, 0.1)),
+                                   torus_scene()], ids=["small", "large", "off-centre", "torus"])
+def test_noise_sticks_to_the_surface_across_views(scene):
     a, b = views_5_degrees_apart()
-    size = default_cell_size(a, 4)
+    size = default_cell_size(a)
     na = consistent_noise(scene, a, seed=7, supersample=4, cell_size=size)
     nb = consistent_noise(scene, b, seed=7, supersample=4, cell_size=size)
     rho, used = correlation(scene, na, nb, a, b)
-    assert used > 500
-    assert rho >= 0.4, rho  # measured 0.55; the acceptance bar is 0.25
+    assert used > 100
+    assert rho >= 0.45, rho  # measured 0.55–0.65 (bench noise); the nearest-pixel measure caps it near 0.6
     other_seed = consistent_noise(scene, b, seed=8, supersample=4, cell_size=size)
-    assert abs(correlation(scene, na, other_seed, a, b)[0]) < 0.08
+    assert abs(correlation(scene, na, other_seed, a, b)[0]) < 4 / math.sqrt(4 * used)  # 4σ of a zero correlation
+
+
+def test_iid_and_fixed_image_noise_do_not_follow_the_surface():
+    scene = SCENES["shell"]
+    a, b = views_5_degrees_apart()
     iid = IIDNoise(0).sample(0, (2, 4, RES, RES))
     assert abs(correlation(scene, iid[0], iid[1], a, b)[0]) < 0.08
     # fixed 2D noise only correlates where a pixel reprojects onto itself (~0.13)
@@ -122,7 +126,7 @@ def test_sde_source_matches_ode_at_step_zero_and_drifts_after():
     with torch.no_grad():
         out = render(scene, cam)
     surf = [Surface(out.depth, out.alpha, cam)]
-    size = default_cell_size(cam.scaled(0.25), 4)
+    size = default_cell_size(cam.scaled(0.25))
     ode = SurfaceNoise(0, 4, size).sample(0, (1, 4, RES, RES), surf)
     sde = SurfaceNoise(0, 4, size, gamma=0.05)
     assert torch.equal(sde.sample(0, (1, 4, RES, RES), surf), ode)
@@ -167,3 +171,37 @@ def test_sde_schedule_correlation_follows_the_expected_curve(steps, reference, p
         assert abs(rho - expected) < 0.05, (j, k, rho, expected)
     if reference is None:   # what the issue measured: constant γ = 1e-4 kept 0.95 after 1000 steps
         assert expected_correlation(AUTHORS_SD_GAMMA_KNOTS, steps, None, 0, 1000) < 0.4
+
+
+@pytest.mark.parametrize("method,kind,gamma", [("cfd", SurfaceNoise, 0.0), ("cfd-sde", SurfaceNoise, 0.003),
+                                               ("sds", IIDNoise, None), ("iid", IIDNoise, None),
+                                               ("fixed2d", FixedImageNoise, None)])
+def test_a_run_has_one_noise_source_that_knows_its_cells(method, kind, gamma):
+    pixel_space = type("Guidance", (), {"latent_factor": 1})()
+    config = DistillConfig(method=method, res=32, supersample=2, gamma=0.003)
+    source = noise_source(pixel_space, config)
+    assert type(source) is kind
+    if kind is SurfaceNoise:
+        # cells sized for the middle training view on the run's noise grid, centred where init_scene's ball is
+        assert source.supersample == 2 and source.centre == (0.0, 0.0, 0.0)
+        assert (source.gamma == 0.0) if gamma == 0.0 else (source.gamma.constant == gamma)
+        assert source.cell_size == default_cell_size(orbit_camera(0, 0, 2.5, 49, 32, 32))
+        off_centre = shell_scene(0.3, centre=(0.4, 0.2, 0.1))
+        centre = noise_source(pixel_space, config, init=off_centre).centre
+        assert centre == scene_centre(off_centre) and math.dist(centre, (0.4, 0.2, 0.1)) < 0.01
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_noise_is_bit_reproducible_and_needs_no_host_sync():
+    cam = orbit_camera(30, 20, 2.5, 49, RES, RES).scaled(8)
+    with torch.no_grad():
+        out = render(SCENES["shell"].to("cuda"), cam)
+    for gamma, step in ((0.0, 0), (1e-4, 500)):
+        first = noise_from_surface(out.depth, out.alpha, cam, 0, supersample=8, step=step, gamma=gamma)
+        torch.cuda.set_sync_debug_mode("error")  # any host sync raises
+        try:
+            again = noise_from_surface(out.depth, out.alpha, cam, 0, supersample=8, step=step, gamma=gamma)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert first.device.type == "cuda" and torch.equal(first, again)
+        assert abs(first.mean()) < 0.05 and abs(first.var() - 1) < 0.05
