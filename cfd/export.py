@@ -464,8 +464,10 @@ def splat_mesh(scene: GaussianScene, resolution: int = 128, level: float | None 
         raise ValueError(f"splat_mesh: level {iso:g} is outside the density field's range (0, {peak:g}); "
                          "no surface")
     padded = np.pad(field, 1)
+    # the density is high inside: "ascent" winds the triangles counter-clockwise seen
+    # from outside (glTF's front faces), so normals point out and the volume is positive
     verts, faces, _, _ = marching_cubes(padded, level=iso, spacing=(h, h, h),
-                                        gradient_direction="descent", allow_degenerate=False)
+                                        gradient_direction="ascent", allow_degenerate=False)
     if len(faces) == 0:
         raise ValueError(f"splat_mesh: no surface at level {iso:g}")
     verts = verts.astype(np.float64) + (origin - h)  # undo the padding
