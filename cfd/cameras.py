@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .framing import FOV_DEG, RADIUS
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -129,8 +131,8 @@ class CameraRanges:
 
     azimuth: tuple[float, float] = (-180.0, 180.0)
     elevation: tuple[float, float] = (-10.0, 45.0)
-    radius: tuple[float, float] = (2.5, 2.5)
-    fov: tuple[float, float] = (49.0, 49.0)
+    radius: tuple[float, float] = (RADIUS, RADIUS)
+    fov: tuple[float, float] = (FOV_DEG, FOV_DEG)
     pool: int = 0
 
     @property

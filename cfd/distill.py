@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .cameras import CameraRanges, orbit_camera, sample_cameras
+from .framing import preview_camera
 from .gaussians import GaussianScene, densify_and_prune, init_scene, make_optimizer
 from .noise import FixedImageNoise, IIDNoise, NoiseSource, Surface, SurfaceNoise, default_cell_size
 from .render import render
@@ -280,7 +281,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
 def preview(scene: GaussianScene, res: int, azimuth_deg: float = 30.0, elevation_deg: float = 15.0) -> Tensor:
     """[res,res,3] render of ``scene`` from a fixed front-ish view, white background."""
     with torch.no_grad():
-        return render(scene.detach(), orbit_camera(azimuth_deg, elevation_deg, 2.5, 49, res, res)).rgb.cpu()
+        return render(scene.detach(), preview_camera(res, azimuth_deg, elevation_deg)).rgb.cpu()
 
 
 _threads_lock = threading.Lock()
