@@ -154,6 +154,7 @@ def compare(prompt=None, seed=None, steps=None, guidance_scale=None, methods=Non
         yield gallery, table, status
 
 
+@gpu
 def compare_ui(*args, progress=gr.Progress(), request: gr.Request = None):
     *values, n_seeds, methods = args
     values = {**dict(zip(rq.PARAM_NAMES, values)), "n_seeds": n_seeds, "methods": methods or []}
