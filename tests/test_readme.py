@@ -49,18 +49,26 @@ def test_names_match_the_ui():
 
 
 def test_defaults_table_is_the_request_layers():
+    from cfd.guidance.exact_prior import DEFAULT_EXACT_GUIDANCE_SCALE
+    from cfd.guidance.stable_diffusion import DEFAULT_GUIDANCE_SCALE
+
     exact, sd = rq.defaults("exact", cuda=False), rq.defaults("sd")
+    base_exact, base_sd = rq.base_config("exact"), rq.base_config("sd")
+    assert (exact["guidance_scale"], sd["guidance_scale"]) == (DEFAULT_EXACT_GUIDANCE_SCALE, DEFAULT_GUIDANCE_SCALE)
     rows = {
         "guidance_scale": f"| guidance_scale | {exact['guidance_scale']} | {sd['guidance_scale']} |",
         "steps": f"| steps | {exact['steps']} | {sd['steps']} |",
         "res": f"| res | {exact['res']} ({rq.EXACT_CUDA_RES} on a GPU) | {sd['res']} |",
         "views": f"| views | {exact['views']} | {sd['views']} |",
-        "t": f"| t_start → t_end | {exact['t_start']} → {exact['t_end']} | {sd['t_start']} → {sd['t_end']} |",
-        "densify": f"| densify_every | {exact['densify_every']} (a fixed {rq.base_config('exact').init_splats} "
-                   f"splats) | {sd['densify_every']} |",
+        "t": f"| t_start → t_end | {exact['t_start']} → {exact['t_end']} | {sd['t_start']} → {sd['t_end']} (the "
+             f"authors' knots, through {base_sd.t_knots[1][1]} and {base_sd.t_knots[2][1]}) |",
+        "gamma": f"| gamma (cfd-sde) | {base_exact.gamma} per step | the authors' schedule, {base_sd.gamma[0][1]} → "
+                 f"{base_sd.gamma[-1][1]} |",
+        "densify": f"| densify_every | {base_exact.densify_every}: off (a fixed {base_exact.init_splats} splats) | "
+                   f"every 10 % of the run |",
         "prompt": f"| prompt | `{exact['prompt']}` | `{sd['prompt']}` |",
-        "negative": f"| negative_prompt | (empty: every object) | `{sd['negative_prompt']}` |",
     }
+    assert base_sd.densify_every == base_sd.steps // 10
     for name, row in rows.items():
         assert row in README, (name, row)
 
