@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -244,6 +245,7 @@ def build_demo() -> gr.Blocks:
     global RUNNER
     RUNNER = Runner()
     RUNNER.sweep()
+    threading.Thread(target=rq.warm_up, name="cfd-warm-up", daemon=True).start()  # the first run's references
     sd_problem = rq.sd_problem()
     prior = rq.exact_prior()
     d = rq.defaults("exact")

@@ -527,6 +527,27 @@ def prepare(request: Request, allow_download: bool = False):
     return guidance
 
 
+def warm_up(request: Request | None = None) -> None:
+    """Render ahead what the first run of ``request`` (default: the default
+    request) would render once per process: the exact prior's references from
+    every training view of its pool and from the PSNR views. For a server to call
+    in the background at start; nothing for SD."""
+    import torch
+
+    from .cameras import pool_cameras
+    from .distill import cpu_threads
+
+    request = request or parse_request()
+    if request.backend != "exact":
+        return
+    prior, config = exact_prior(request.scenes), request.config()
+    size = config.res // prior.latent_factor
+    with cpu_threads(config.cpu_threads if device() == "cpu" else None), torch.no_grad():
+        if config.cameras.pool:
+            prior.reference_images(pool_cameras(config.res, config.res, config.cameras), size, size)
+        prior.scene_psnr(prior.scenes[0])
+
+
 # ------------------------------------------------------------------ the CLI's options
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

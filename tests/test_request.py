@@ -103,3 +103,15 @@ def test_compare_request():
         rq.parse_compare(seed=2**31 - 1, n_seeds=2)
     with pytest.raises(rq.RequestError, match="methods must be a non-empty list"):
         rq.parse_compare(methods=[])
+
+
+def test_warm_up_renders_what_the_default_run_would_render_first():
+    """After warm_up, the default run renders no reference view of its own."""
+    from cfd.distill import distill
+
+    rq.warm_up()
+    prior = rq.exact_prior()
+    cached = len(prior._cache)
+    req = rq.parse_request(steps=10)
+    distill(prior, req.config())
+    assert len(prior._cache) == cached, "the run still rendered reference views"
