@@ -1,9 +1,9 @@
 """Wall time of the app's default run through its API (gradio_client), with the
 breakdown from run.json: `.venv/bin/python scripts/time_default_run.py [N]`.
 
-Starts the app on a free local port (exact prior, no SD weights), calls
-/generate with no parameters (every value its backend's default) N times (the
-first includes building the prior and rendering its 64 training views) and
+Starts the app on a free local port (exact prior, no SD weights), waits for its
+start-up warm-up (the exact prior's reference renders, request.warm_up), calls
+/generate with no parameters (every value its backend's default) N times and
 prints one JSON line per run.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,11 @@ def main(n: int = 2) -> None:
         port = s.getsockname()[1]
     _, url, _ = app.demo.launch(**{**app.launch_kwargs(), "server_name": "127.0.0.1", "server_port": port,
                                    "prevent_thread_lock": True, "quiet": True})
+    t0 = time.perf_counter()
+    for thread in threading.enumerate():
+        if thread.name == "cfd-warm-up":
+            thread.join()
+    print(json.dumps({"warm_up_s_after_launch": round(time.perf_counter() - t0, 2)}), flush=True)
     client = Client(url, verbose=False, download_files=str(runs / "downloads"))
     try:
         for i in range(n):
