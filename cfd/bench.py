@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .cameras import orbit_camera
+from .framing import FOV_DEG, PSNR_RES, PSNR_VIEWS, RADIUS
 from .gaussians import init_scene
 
 
@@ -60,7 +61,7 @@ def bench_render(args) -> dict:
     results = []
     for n, res in [(5_000, 64), (20_000, 128), (20_000, 256), (50_000, 128)]:
         scene = bench_scene(n).to(device).requires_grad_(True)
-        cam = orbit_camera(30, 20, 2.5, 49, res, res)
+        cam = orbit_camera(30, 20, RADIUS, FOV_DEG, res, res)
 
         def forward():
             with torch.no_grad():
@@ -105,6 +106,7 @@ def bench_toy(args) -> dict:
     from .distill import DistillConfig, distill
     from .gaussians import load_ply
     from .guidance.exact_prior import ExactPrior
+    from .pipeline import nearest_reference
 
     multiview = args.prior == "multiview"
     if args.scenes:
@@ -125,9 +127,10 @@ def bench_toy(args) -> dict:
             t0 = time.perf_counter()
             scene = distill(prior, config)
             seconds = time.perf_counter() - t0
-            psnr = prior.scene_psnr(scene, args.res)
+            near = nearest_reference(scene, prior)  # the project's one PSNR measure (cfd.framing)
+            psnr = [near["psnr"][name] for name in prior.names]
             nearest = max(range(len(psnr)), key=psnr.__getitem__)
-            runs.append({"method": spec, "seed": seed, "psnr": [round(p, 2) for p in psnr],
+            runs.append({"method": spec, "seed": seed, "psnr": psnr,
                          "nearest": nearest, "nearest_name": names[nearest], "seconds": round(seconds, 2)})
             finals[spec, seed] = scene
             print(f"toy {spec:>10} seed {seed}: best {psnr[nearest]:5.1f} dB ({names[nearest]}) {seconds:5.1f} s",
@@ -149,7 +152,7 @@ def bench_toy(args) -> dict:
     _print_table(summary, len(seeds), args.reach_db, args.prior, args.views)
     config = {"scenes": names, "methods": methods, "seeds": seeds, "steps": args.steps, "res": args.res,
               "reach_db": args.reach_db, "prior": args.prior, "views": args.views, "prompt": args.prompt,
-              "guidance_scale": args.guidance_scale}
+              "guidance_scale": args.guidance_scale, "psnr": {"res": PSNR_RES, "views": PSNR_VIEWS}}
     return {"config": config, "runs": runs, "summary": summary}
 
 
@@ -167,10 +170,11 @@ def _toy_figure(finals: dict, methods: list[str], seeds: list[int], path: Path, 
     import imageio.v3 as iio
 
     from .distill import preview
+    from .export import to_uint8
 
     rows = [torch.cat([preview(finals[m, s], res) for s in seeds], dim=1) for m in methods]
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().byte().numpy())
+    iio.imwrite(path, to_uint8(torch.cat(rows, dim=0)))
 
 
 def shell_scene(radius: float = 0.5, centre=(0.0, 0.0, 0.0), n: int = 6000, seed: int = 0):
@@ -235,7 +239,7 @@ def bench_noise(args) -> dict:
     from .render import render
 
     res, s = args.res, args.supersample
-    pairs = [(orbit_camera(az, el, 2.5, 49, res, res), orbit_camera(az + 5, el, 2.5, 49, res, res))
+    pairs = [(orbit_camera(az, el, RADIUS, FOV_DEG, res, res), orbit_camera(az + 5, el, RADIUS, FOV_DEG, res, res))
              for az, el in NOISE_VIEW_PAIRS]
     cell = default_cell_size(pairs[0][0])
     out = {"res": res, "supersample": s, "cell_size": cell, "view_pairs": NOISE_VIEW_PAIRS, "seeds": [0, 1],
@@ -277,7 +281,7 @@ def bench_noise(args) -> dict:
 
     # cost: one 64×64×4 draw at 8× supersampling vs one 512² render+backward (20k splats)
     scene = bench_scene(20_000).requires_grad_(True)
-    cam = orbit_camera(30, 20, 2.5, 49, 512, 512)
+    cam = orbit_camera(30, 20, RADIUS, FOV_DEG, 512, 512)
     with torch.no_grad():
         surf = render(scene, cam)
     draw = _timeit(lambda: noise_from_surface(surf.depth, surf.alpha, cam, 0, supersample=8), args.repeats)
@@ -299,7 +303,7 @@ def _noise_gpu_check() -> dict:
     from .noise import noise_from_surface
     from .render import render
 
-    cam = orbit_camera(30, 20, 2.5, 49, 512, 512)
+    cam = orbit_camera(30, 20, RADIUS, FOV_DEG, 512, 512)
     with torch.no_grad():
         surf = render(shell_scene().to("cuda"), cam)
     out = {}
@@ -419,7 +423,7 @@ def _gsplat_parity() -> dict:
     for seed in range(3):
         scene = init_scene(5000, seed=seed, radius=0.7, sh_degree=3, opacity=0.5)
         scene.sh[:, 1:] = 0.2 * torch.randn(scene.sh[:, 1:].shape, generator=torch.Generator().manual_seed(seed))
-        cam = orbit_camera(40 * seed, 10, 2.5, 49, 128, 96)
+        cam = orbit_camera(40 * seed, 10, RADIUS, FOV_DEG, 128, 96)
         with torch.no_grad():
             cpu, gpu = render(scene, cam), render(scene.to("cuda"), cam)
         diffs.append({"rgb": float((cpu.rgb - gpu.rgb.cpu()).abs().max()),

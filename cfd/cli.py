@@ -1,9 +1,16 @@
-"""Command line: ``python -m cfd render|generate ...``."""
+"""Command line: ``python -m cfd render|generate ...``.
+
+``generate`` is a thin argparse over ``cfd.request``: its options, ranges,
+defaults and messages are the app's (``add_generate_arguments``, which a batch
+command can reuse).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from . import framing
 
 
 def cmd_render(args) -> int:
@@ -11,52 +18,33 @@ def cmd_render(args) -> int:
     import torch
 
     from .cameras import orbit_camera
+    from .export import to_uint8
     from .gaussians import load_ply
     from .render import render
 
     scene = load_ply(args.ply)
     cam = orbit_camera(args.azimuth, args.elevation, args.radius, args.fov, args.res, args.res)
     with torch.no_grad():
-        rgb = render(scene, cam, background=(1.0, 1.0, 1.0)).rgb
-    iio.imwrite(args.out, (rgb.clamp(0, 1) * 255).round().byte().numpy())
+        rgb = render(scene, cam, background=framing.BACKGROUND).rgb
+    iio.imwrite(args.out, to_uint8(rgb))
     print(args.out)
     return 0
-
-
-def make_guidance(args):
-    """The guidance named by --backend (exact prior over --scenes or a bundled set, or SD)."""
-    if args.backend == "exact":
-        from .gaussians import load_ply
-        from .guidance.exact_prior import ExactPrior
-
-        if args.scenes:
-            return ExactPrior([load_ply(p) for p in args.scenes], names=[p.stem for p in args.scenes],
-                              name="Exact prior: " + ", ".join(p.stem for p in args.scenes))
-        return ExactPrior.from_scene_set(args.scene_set)
-    from .guidance.stable_diffusion import StableDiffusionGuidance, check_sd_weights, hub_offline
-
-    if not hub_offline() and check_sd_weights(args.model) is not None:
-        print("Stable Diffusion weights are not on this machine; trying the Hugging Face Hub "
-              "(set HF_HUB_OFFLINE=1 to fail at once, or CFD_MODEL=/path/to/folder) …", file=sys.stderr)
-    return StableDiffusionGuidance.from_pretrained(args.model)
 
 
 def cmd_generate(args) -> int:
     from tqdm import tqdm
 
-    from .distill import DistillConfig
+    from .guidance.stable_diffusion import hub_offline
     from .pipeline import generate
+    from .request import prepare, request_from_args, sd_problem
 
-    if args.backend == "sd" and not args.prompt.strip():  # before loading a model
-        raise ValueError("--prompt is empty; Stable Diffusion needs a text prompt, "
-                         "e.g. --prompt 'a DSLR photo of a hamburger'")
-    guidance = make_guidance(args)
-    overrides = dict(method=args.method, seed=args.seed, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                     guidance_scale=args.guidance_scale)
-    overrides.update({k: v for k, v in (("steps", args.steps), ("res", args.res)) if v is not None})
-    config = (DistillConfig(**overrides) if args.backend == "exact"
-              else DistillConfig.for_stable_diffusion(**overrides))
-    bar = tqdm(total=config.steps, desc=f"{config.method} seed {config.seed}", unit="step")
+    request = request_from_args(args)  # RequestError (a ValueError) before anything loads
+    if request.backend == "sd" and not hub_offline() and sd_problem(request.model) is not None:
+        print("Stable Diffusion weights are not on this machine; trying the Hugging Face Hub "
+              "(set HF_HUB_OFFLINE=1 to fail at once, or CFD_MODEL=/path/to/folder) …", file=sys.stderr)
+    guidance = prepare(request, allow_download=True)
+    config = request.config()
+    bar = tqdm(total=config.steps, desc=request.label(), unit="step")
 
     def progress(info):
         bar.update(1)
@@ -64,7 +52,8 @@ def cmd_generate(args) -> int:
 
     try:
         result = generate(guidance, config, args.out, callback=progress,
-                          metadata={"prompt": args.prompt, "backend": args.backend, "guidance": guidance.name})
+                          metadata=request.metadata(),
+                          **request.exports.pipeline_kwargs())
     finally:
         bar.close()
     for key, path in result["files"].items():
@@ -73,6 +62,8 @@ def cmd_generate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .request import add_generate_arguments
+
     parser = argparse.ArgumentParser(prog="python -m cfd",
                                      description="Consistent Flow Distillation: text-to-3D on Gaussian splats.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,32 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("render.png"))
     p.add_argument("--res", type=int, default=256)
     p.add_argument("--azimuth", type=float, default=0.0)
-    p.add_argument("--elevation", type=float, default=15.0)
-    p.add_argument("--radius", type=float, default=2.5)
-    p.add_argument("--fov", type=float, default=49.0)
+    p.add_argument("--elevation", type=float, default=framing.ELEVATION_DEG)
+    p.add_argument("--radius", type=float, default=framing.RADIUS)
+    p.add_argument("--fov", type=float, default=framing.FOV_DEG)
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("generate", help="distil a scene and write scene.ply, render.mp4, noise.mp4, scene.glb, run.json")
-    p.add_argument("--backend", choices=["exact", "sd"], default="exact")
-    p.add_argument("--prompt", default="", help="text prompt (SD backend)")
-    p.add_argument("--negative-prompt", default=None, help="default: the backend's")
-    p.add_argument("--model", default=None, help="SD hub id or local folder (default: $CFD_MODEL or SD-2.1-base)")
-    p.add_argument("--scenes", type=Path, nargs="*", help="exact prior: reference PLYs (default: --scene-set)")
-    p.add_argument("--scene-set", default="toys", help="exact prior: a bundled set (toys, garden)")
-    p.add_argument("--method", default="cfd", choices=["cfd", "cfd-sde", "sds", "iid", "fixed2d"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None,
-                   help="default: the backend's (DistillConfig / DistillConfig.for_stable_diffusion)")
-    p.add_argument("--guidance-scale", type=float, default=None,
-                   help="CFG scale, diffusers convention (default: the backend's; SD: 71, the authors' 70)")
-    p.add_argument("--res", type=int, default=None, help="render resolution (default: the backend's)")
+    p = sub.add_parser("generate", help="distil a scene and write scene.ply, viewer.ply, render.mp4, noise.mp4, "
+                                        "scene.glb, run.json",
+                       description="Every option defaults to its backend's default (the app's).")
+    add_generate_arguments(p)
     p.add_argument("--out", type=Path, default=Path("outputs/run"))
     p.set_defaults(func=cmd_generate)
     return parser
 
 
 def main(argv=None) -> int:
-    from .distill import NonFiniteGradient
     from .guidance.base import GuidanceUnavailable
 
     args = build_parser().parse_args(argv)
@@ -118,6 +98,3 @@ def main(argv=None) -> int:
     except GuidanceUnavailable as exc:  # missing weights, with the fix
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except NonFiniteGradient as exc:  # the run diverged; nothing was written
-        print(f"error: {exc}", file=sys.stderr)
-        return 4

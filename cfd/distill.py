@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .cameras import CameraRanges, orbit_camera, sample_cameras
 from .densify import Densifier
+from .framing import preview_camera
 from .gaussians import GaussianScene, init_scene, make_optimizer
 from .noise import (FixedImageNoise, IIDNoise, NoiseSource, Surface, SurfaceNoise, default_cell_size,
                     scene_centre)
@@ -354,7 +355,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
 def preview(scene: GaussianScene, res: int, azimuth_deg: float = 30.0, elevation_deg: float = 15.0) -> Tensor:
     """[res,res,3] render of ``scene`` from a fixed front-ish view, white background."""
     with torch.no_grad():
-        return render(scene.detach(), orbit_camera(azimuth_deg, elevation_deg, 2.5, 49, res, res)).rgb.cpu()
+        return render(scene.detach(), preview_camera(res, azimuth_deg, elevation_deg)).rgb.cpu()
 
 
 _threads_lock = threading.Lock()

@@ -26,12 +26,13 @@ import torch
 from torch import Tensor
 
 from .cameras import Camera, orbit
+from .framing import BACKGROUND, ELEVATION_DEG, FOV_DEG, RADIUS, VIEWER_SCALE
 from .gaussians import GaussianScene, quat_to_rotmat, save_ply
 from .noise import SURFACE_ALPHA, NoiseSource, Surface
 from .render import render
 
 __all__ = [
-    "write_video", "orbit_frames", "orbit_video", "noise_to_display", "noise_frames", "noise_video",
+    "to_uint8", "write_video", "write_gif", "orbit_frames", "orbit_video", "noise_to_display", "noise_frames", "noise_video",
     "flip_scene_y", "save_viewer_ply", "density_grid", "splat_mesh", "export_glb", "DEFAULT_LEVEL",
 ]
 
@@ -45,6 +46,20 @@ def _tmp_path(path: Path) -> Path:
 
 
 # --------------------------------------------------------------------- videos
+
+def to_uint8(image) -> np.ndarray:
+    """uint8 numpy array (0..255) of float-in-[0,1] image data (a tensor or an
+    array of any shape, e.g. one [H,W,3] image or [F,H,W,3] frames): clipped,
+    NaN → 0, rounded. uint8 input is returned as is. The one conversion every
+    picture the app, the CLI and the benchmarks save goes through."""
+    if isinstance(image, Tensor):
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    image = np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 1.0)
+    return np.round(image * 255.0).astype(np.uint8)
+
 
 def _to_uint8_frames(frames) -> np.ndarray:
     """uint8 [F,H,W,3] numpy array from uint8 or float-in-[0,1] frames (numpy or
@@ -61,11 +76,7 @@ def _to_uint8_frames(frames) -> np.ndarray:
         raise ValueError("write_video: no frames")
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, axis=-1)
-    frames = frames[..., :3]
-    if frames.dtype != np.uint8:
-        frames = np.clip(np.nan_to_num(frames.astype(np.float32)), 0.0, 1.0)
-        frames = np.round(frames * 255.0).astype(np.uint8)
-    return np.ascontiguousarray(frames)
+    return np.ascontiguousarray(to_uint8(frames[..., :3]))
 
 
 def write_video(frames, path, fps: float = 24, *, crf: int = 18, preset: str = "medium") -> Path:
@@ -106,6 +117,26 @@ def write_video(frames, path, fps: float = 24, *, crf: int = 18, preset: str = "
     return path
 
 
+def write_gif(frames, path, fps: float = 12) -> Path:
+    """Write ``frames`` (as for ``write_video``) as a looping animated GIF (small
+    orbit loops that play anywhere an image shows, e.g. a gallery tile); returns
+    the path. Written to a temporary name, then renamed."""
+    from PIL import Image
+
+    video = _to_uint8_frames(frames)
+    path = Path(path)
+    tmp = _tmp_path(path)
+    images = [Image.fromarray(f) for f in video]
+    try:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                       duration=max(20, round(1000 / fps)), disposal=1)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _orbit_cameras(n_frames: int, res: int, elevation_deg: float, radius: float, fov_deg: float
                    ) -> list[Camera]:
     if n_frames < 1 or res < 1:
@@ -113,8 +144,8 @@ def _orbit_cameras(n_frames: int, res: int, elevation_deg: float, radius: float,
     return orbit(n_frames, elevation_deg, radius, fov_deg, res, res)
 
 
-def orbit_frames(scene: GaussianScene, n_frames: int = 48, res: int = 256, elevation_deg: float = 15,
-                 radius: float = 2.5, fov_deg: float = 49, background=(1.0, 1.0, 1.0), *,
+def orbit_frames(scene: GaussianScene, n_frames: int = 48, res: int = 256, elevation_deg: float = ELEVATION_DEG,
+                 radius: float = RADIUS, fov_deg: float = FOV_DEG, background=BACKGROUND, *,
                  progress: Progress | None = None) -> Tensor:
     """Renders of ``scene`` along ``cameras.orbit(n_frames, elevation_deg, radius,
     fov_deg, res, res)`` (azimuth 0 first, then increasing).
@@ -132,8 +163,8 @@ def orbit_frames(scene: GaussianScene, n_frames: int = 48, res: int = 256, eleva
     return torch.stack(frames)
 
 
-def orbit_video(scene: GaussianScene, path, n_frames: int = 48, res: int = 256, elevation_deg: float = 15,
-                radius: float = 2.5, fov_deg: float = 49, background=(1.0, 1.0, 1.0), fps: float = 24, *,
+def orbit_video(scene: GaussianScene, path, n_frames: int = 48, res: int = 256, elevation_deg: float = ELEVATION_DEG,
+                radius: float = RADIUS, fov_deg: float = FOV_DEG, background=BACKGROUND, fps: float = 24, *,
                 progress: Progress | None = None) -> Path:
     """``orbit_frames`` written as an mp4 (see ``write_video``); returns the path."""
     frames = orbit_frames(scene, n_frames, res, elevation_deg, radius, fov_deg, background, progress=progress)
@@ -230,7 +261,7 @@ def flip_scene_y(scene: GaussianScene) -> GaussianScene:
     return GaussianScene(means, s.log_scales.clone(), quats, s.opacity_logits.clone(), s.sh.clone())
 
 
-def save_viewer_ply(scene: GaussianScene, path, flip_y: bool = True, scale: float = 0.5) -> Path:
+def save_viewer_ply(scene: GaussianScene, path, flip_y: bool = True, scale: float = VIEWER_SCALE) -> Path:
     """Write the PLY for gradio's ``gr.Model3D`` splat viewer (gsplat.js) and
     return its path.
 
@@ -472,8 +503,10 @@ def splat_mesh(scene: GaussianScene, resolution: int = 128, level: float | None 
         raise ValueError(f"splat_mesh: level {iso:g} is outside the density field's range (0, {peak:g}); "
                          "no surface")
     padded = np.pad(field, 1)
+    # the density is high inside: "ascent" winds the triangles counter-clockwise seen
+    # from outside (glTF's front faces), so normals point out and the volume is positive
     verts, faces, _, _ = marching_cubes(padded, level=iso, spacing=(h, h, h),
-                                        gradient_direction="descent", allow_degenerate=False)
+                                        gradient_direction="ascent", allow_degenerate=False)
     if len(faces) == 0:
         raise ValueError(f"splat_mesh: no surface at level {iso:g}")
     verts = verts.astype(np.float64) + (origin - h)  # undo the padding

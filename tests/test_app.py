@@ -2,10 +2,12 @@
 
 One module-scoped server: the exact prior, a dedicated runs folder, and
 CFD_MODEL pointing at a folder that does not exist, so "Stable Diffusion
-without weights" is the same on every machine.
+without weights" is the same on every machine. Concurrency (CFD_CONCURRENCY=2)
+has its own server in test_app_concurrency.py.
 """
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -24,6 +26,8 @@ from gradio_client import Client  # noqa: E402
 FEW_STEPS = 40          # enough for a recognisable result, seconds on a CPU
 INRIA_FIELDS = {"x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
                 "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"}
+BUNDLED = {"snowman", "mushroom", "rubber duck", "rocket", "cactus", "potted tree", "sunflower", "tulips"}
+API_OUTPUTS = ["viewer_ply", "render_video", "noise_video", "summary", "downloads", "status"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.2) -> bool:
 
 
 def generate(client, **kwargs):
-    params = dict(prompt="a toy", seed=0, steps=FEW_STEPS, res=32, method="cfd", backend="exact")
+    params = dict(prompt="a toy", seed=0, steps=FEW_STEPS)
     params.update(kwargs)
     return client.predict(api_name="/generate", **params)
 
@@ -61,47 +65,96 @@ def error_text(excinfo) -> str:
     return str(excinfo.value)
 
 
+# --------------------------------------------------------------------- the API contract
+
+def test_api_lists_generate_and_compare_with_per_backend_defaults(served):
+    app, client, runs = served
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert set(api) == {"/generate", "/compare"}, set(api)   # the UI's own events are private
+    params = api["/generate"]["parameters"]
+    names = [p["parameter_name"] for p in params]
+    assert names[:6] == ["prompt", "seed", "steps", "guidance_scale", "method", "backend"], names
+    assert all(p["parameter_has_default"] and p["parameter_default"] is None for p in params), params
+    assert [r["label"] for r in api["/generate"]["returns"]] == API_OUTPUTS
+    assert [r["label"] for r in api["/compare"]["returns"]] == ["gallery", "table", "status"]
+    cmp_names = [p["parameter_name"] for p in api["/compare"]["parameters"]]
+    assert {"methods", "n_seeds"} <= set(cmp_names) and "method" not in cmp_names
+
+
+def test_readme_lists_the_api_as_it_is(served):
+    """The README's API paragraph names /generate's outputs in order."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## API"):]
+    section = section[:section.index("\n## ", 4)]
+    assert "(" + ", ".join(API_OUTPUTS) + ")" in section.replace("`", ""), section
+
+
 # --------------------------------------------------------------------- bad input
 
 BAD = [
     (dict(steps=0), r"steps must be an integer between 10 and 3000 \(got 0\)"),
     (dict(steps=100_000), r"steps must be an integer between 10 and 3000"),
+    (dict(steps=5000), r"steps must be an integer between 10 and 3000 \(got 5000\)"),
     (dict(steps="many"), r"steps must be an integer between 10 and 3000; got the non-numeric value 'many'"),
     (dict(guidance_scale=0.5), r"guidance_scale \(CFG\) must be a number between 1 and 100 \(got 0.5\)"),
     (dict(guidance_scale=500), r"guidance_scale \(CFG\) must be a number between 1 and 100 \(got 500\)"),
     (dict(res=33), r"res must be a multiple of 8 between 16 and 128 for the exact prior \(got 33\)"),
     (dict(res=4096), r"res must be an integer between 16 and 128 for the exact prior \(got 4096\)"),
+    (dict(views=0), r"views \(per step\) must be an integer between 1 and 8 \(got 0\)"),
     (dict(seed=-1), r"seed must be an integer between 0 and 2147483647 \(got -1\)"),
+    (dict(seed=-5), r"seed must be an integer between 0 and 2147483647 \(got -5\)"),
     (dict(seed=2**31), r"seed must be an integer between 0 and 2147483647"),
     (dict(seed="abc"), r"seed must be an integer between 0 and 2147483647; got the non-numeric value 'abc'"),
     (dict(seed=1.5), r"seed must be an integer .* fractional value 1.5"),
     (dict(method="dreamfusion"), r"method must be one of 'cfd', 'cfd-sde', 'sds'"),
     (dict(backend="nerf"), r"backend must be one of 'exact', 'sd'"),
-    (dict(scene_set="nope"), r"scene_set must be one of 'toys'"),
     (dict(t_start=500, t_end=600), r"t_end \(600\) must be below t_start \(500\)"),
-    (dict(backend="sd", prompt="", res=512), r"The prompt is empty: Stable Diffusion needs a text prompt"),
-    (dict(backend="sd", prompt="   ", res=512), r"The prompt is empty"),
-    (dict(backend="sd", prompt="a very long prompt " * 20, res=512),
-     r"The prompt is 379 characters long; the limit is 300"),
-    (dict(backend="sd", prompt="a, " * 60, res=512), r"CLIP tokens; Stable Diffusion's text encoder reads at most 75"),
+    (dict(prompt="a giraffe"), r"The embedded exact prior does not know 'a giraffe'\. It knows only these objects: "
+                               r"snowman, mushroom, rubber duck, rocket \(or the theme 'a toy'\); cactus"),
+    (dict(prompt="a very long prompt " * 20), r"The prompt is 379 characters long; the limit is 300"),
+    (dict(backend="sd", prompt=""), r"The prompt is empty: Stable Diffusion needs a text prompt"),
+    (dict(backend="sd", prompt="   "), r"The prompt is empty"),
+    (dict(backend="sd", prompt="a, " * 60), r"CLIP tokens; Stable Diffusion's text encoder reads at most 75"),
     (dict(backend="sd", prompt="a corgi", res=32), r"res must be an integer between 64 and 1024 for Stable Diffusion"),
 ]
 
 
 @pytest.mark.parametrize("kwargs, message", BAD, ids=[repr(k)[:40] for k, _ in BAD])
-def test_bad_input_is_refused_with_a_clear_message(served, kwargs, message):
+def test_bad_input_is_refused_with_a_clear_message_and_no_traceback(served, capfd, kwargs, message):
     app, client, runs = served
     with pytest.raises(Exception) as excinfo:
         generate(client, **kwargs)
     assert excinfo.typename == "AppError", error_text(excinfo)
     assert re.search(message, error_text(excinfo)), error_text(excinfo)
     assert not run_dirs(runs), "a refused request must not leave a run folder"
+    assert "Traceback" not in capfd.readouterr().err
 
 
-def test_sd_without_weights_names_the_fix_and_exact_stays_usable(served):
+def test_compare_refuses_seeds_past_the_range_without_a_traceback(served, capfd):
     app, client, runs = served
     with pytest.raises(Exception) as excinfo:
-        generate(client, backend="sd", prompt="a DSLR photo of a corgi", res=512, guidance_scale=50)
+        client.predict(seed=2**31 - 1, api_name="/compare")
+    assert "seed + n_seeds − 1 must stay ≤ 2147483647" in error_text(excinfo)
+    with pytest.raises(Exception) as excinfo:
+        client.predict(n_seeds=9, api_name="/compare")
+    assert "n_seeds must be an integer between 1 and" in error_text(excinfo)
+    with pytest.raises(Exception) as excinfo:
+        client.predict(methods=["cfd", "nerf"], api_name="/compare")
+    assert "methods must be one of" in error_text(excinfo)
+    assert "Traceback" not in capfd.readouterr().err
+    # the last seed itself is fine
+    gallery, table, status = client.predict(seed=2**31 - 1, n_seeds=1, methods=["cfd"], steps=10,
+                                            api_name="/compare")
+    assert status.startswith("**Done**") and "| cfd | 2147483647 |" in table, table
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_sd_alone_is_a_complete_request_refused_for_its_missing_weights(served):
+    """backend="sd" with every other parameter left out passes validation (SD's
+    own defaults: res 512, its prompt …) and is refused for the weights only."""
+    app, client, runs = served
+    with pytest.raises(Exception) as excinfo:
+        client.predict(backend="sd", api_name="/generate")
     text = error_text(excinfo)
     assert "Stable Diffusion weights" in text and "not available" in text, text
     assert "Fix:" in text and "CFD_MODEL" in text and "hf download" in text, text
@@ -112,49 +165,33 @@ def test_sd_without_weights_names_the_fix_and_exact_stays_usable(served):
     assert Path(ply).is_file()
 
 
-def test_compare_seeds_and_methods(served):
-    app, client, runs = served
-    gallery, table, status = client.predict(prompt="a toy", seed=0, steps=20, res=32, n_seeds=2,
-                                            methods=["cfd", "sds"], backend="exact", api_name="/compare")
-    assert len(gallery) == 4
-    captions = [item["caption"] for item in gallery]
-    assert captions[0].startswith("CFD · seed 0") and captions[2].startswith("SDS · seed 0"), captions
-    for item in gallery:
-        assert Path(item["image"]).is_file()
-    assert "| cfd | 1 |" in table and "Diversity" in table, table
-    assert status.startswith("**Done**"), status
-    with pytest.raises(Exception) as excinfo:
-        client.predict(n_seeds=9, api_name="/compare")
-    assert "n_seeds must be an integer between 1 and" in error_text(excinfo)
-
-
 def test_sd_backend_runs_when_weights_exist(served, tiny_sd_model, monkeypatch):
     """With weights (a tiny random SD pipeline in diffusers layout) the SD backend
     loads through the same code path and a run completes."""
     app, client, runs = served
     monkeypatch.setenv("CFD_MODEL", str(tiny_sd_model))
-    ply, render_mp4, noise_mp4, summary, downloads, preview, status = generate(
+    ply, render_mp4, noise_mp4, summary, downloads, status = generate(
         client, backend="sd", prompt="a DSLR photo of a corgi", res=64, steps=10, guidance_scale=7.5)
     assert summary["backend"] == "sd" and summary["guidance_scale"] == 7.5
     assert "Stable Diffusion" in summary["guidance"] and summary["prompt"] == "a DSLR photo of a corgi"
     assert summary["config"]["res"] == 64 and summary["steps_done"] == 10
+    assert summary["negative_prompt"] and summary["views"] == 1   # SD's own defaults
     assert INRIA_FIELDS <= set(PlyData.read(ply)["vertex"].data.dtype.names)
     assert wait_until(lambda: not run_dirs(runs), 30)
 
 
 # --------------------------------------------------------------------- a full run
 
-def test_exact_prior_run_returns_ply_videos_glb_and_summary(served):
+def test_exact_prior_run_follows_the_prompt_and_returns_its_files(served):
     app, client, runs = served
     t0 = time.perf_counter()
-    ply, render_mp4, noise_mp4, summary, downloads, preview, status = generate(client, seed=0)
+    ply, render_mp4, noise_mp4, summary, downloads, status = generate(client, prompt="a rubber duck", seed=0,
+                                                                      guidance_scale=9, negative_prompt="rocket")
     seconds = time.perf_counter() - t0
 
-    ply_data = PlyData.read(ply)
-    vertex = ply_data["vertex"]
+    vertex = PlyData.read(ply)["vertex"]
     assert INRIA_FIELDS <= set(vertex.data.dtype.names)
     assert vertex.count == summary["n_splats"] > 0
-
     for video in (render_mp4, noise_mp4):
         frames = np.stack(list(iio.imiter(video)))
         assert frames.shape[0] >= 24 and frames.shape[-1] == 3, frames.shape
@@ -163,72 +200,87 @@ def test_exact_prior_run_returns_ply_videos_glb_and_summary(served):
     names = sorted(Path(p).name for p in downloads)
     assert names == sorted(f"cfd_cfd_seed0_{n}" for n in
                            ("scene.ply", "scene.glb", "render.mp4", "noise.mp4", "run.json")), names
-    glb = next(Path(p) for p in downloads if p.endswith(".glb"))
-    assert glb.read_bytes()[:4] == b"glTF"
-    full_ply = PlyData.read(next(p for p in downloads if p.endswith("scene.ply")))
-    assert INRIA_FIELDS <= set(full_ply["vertex"].data.dtype.names)
+    assert next(Path(p) for p in downloads if p.endswith(".glb")).read_bytes()[:4] == b"glTF"
+    run_json = json.loads(next(Path(p) for p in downloads if p.endswith("run.json")).read_text())
+    assert run_json["nearest_psnr"] == summary["nearest_psnr"]
 
+    # the prompt, negative prompt and CFG travel into the run on the exact backend too
+    assert summary["prompt"] == "a rubber duck" and summary["negative_prompt"] == "rocket"
+    assert summary["config"]["guidance_scale"] == 9 and summary["config"]["batch_views"] == 4
+    assert summary["nearest"] == "rubber duck", summary["psnr"]
     assert summary["method"] == "cfd" and summary["seed"] == 0 and summary["steps_done"] == FEW_STEPS
     assert summary["cancelled"] is False and summary["backend"] == "exact"
-    assert summary["nearest"] in {"snowman", "mushroom", "rubber duck", "rocket"}
     assert set(summary["timings_s"]) >= {"distill", "render_video", "noise_video", "glb", "total"}
-    assert Path(preview).is_file()
-    assert status.startswith("**Done**"), status
+    assert status.startswith("**Done**") and "rubber duck" in status, status
     # the per-request temp folder is gone once the outputs are delivered
     assert wait_until(lambda: not run_dirs(runs), 30), run_dirs(runs)
-    print(f"\nexact prior, {FEW_STEPS} steps at 32 px: {seconds:.1f} s through the API; "
-          f"timings {summary['timings_s']}")
+    print(f"\nexact prior, {FEW_STEPS} steps: {seconds:.1f} s through the API; timings {summary['timings_s']}")
 
 
-def test_two_concurrent_clients_get_their_own_files(served):
+def test_one_psnr_measure_in_generate_compare_and_the_cli(served, tmp_path):
+    """The same scene gets the same PSNR from /generate, /compare and the CLI's run.json."""
+    from cfd.cli import main as cli_main
+
     app, client, runs = served
-    other = Client(client.src, verbose=False, download_files=client.output_dir)
-    try:
-        jobs = [client.submit(prompt="a toy", seed=1, steps=20, res=32, api_name="/generate"),
-                other.submit(prompt="a toy", seed=2, steps=20, res=32, api_name="/generate")]
-        results = [job.result(timeout=300) for job in jobs]
-    finally:
-        other.close()
-    (ply1, vid1, _, sum1, dl1, *_), (ply2, vid2, _, sum2, dl2, *_) = results
-    assert (sum1["seed"], sum2["seed"]) == (1, 2)
-    assert ply1 != ply2 and vid1 != vid2
-    assert Path(ply1).read_bytes() != Path(ply2).read_bytes()
-    assert not set(dl1) & set(dl2)
-    for ply in (ply1, ply2):
-        assert INRIA_FIELDS <= set(PlyData.read(ply)["vertex"].data.dtype.names)
+    kwargs = dict(prompt="a toy", seed=4, steps=20, res=24, views=2)
+    *_, summary, _, _ = generate(client, **kwargs)
+    _, table, _ = client.predict(n_seeds=1, methods=["cfd"], api_name="/compare", **kwargs)
+    row = next(line for line in table.splitlines() if line.startswith("| cfd | 4 |"))
+    assert f"| {summary['nearest']} | {summary['nearest_psnr']:.1f} |" in row, (row, summary["nearest_psnr"])
+    out = tmp_path / "cli"
+    assert cli_main(["generate", "--prompt", "a toy", "--seed", "4", "--steps", "20", "--res", "24", "--views", "2",
+                     "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["nearest_psnr"] == summary["nearest_psnr"] and run["psnr"] == summary["psnr"]
+
+
+def test_compare_shows_each_seed_with_its_nearest_object(served):
+    app, client, runs = served
+    gallery, table, status = client.predict(prompt="a toy", seed=0, steps=20, n_seeds=2, methods=["cfd", "sds"],
+                                            api_name="/compare")
+    assert len(gallery) == 4
+    captions = [item["caption"] for item in gallery]
+    assert captions[0].startswith("cfd · seed 0 · ") and captions[2].startswith("sds · seed 0 · "), captions
+    assert all(any(name in c for name in BUNDLED) and c.endswith(" dB") for c in captions), captions
+    for item in gallery:  # a small orbit loop per seed
+        frames = iio.imread(item["image"], index=None)
+        assert Path(item["image"]).suffix == ".gif" and frames.shape[0] > 1, frames.shape
+    assert "| cfd | 1 |" in table and "Diversity" in table, table
+    assert status.startswith("**Done**"), status
     assert wait_until(lambda: not run_dirs(runs), 30)
 
 
 # --------------------------------------------------------------------- cancel and failures
 
 def _wait_running(app, runs, session: str | None = None) -> None:
-    assert wait_until(lambda: run_dirs(runs) and (session is None or session in app._ACTIVE), 60), \
+    assert wait_until(lambda: run_dirs(runs) and (session is None or app.RUNNER.runs(session)), 60), \
         "the run never started"
     time.sleep(1.0)  # let it take a few steps
 
 
-def test_stop_button_cancels_cleanly(served):
-    """The Stop button's handler stops the session's run at the next step: the
-    run ends with a clean "cancelled" and its temp folder is removed."""
+def test_stop_cancels_this_session_only(served):
+    """Stop stops the session's run at the next step: the run ends with a clean
+    "cancelled" and its temp folder is removed. A Stop without a session stops nothing."""
     app, client, runs = served
-    job = client.submit(prompt="a toy", seed=5, steps=3000, res=32, api_name="/generate")
+    job = client.submit(prompt="a toy", seed=5, steps=3000, api_name="/generate")
     _wait_running(app, runs, client.session_hash)
-    assert app.stop_session(client.session_hash) == 1
-    ply, render_mp4, noise_mp4, summary, downloads, preview, status = job.result(timeout=60)
+    assert app.RUNNER.stop(None) == 0 and app.RUNNER.stop("another-session") == 0
+    assert app.RUNNER.stop(client.session_hash) == 1
+    ply, render_mp4, noise_mp4, summary, downloads, status = job.result(timeout=60)
     assert ply is None and render_mp4 is None and downloads is None
     assert summary["cancelled"] is True and 0 < summary["steps_done"] < 3000
     assert status.startswith("**Cancelled**"), status
     assert wait_until(lambda: not run_dirs(runs), 30), run_dirs(runs)
-    assert wait_until(lambda: not app._ACTIVE, 10)
+    assert wait_until(lambda: not app.RUNNER.runs(), 10)
 
 
 def test_client_cancel_stops_the_run_and_removes_its_folder(served):
     app, client, runs = served
-    job = client.submit(prompt="a toy", seed=6, steps=3000, res=32, api_name="/generate")
+    job = client.submit(prompt="a toy", seed=6, steps=3000, api_name="/generate")
     _wait_running(app, runs)
     job.cancel()
     assert wait_until(lambda: not run_dirs(runs), 60), run_dirs(runs)
-    assert wait_until(lambda: not app._ACTIVE, 30)
+    assert wait_until(lambda: not app.RUNNER.runs(), 30)
     assert wait_until(lambda: not any(t.name == "cfd-run" and t.is_alive() for t in threading.enumerate()), 30)
     # the queue is free again
     ply, *_ = generate(client, steps=10, seed=7)
@@ -241,7 +293,7 @@ def test_out_of_memory_suggests_a_lower_resolution(served, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(app, "run_pipeline", oom)
+    monkeypatch.setattr("cfd.pipeline.generate", oom)
     with pytest.raises(Exception) as excinfo:
         generate(client, res=64)
     text = error_text(excinfo)
@@ -255,77 +307,24 @@ def test_unexpected_failure_is_a_clear_error_and_leaves_nothing(served, monkeypa
     def boom(*args, **kwargs):
         raise RuntimeError("renderer exploded")
 
-    monkeypatch.setattr(app, "run_pipeline", boom)
+    monkeypatch.setattr("cfd.pipeline.generate", boom)
     with pytest.raises(Exception) as excinfo:
         generate(client)
     assert "The run failed (RuntimeError: renderer exploded); nothing was saved." in error_text(excinfo)
     assert wait_until(lambda: not run_dirs(runs), 30)
 
 
-# --------------------------------------------------------------------- engine-level helper and settings
-
-def test_pipeline_cancelled_run_writes_nothing(tmp_path):
-    from cfd.distill import DistillConfig
-    from cfd.guidance.exact_prior import ExactPrior
-    from cfd.pipeline import generate as pipeline_generate
-
-    prior = ExactPrior.from_scene_set("toys")
-    out = tmp_path / "run"
-    result = pipeline_generate(prior, DistillConfig(steps=50, res=16), out, callback=lambda info: info.step >= 3)
-    assert result["cancelled"] is True and result["files"] == {} and result["out_dir"] is None
-    assert result["summary"]["steps_done"] == 3
-    assert list(tmp_path.iterdir()) == [], "a cancelled run leaves no folder and no staging files"
-
-    # stopped during the exports: still nothing
-    calls = []
-    result = pipeline_generate(prior, DistillConfig(steps=3, res=16), out, video_frames=2, video_res=32,
-                               should_stop=lambda: bool(calls), stage_progress=lambda *a: calls.append(a))
-    assert result["cancelled"] is True and list(tmp_path.iterdir()) == []
-
-    # keep_partial: the partial scene's artefacts, marked cancelled
-    result = pipeline_generate(prior, DistillConfig(steps=50, res=16), out, callback=lambda info: info.step >= 3,
-                               keep_partial=True, video_frames=2, video_res=32, glb_resolution=16)
-    assert result["cancelled"] is True and result["out_dir"] == out
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["scene.ply", "viewer.ply", "render.mp4", "noise.mp4", "run.json"]
-        + (["scene.glb"] if "glb" in result["files"] else []))
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
-
+# --------------------------------------------------------------------- settings
 
 def test_launch_settings_respect_gradio_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("CFD_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
     import app
 
     kwargs = app.launch_kwargs()
     assert kwargs["server_name"] == "0.0.0.0" and kwargs["server_port"] == 7999
-    assert kwargs["allowed_paths"] == [str((tmp_path / "runs").resolve())]
+    assert kwargs["allowed_paths"] == [str(app.RUNNER.root)]
+    assert "#model3d canvas" in kwargs["css"] and "#ffffff" in kwargs["css"]
     monkeypatch.delenv("GRADIO_SERVER_NAME")
     monkeypatch.delenv("GRADIO_SERVER_PORT")
     assert "server_name" not in app.launch_kwargs() and "server_port" not in app.launch_kwargs()
-
-
-def test_validation_never_clamps():
-    import app
-
-    req = app.validate("", "", "exact", "", "cfd-sde", "12", 100.0, 7, 48, 900, 0, 1.0, 1e-3)
-    assert (req.seed, req.steps, req.res, req.t_end, req.scene_set) == (12, 100, 48, 20, "toys")
-    config = req.config()
-    assert config.method == "cfd-sde" and config.t_knots == ((0.0, 900), (1.0, 20)) and config.gamma == 1e-3
-    with pytest.raises(app.BadInput, match="steps must be an integer between 10 and 3000 \\(got 3001\\)"):
-        app.validate("", "", "exact", "", "cfd", 0, 3001, 7, 32, 980, 0, 1.0, 1e-4)
-    with pytest.raises(app.BadInput) as excinfo:  # every problem is listed
-        app.validate("", "", "exact", "", "cfd", -1, 5, 0, 31, 980, 0, 0.0, 2.0)
-    for name in ("seed", "steps", "guidance_scale", "res", "lr_scale", "gamma"):
-        assert name in str(excinfo.value)
-    sd = app.validate("a corgi", "", "sd", "", "sds", 0, 1000, 51, 512, 980, 0, 2.0, 1e-4)
-    assert sd.t_end == 300 and sd.config().t_range == (300, 980) and sd.config().res == 512
-
-
-def test_out_of_memory_message_unit():
-    import app
-
-    req = app.validate("", "", "exact", "", "cfd", 0, 100, 7, 128, 980, 0, 1.0, 1e-4)
-    err = app._friendly_error(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 1 TB"), req)
-    assert "Out of memory at res=128" in err.message and "res=64" in err.message

@@ -9,20 +9,26 @@ from cfd.cli import main as cli_main
 
 def test_generate_writes_every_artefact(tmp_path):
     out = tmp_path / "run"
-    assert cli_main(["generate", "--backend", "exact", "--steps", "12", "--seed", "3", "--out", str(out)]) == 0
+    assert cli_main(["generate", "--backend", "exact", "--steps", "12", "--seed", "3", "--prompt", "a rubber duck",
+                     "--out", str(out)]) == 0
     for name in ("scene.ply", "viewer.ply", "render.mp4", "noise.mp4", "scene.glb", "run.json"):
         assert (out / name).stat().st_size > 0, name
     run = json.loads((out / "run.json").read_text())
     assert run["seed"] == 3 and run["method"] == "cfd" and run["steps_done"] == 12
+    assert run["prompt"] == "a rubber duck" and run["views"] == 4 and run["nearest"] == "rubber duck"
     assert {"x", "f_dc_0", "opacity", "rot_3"} <= {p.name for p in PlyData.read(str(out / "scene.ply"))["vertex"].properties}
 
 
 def test_generate_refuses_bad_input(tmp_path, capsys):
     assert cli_main(["generate", "--backend", "sd", "--prompt", " ", "--out", str(tmp_path / "x")]) == 2
-    assert "--prompt is empty" in capsys.readouterr().err
+    assert "The prompt is empty" in capsys.readouterr().err
     assert cli_main(["generate", "--backend", "exact", "--steps", "0", "--out", str(tmp_path / "y")]) == 2
-    assert "steps=0" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert "steps must be an integer between 10 and 3000 (got 0)" in capsys.readouterr().err
+    assert cli_main(["generate", "--res", "30", "--out", str(tmp_path / "z")]) == 2   # the app refuses it too
+    assert "res must be a multiple of 8 between 16 and 128" in capsys.readouterr().err
+    assert cli_main(["generate", "--prompt", "a giraffe", "--out", str(tmp_path / "w")]) == 2
+    assert "does not know 'a giraffe'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_bench_toy_json_contract(tmp_path):
@@ -79,3 +85,22 @@ def test_bench_speed_reports_the_splat_curve_with_densification(tmp_path):
     curve = data["splat_curve"]
     assert curve[0] == [0, 1000] and len(curve) > 2 and all(b[1] > a[1] for a, b in zip(curve, curve[1:]))
     assert curve[-1][1] <= 4000 and "densify" in data["phases_ms"]
+
+
+def test_bench_toy_reports_the_one_psnr_measure(tmp_path):
+    """bench toy's PSNR is pipeline.nearest_reference's (the app's, the CLI's run.json)."""
+    from cfd.distill import DistillConfig, distill
+    from cfd.guidance.exact_prior import ExactPrior
+    from cfd.pipeline import nearest_reference
+
+    out = tmp_path / "toy.json"
+    assert bench_main(["toy", "--methods", "cfd", "--seeds", "1", "--steps", "6", "--res", "16",
+                       "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    config, run = data["config"], data["runs"][0]
+    prior = ExactPrior.bundled(["toys"], multiview=config["prior"] == "multiview")
+    scene = distill(prior, DistillConfig(seed=1, steps=6, res=16, batch_views=config["views"],
+                                         prompt=config["prompt"], guidance_scale=config["guidance_scale"]))
+    near = nearest_reference(scene, prior)
+    assert run["psnr"] == [near["psnr"][n] for n in prior.names]
+    assert config["psnr"] == {"res": 64, "views": 8}

@@ -253,3 +253,50 @@ def test_glb_errors(tmp_path):
     faint.opacity_logits = torch.full_like(faint.opacity_logits, -4.0)
     mesh = export_glb(faint, tmp_path / "faint.glb", resolution=32)
     assert len(mesh.faces) > 0 and (tmp_path / "faint.glb").exists()
+
+
+def _density_at(scene: GaussianScene, points: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """The opacity density Σ oᵢ exp(−½ dᵀΣᵢ⁻¹d) at ``points`` [P,3], by brute force."""
+    s = scene.detach().map(lambda t: t.double())
+    R = quat_to_rotmat(s.quats)
+    prec = R @ torch.diag_embed(torch.exp(-2 * s.log_scales)) @ R.transpose(1, 2)
+    pts = torch.from_numpy(np.asarray(points, dtype=np.float64))
+    out = []
+    for p in pts.split(chunk):
+        d = p[:, None, :] - s.means[None]  # [P,N,3]
+        m = torch.einsum("pni,nij,pnj->pn", d, prec, d)
+        out.append((s.opacities[None] * torch.exp(-0.5 * m)).sum(1))
+    return torch.cat(out).numpy()
+
+
+def _solid_ball(n: int = 3000, radius: float = 0.4) -> GaussianScene:
+    g = torch.Generator().manual_seed(0)
+    p = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=1)
+    p = p * radius * torch.rand(n, 1, generator=g) ** (1 / 3)
+    return make_scene(p, torch.full((n, 3), 0.05), torch.rand(n, 3, generator=g), torch.full((n,), 0.9))
+
+
+@pytest.mark.parametrize("which", ["ball", "rubber duck"])
+def test_glb_is_outward_facing_with_positive_volume(tmp_path, which):
+    """The GLB is not inside-out: positive signed volume, ≥ 95 % of the faces have
+    the density falling along their normal (outward), watertight (closed field)."""
+    import trimesh
+
+    from cfd.scenes import find_scene_sets
+
+    if which == "ball":
+        scene = _solid_ball()
+    else:
+        scene = load_ply(next(o.path for s in find_scene_sets() for o in s.objects if o.name == which))
+    export_glb(scene, tmp_path / "m.glb", resolution=64)
+    mesh = trimesh.load(str(tmp_path / "m.glb"), force="mesh")
+    assert mesh.is_watertight
+    assert mesh.volume > 0, mesh.volume
+    centres, normals = mesh.triangles_center, mesh.face_normals
+    eps = 0.01
+    outside = _density_at(scene, centres + eps * normals)
+    inside = _density_at(scene, centres - eps * normals)
+    outward = float((outside < inside).mean())
+    assert outward >= 0.95, outward
+    if which == "ball":
+        assert float((np.einsum("ij,ij->i", normals, centres) > 0).mean()) >= 0.95

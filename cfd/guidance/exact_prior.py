@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from cfd.cameras import Camera
+from cfd.framing import PSNR_RES, PSNR_VIEWS, psnr_cameras
 from cfd.gaussians import GaussianScene, load_ply
 from cfd.render import render
 from cfd.scenes import find_scene_sets, vocabulary
@@ -154,22 +155,22 @@ class ExactPrior:
         return torch.stack(views)
 
     @torch.no_grad()
-    def scene_psnr(self, scene: GaussianScene, res: int = 32, n_views: int = 8,
-                   elevation_deg: float = 15.0) -> list[float]:
+    def scene_psnr(self, scene: GaussianScene, res: int = PSNR_RES, n_views: int = PSNR_VIEWS) -> list[float]:
         """PSNR (dB, images in [0, 1]) of ``scene`` against each reference scene,
-        both rendered alike at res × res over the prior's background from
-        ``n_views`` orbit views at ``elevation_deg``, radius and fov the middle of
-        the default training ranges. Sharpness and mode of a distilled scene."""
-        from cfd.cameras import CameraRanges, orbit
-
-        ranges = CameraRanges()
-        cams = orbit(n_views, elevation_deg, ranges.eval_radius, ranges.eval_fov, res, res)
-        ours = [render(scene.detach().to(self.device), c, self.background).rgb for c in cams]
-        psnr = []
-        for ref in self.scenes:
-            mse = torch.stack([((o - render(ref, c, self.background).rgb) ** 2).mean() for o, c in zip(ours, cams)])
-            psnr.append(float(-10 * torch.log10(mse.mean().clamp_min(1e-10))))
-        return psnr
+        both rendered alike over the prior's background from the views of the
+        project's one PSNR measure (``cfd.framing.psnr_cameras``: ``n_views`` orbit
+        views at res × res). Sharpness and mode of a distilled scene; the
+        references' renders are memoised per (res, n_views)."""
+        cams = psnr_cameras(res, n_views)
+        key = ("psnr", res, n_views)
+        refs = self._cache.get(key)
+        if refs is None:
+            refs = torch.stack([torch.stack([render(ref, c, self.background).rgb for c in cams])
+                                for ref in self.scenes])  # [K,V,H,W,3]
+            self._cache[key] = refs
+        ours = torch.stack([render(scene.detach().to(self.device), c, self.background).rgb for c in cams])
+        mse = (ours[None] - refs).square().mean(dim=(1, 2, 3, 4))
+        return [float(v) for v in -10 * torch.log10(mse.clamp_min(1e-10))]
 
     # -- text and CFG
 

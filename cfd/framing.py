@@ -1,0 +1,51 @@
+"""How every picture of a scene is framed: one place for the camera constants.
+
+The object lives in the unit ball at the origin (+y up). Training views, orbit
+videos, previews, the PSNR measure and the viewer file all frame it from here:
+
+- ``RADIUS``, ``FOV_DEG``: camera distance and vertical field of view of the
+  training views (``cameras.CameraRanges``' defaults), the orbit videos, the
+  preview and the PSNR views.
+- ``ELEVATION_DEG``: elevation of the orbit videos, the preview and the PSNR views.
+- ``PREVIEW_AZIMUTH_DEG``: the preview's azimuth (a front-ish three-quarter view).
+- ``PSNR_RES``, ``PSNR_VIEWS``: the one PSNR measure of the project (app,
+  compare, CLI ``run.json``, ``bench toy``): ``PSNR_VIEWS`` orbit views at
+  ``PSNR_RES`` × ``PSNR_RES`` px, whatever resolution the run trained at.
+- ``VIEWER_SCALE``: gradio's Model3D splat viewer has a fixed camera, so the
+  viewer PLY is written at this scale (the full-size scene is ``scene.ply``).
+- ``BACKGROUND``: white, as the renders the app shows.
+
+No torch at import time, so ``cameras`` can take its defaults from here.
+"""
+from __future__ import annotations
+
+RADIUS = 2.5
+FOV_DEG = 49.0
+ELEVATION_DEG = 15.0
+PREVIEW_AZIMUTH_DEG = 30.0
+PSNR_RES = 64
+PSNR_VIEWS = 8
+VIEWER_SCALE = 0.5
+BACKGROUND = (1.0, 1.0, 1.0)
+
+__all__ = ["RADIUS", "FOV_DEG", "ELEVATION_DEG", "PREVIEW_AZIMUTH_DEG", "PSNR_RES", "PSNR_VIEWS", "VIEWER_SCALE",
+           "BACKGROUND", "orbit_cameras", "preview_camera", "psnr_cameras"]
+
+
+def orbit_cameras(n_frames: int, res: int, elevation_deg: float = ELEVATION_DEG):
+    """``n_frames`` square ``res`` px views around the object (azimuth 0 first)."""
+    from .cameras import orbit
+
+    return orbit(n_frames, elevation_deg, RADIUS, FOV_DEG, res, res)
+
+
+def preview_camera(res: int, azimuth_deg: float = PREVIEW_AZIMUTH_DEG, elevation_deg: float = ELEVATION_DEG):
+    """The square ``res`` px preview view."""
+    from .cameras import orbit_camera
+
+    return orbit_camera(azimuth_deg, elevation_deg, RADIUS, FOV_DEG, res, res)
+
+
+def psnr_cameras(res: int = PSNR_RES, n_views: int = PSNR_VIEWS):
+    """The views of the PSNR measure."""
+    return orbit_cameras(n_views, res)
