@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .cameras import orbit_camera
-from .framing import FOV_DEG, PSNR_RES, PSNR_VIEWS, RADIUS
+from .framing import FOV_DEG, PSNR_VIEWS, RADIUS
 from .gaussians import init_scene
 
 
@@ -127,7 +127,7 @@ def bench_toy(args) -> dict:
             t0 = time.perf_counter()
             scene = distill(prior, config)
             seconds = time.perf_counter() - t0
-            near = nearest_reference(scene, prior)  # the project's one PSNR measure (cfd.framing)
+            near = nearest_reference(scene, prior, args.res)  # the project's one PSNR measure (cfd.framing)
             psnr = [near["psnr"][name] for name in prior.names]
             nearest = max(range(len(psnr)), key=psnr.__getitem__)
             runs.append({"method": spec, "seed": seed, "psnr": psnr,
@@ -152,7 +152,7 @@ def bench_toy(args) -> dict:
     _print_table(summary, len(seeds), args.reach_db, args.prior, args.views)
     config = {"scenes": names, "methods": methods, "seeds": seeds, "steps": args.steps, "res": args.res,
               "reach_db": args.reach_db, "prior": args.prior, "views": args.views, "prompt": args.prompt,
-              "guidance_scale": args.guidance_scale, "psnr": {"res": PSNR_RES, "views": PSNR_VIEWS}}
+              "guidance_scale": args.guidance_scale, "psnr": {"res": args.res, "views": PSNR_VIEWS}}
     return {"config": config, "runs": runs, "summary": summary}
 
 

@@ -8,9 +8,10 @@ videos, previews, the PSNR measure and the viewer file all frame it from here:
   preview and the PSNR views.
 - ``ELEVATION_DEG``: elevation of the orbit videos, the preview and the PSNR views.
 - ``PREVIEW_AZIMUTH_DEG``: the preview's azimuth (a front-ish three-quarter view).
-- ``PSNR_RES``, ``PSNR_VIEWS``: the one PSNR measure of the project (app,
-  compare, CLI ``run.json``, ``bench toy``): ``PSNR_VIEWS`` orbit views at
-  ``PSNR_RES`` × ``PSNR_RES`` px, whatever resolution the run trained at.
+- ``PSNR_VIEWS``: the one PSNR measure of the project (app, compare, CLI
+  ``run.json``, ``bench toy``): ``PSNR_VIEWS`` orbit views at the run's render
+  resolution (the sharpness a run could reach at the size it was trained for;
+  every report says the resolution next to the number).
 - ``VIEWER_SCALE``: gradio's Model3D splat viewer has a fixed camera, so the
   viewer PLY is written at this scale (the full-size scene is ``scene.ply``).
 - ``BACKGROUND``: white, as the renders the app shows.
@@ -23,12 +24,11 @@ RADIUS = 2.5
 FOV_DEG = 49.0
 ELEVATION_DEG = 15.0
 PREVIEW_AZIMUTH_DEG = 30.0
-PSNR_RES = 64
 PSNR_VIEWS = 8
 VIEWER_SCALE = 0.5
 BACKGROUND = (1.0, 1.0, 1.0)
 
-__all__ = ["RADIUS", "FOV_DEG", "ELEVATION_DEG", "PREVIEW_AZIMUTH_DEG", "PSNR_RES", "PSNR_VIEWS", "VIEWER_SCALE",
+__all__ = ["RADIUS", "FOV_DEG", "ELEVATION_DEG", "PREVIEW_AZIMUTH_DEG", "PSNR_VIEWS", "VIEWER_SCALE",
            "BACKGROUND", "orbit_cameras", "preview_camera", "psnr_cameras"]
 
 
@@ -46,6 +46,6 @@ def preview_camera(res: int, azimuth_deg: float = PREVIEW_AZIMUTH_DEG, elevation
     return orbit_camera(azimuth_deg, elevation_deg, RADIUS, FOV_DEG, res, res)
 
 
-def psnr_cameras(res: int = PSNR_RES, n_views: int = PSNR_VIEWS):
-    """The views of the PSNR measure."""
+def psnr_cameras(res: int, n_views: int = PSNR_VIEWS):
+    """The views of the PSNR measure at ``res`` × ``res`` px."""
     return orbit_cameras(n_views, res)

@@ -64,17 +64,17 @@ def config_dict(config: DistillConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-def nearest_reference(scene: GaussianScene, guidance) -> dict | None:
+def nearest_reference(scene: GaussianScene, guidance, res: int) -> dict | None:
     """For a guidance with reference scenes (the exact prior's ``scene_psnr``), the
     PSNR of ``scene`` to each reference and the nearest one; None otherwise.
-    The project's one PSNR measure (``cfd.framing``: PSNR_VIEWS views at PSNR_RES
-    px, whatever the run's resolution): the app, its seed comparison, the CLI's
-    run.json and ``bench toy`` all report this number."""
+    The project's one PSNR measure (``cfd.framing``: PSNR_VIEWS orbit views at
+    ``res``, the run's render resolution): the app, its seed comparison, the
+    CLI's run.json and ``bench toy`` all report this number, with ``psnr_res``."""
     if not hasattr(guidance, "scene_psnr"):
         return None
-    psnr = guidance.scene_psnr(scene)
+    psnr = guidance.scene_psnr(scene, res)
     best = max(range(len(psnr)), key=psnr.__getitem__)
-    return {"nearest": guidance.names[best], "nearest_psnr": round(psnr[best], 3),
+    return {"nearest": guidance.names[best], "nearest_psnr": round(psnr[best], 3), "psnr_res": res,
             "psnr": {name: round(p, 3) for name, p in zip(guidance.names, psnr)}}
 
 
@@ -233,7 +233,7 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
             timings[name] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        near = nearest_reference(scene, guidance)
+        near = nearest_reference(scene, guidance, config.res)
         if near is not None:
             extra.update(near)
             timings["nearest"] = time.perf_counter() - t0

@@ -56,8 +56,8 @@ class BackendDefaults:
 
 
 EXACT_DEFAULTS = BackendDefaults(prompt="a toy", negative_prompt="", guidance_scale=DEFAULT_EXACT_GUIDANCE_SCALE,
-                                 steps=200, res=32, views=4)
-EXACT_CUDA_RES = 64            # the exact prior's default resolution where a GPU runs it
+                                 steps=200, res=64, views=4)
+EXACT_CUDA_RES = 128           # the exact prior's default resolution where a GPU runs it
 SD_DEFAULTS = BackendDefaults(prompt="a DSLR photo of a corgi wearing a red beret",
                               negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=DEFAULT_GUIDANCE_SCALE,
                               steps=1000, res=512, views=1)
@@ -545,7 +545,7 @@ def warm_up(request: Request | None = None) -> None:
     with cpu_threads(config.cpu_threads if device() == "cpu" else None), torch.no_grad():
         if config.cameras.pool:
             prior.reference_images(pool_cameras(config.res, config.res, config.cameras), size, size)
-        prior.scene_psnr(prior.scenes[0])
+        prior.scene_psnr(prior.scenes[0], config.res)
 
 
 # ------------------------------------------------------------------ the CLI's options

@@ -118,7 +118,8 @@ class Done:
     @property
     def status(self) -> str:
         s = self.summary
-        near = (f" · nearest object: **{s['nearest']}** ({s['nearest_psnr']:.1f} dB)" if "nearest" in s else "")
+        near = (f" · nearest object: **{s['nearest']}** ({s['nearest_psnr']:.1f} dB at {s['psnr_res']} px)"
+                if "nearest" in s else "")
         return (f"**Done** in {s['timings_s']['total']:.1f} s · {self.request.method} · seed {self.request.seed} · "
                 f"{s['n_splats']} splats{near}")
 
@@ -394,7 +395,7 @@ class Runner:
                 with cpu_threads(config.cpu_threads if on_cpu else None):
                     gif = write_gif(orbit_frames(scene, n_frames=COMPARE_FRAMES, res=COMPARE_RES),
                                     run.folder / f"{job.method}-seed{job.seed}.gif")
-                    near = nearest_reference(scene, guidance)
+                    near = nearest_reference(scene, guidance, config.res)
                 items.append(Item(i, job, gif, near, time.perf_counter() - t0, len(scene)))
                 run.emit(items[-1])
             return items
@@ -414,7 +415,9 @@ def compare_table(items: list[Item]) -> str:
     """Markdown table of a comparison and, on the exact prior, its diversity."""
     if not items:
         return ""
-    lines = ["| method | seed | nearest object | PSNR (dB) | splats | seconds |", "|---|---|---|---|---|---|"]
+    res = next((it.near["psnr_res"] for it in items if it.near), None)
+    psnr_head = f"PSNR at {res} px (dB)" if res else "PSNR (dB)"
+    lines = [f"| method | seed | nearest object | {psnr_head} | splats | seconds |", "|---|---|---|---|---|---|"]
     for it in items:
         near, psnr = (it.near["nearest"], f"{it.near['nearest_psnr']:.1f}") if it.near else ("–", "–")
         lines.append(f"| {it.request.method} | {it.request.seed} | {near} | {psnr} | {it.n_splats} | "

@@ -101,6 +101,6 @@ def test_bench_toy_reports_the_one_psnr_measure(tmp_path):
     prior = ExactPrior.bundled(["toys"], multiview=config["prior"] == "multiview")
     scene = distill(prior, DistillConfig(seed=1, steps=6, res=16, batch_views=config["views"],
                                          prompt=config["prompt"], guidance_scale=config["guidance_scale"]))
-    near = nearest_reference(scene, prior)
+    near = nearest_reference(scene, prior, 16)
     assert run["psnr"] == [near["psnr"][n] for n in prior.names]
-    assert config["psnr"] == {"res": 64, "views": 8}
+    assert config["psnr"] == {"res": 16, "views": 8} and near["psnr_res"] == 16

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from cfd.cameras import Camera
-from cfd.framing import PSNR_RES, PSNR_VIEWS, psnr_cameras
+from cfd.framing import PSNR_VIEWS, psnr_cameras
 from cfd.gaussians import GaussianScene, load_ply
 from cfd.render import render
 from cfd.scenes import find_scene_sets, vocabulary
@@ -39,7 +39,7 @@ from cfd.schedule import NoiseSchedule
 from cfd.vocabulary import Vocabulary
 
 # CFG scale s (ε_u + s(ε_c − ε_u)) used when a run gives none
-DEFAULT_EXACT_GUIDANCE_SCALE = 7.5
+DEFAULT_EXACT_GUIDANCE_SCALE = 1.0
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class ExactPrior:
         return torch.stack(views)
 
     @torch.no_grad()
-    def scene_psnr(self, scene: GaussianScene, res: int = PSNR_RES, n_views: int = PSNR_VIEWS) -> list[float]:
+    def scene_psnr(self, scene: GaussianScene, res: int, n_views: int = PSNR_VIEWS) -> list[float]:
         """PSNR (dB, images in [0, 1]) of ``scene`` against each reference scene,
         both rendered alike over the prior's background from the views of the
         project's one PSNR measure (``cfd.framing.psnr_cameras``: ``n_views`` orbit
