@@ -86,19 +86,13 @@ def bench_render(args) -> dict:
                        "met": device != "cpu" or target["forward_backward_ms"] <= 400}}
 
 
-def _parse_seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
-
-
 def bench_toy(args) -> dict:
     """CFD vs SDS vs ablations on the exact prior (DESIGN.md §8)."""
     from .distill import DistillConfig, distill
     from .gaussians import load_ply
     from .guidance.exact_prior import ExactPrior
     from .pipeline import nearest_reference
+    from .request import parse_seeds
     from .scenes import load_scene_set
 
     if args.scenes:
@@ -108,7 +102,7 @@ def bench_toy(args) -> dict:
         names = scene_set.names
     scenes, names = scenes[: args.max_scenes], names[: args.max_scenes]
     prior = ExactPrior(scenes, names=names)
-    methods, seeds = args.methods.split(","), _parse_seeds(args.seeds)
+    methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
     runs, finals = [], {}
     for method in methods:
         for seed in seeds:
