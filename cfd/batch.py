@@ -12,10 +12,13 @@ and machines by ``torchrun`` / ``accelerate launch`` (accelerate's
   request layer's (``cfd.request``): batch takes generate's options.
 - Sharing: the main process lists the pending jobs and broadcasts the list;
   process r of w takes the jobs at positions p with ``owner(p, w) == r``, a
-  serpentine round-robin (0 1 … w−1 w−1 … 1 0 …): every process gets
-  ⌈n/w⌉ or ⌊n/w⌋ jobs, a slice of every prompt (prompts differ in cost: the
-  exact prior's posterior runs over as many objects as the prompt names), and
-  with as many methods as processes no process gets only one method.
+  serpentine round-robin (0 1 … w−1 w−1 … 1 0 …). Every process gets ⌈n/w⌉
+  or ⌊n/w⌋ jobs, as with accelerate's ``split_between_processes``, but a mix
+  of every prompt and every method instead of a contiguous block: costs vary
+  with the method (its noise strategy) and with the scene a run grows
+  (densification, the GLB), and a block puts whole prompts on one process.
+  A plain ``jobs[r::w]`` would hand each process a single method whenever
+  there are as many methods as processes; the serpentine does not.
 - Atomic and resumable: ``pipeline.generate`` stages each job in a hidden
   folder and renames it into place; a failure is recorded the same way as a
   folder holding only ``error.json``. A rerun skips jobs whose run.json is
@@ -67,10 +70,6 @@ class Job:
     def path(self) -> str:
         """The job's folder, relative to the batch folder."""
         return f"{self.slug}/{self.method}-seed{self.seed}"
-
-    @property
-    def name(self) -> str:
-        return f"{self.prompt!r} {self.method} seed {self.seed}"
 
 
 # ------------------------------------------------------------------ planning
@@ -334,14 +333,15 @@ def _error_stamp(folder: Path):
 class _Progress:
     """The main process's overall bar: counts the pending jobs that reached a
     new final state on disk (a complete run.json, or an error.json other than
-    the one there at the start), whichever process ran them; a thread polls."""
+    the one there at the start), whichever process ran them; a thread polls.
+    On a terminal a tqdm bar; in a log file a line per change."""
 
     def __init__(self, out: Path, jobs: list[Job], pending: list[int]):
         from tqdm import tqdm
 
         self.folders = {out / jobs[i].path: _error_stamp(out / jobs[i].path) for i in pending}
         self.bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="batch", unit="job",
-                        file=sys.stderr, dynamic_ncols=True)
+                        file=sys.stderr, dynamic_ncols=True, disable=None)  # None: off when not a terminal
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
@@ -355,9 +355,12 @@ class _Progress:
                 del self.folders[folder]
             if done:
                 self.bar.update(len(done))
+                if self.bar.disable:
+                    self.bar.n += len(done)
+                    print(f"batch: {self.bar.n}/{self.bar.total} jobs done", file=sys.stderr, flush=True)
             if stopping:
                 return
-            self.stop.wait(0.5)
+            self.stop.wait(1.0)
 
     def write(self, line: str):
         self.bar.write(line, file=sys.stderr)
@@ -443,6 +446,7 @@ def main(args: argparse.Namespace) -> int:
             else:
                 log(f"{tag} {n}/{len(mine)} {job.path}: FAILED after {result['seconds']:.1f} s: {result['error']}")
         state.wait_for_everyone()
+        state.destroy_process_group()  # the index is written from disk: no collective after this
     finally:
         if progress:
             progress.close()
