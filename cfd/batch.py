@@ -430,7 +430,7 @@ def main(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr, flush=True)
 
     log(f"{tag} {len(mine)} of {len(pending)} pending jobs ({len(jobs) - len(pending)} of {len(jobs)} done "
-        f"before) on {state.device}")
+        f"before) on {where['device']}")
     try:
         with state.main_process_first():  # a download (SD) happens once, in the main process
             if mine:
