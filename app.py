@@ -1,26 +1,14 @@
 """Gradio app / Hugging Face Space for cfd: text-to-3D by Consistent Flow Distillation.
 
-Layout and event wiring only: requests are parsed, defaulted and checked by
-``cfd.request`` (shared with the CLI), runs go through ``cfd.runner`` (worker
-threads, Stop per session, temp folders and their sweep). ``python app.py``
-honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
-
-Environment: CFD_RUNS_DIR (root of the per-run temp folders, default
-<tmp>/cfd-app), CFD_CONCURRENCY (runs at once, default 1), CFD_MAX_SEEDS (seed
-comparison, default 4), CFD_MODEL (SD hub id or local folder), CFD_GPU_DURATION
-(ZeroGPU seconds per call, default 300), CFD_QUEUE_SIZE (default 32).
-
-API (``gradio_client``): ``/generate`` with keyword parameters prompt, seed,
-steps, guidance_scale, method, backend, negative_prompt, res, views, t_start,
-t_end, lr_scale, gamma, densify_every — each optional, None = its backend's
-default — returns (viewer_ply, render_video, noise_video, summary, downloads,
-status); ``/compare`` (same parameters less method, plus methods, n_seeds)
-returns (gallery, table, status). The UI's own events are private.
+Layout and event wiring only: ``cfd.request`` parses, defaults and checks every
+request (shared with the CLI), ``cfd.runner`` runs it (worker threads, Stop per
+session, temp folders and their sweep). API and settings: README.md.
 """
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -39,7 +27,7 @@ except ImportError:  # pragma: no cover - depends on the host
 
 EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 HISTORY_SIZE = 6
-RUNNER: Runner | None = None      # built with the demo (its root honours CFD_RUNS_DIR then)
+RUNNER: Runner      # built with the demo (its root honours CFD_RUNS_DIR then)
 # gsplat.js (Model3D's splat viewer) paints its canvas black whatever clear_color says;
 # gallery captions wrap instead of being cut
 CSS = """#model3d canvas { background: #ffffff !important; }
@@ -50,15 +38,7 @@ object's surface** and an annealed timestep, and pulls them towards the diffusio
 every seed follows the probability-flow ODE to its own sharp object (CFD), where SDS averages modes."""
 
 
-def runner() -> Runner:
-    global RUNNER
-    if RUNNER is None:
-        RUNNER = Runner()
-    return RUNNER
-
-
-def _error(exc: BaseException, req=None) -> gr.Error:
-    f = failure(exc, req)
+def _error(f: Failure) -> gr.Error:
     return gr.Error(f.message, title=f.title, print_exception=False)
 
 
@@ -72,7 +52,7 @@ def _prepared(values: dict, compare: bool = False):
         parsed = rq.parse_compare(values) if compare else (rq.parse_request(values),)
         return (*parsed, rq.prepare(parsed[0]))
     except Exception as exc:  # noqa: BLE001 - every refusal becomes a clear message
-        raise _error(exc) from None
+        raise _error(failure(exc)) from None
 
 
 def _events(events, progress):
@@ -86,7 +66,7 @@ def _events(events, progress):
                 progress((event.done, event.total), desc=event.label)
             yield event
     except Failure as f:
-        raise gr.Error(f.message, title=f.title, print_exception=False) from None
+        raise _error(f) from None
 
 
 def _cached(path) -> str:
@@ -119,7 +99,7 @@ def generate(prompt=None, seed=None, steps=None, guidance_scale=None, method=Non
     """API: distil one scene; yields (viewer_ply, render_video, noise_video, summary, downloads, status)."""
     values = {k: v for k, v in locals().items() if k in rq.PARAM_NAMES}
     req, guidance = _prepared(values)
-    for event in _events(runner().generate(req, guidance, _session(request), config=req.config()), progress):
+    for event in _events(RUNNER.generate(req, guidance, _session(request), config=req.config()), progress):
         if isinstance(event, Done):
             f = event.files
             yield (str(f["viewer_ply"]), str(f["render_mp4"]), str(f["noise_mp4"]), event.summary,
@@ -138,7 +118,7 @@ def generate_ui(*args, progress=gr.Progress(), request: gr.Request = None):
     req, guidance = _prepared(dict(zip(rq.PARAM_NAMES, values)))
     skip = (gr.skip(),) * 10
     yield *skip[:7], f"**Running** · {req.label()} on {rq.BACKEND_NAMES[req.backend]} …", *skip[8:]
-    for event in _events(runner().generate(req, guidance, _session(request)), progress):
+    for event in _events(RUNNER.generate(req, guidance, _session(request)), progress):
         if isinstance(event, Step) and event.preview is not None:
             yield event.preview, *skip[1:]
         elif isinstance(event, Stage) and event.done <= 1:
@@ -150,6 +130,9 @@ def generate_ui(*args, progress=gr.Progress(), request: gr.Request = None):
             yield (history[0]["image"] if history else None), *skip[1:7], event.status, *skip[8:]
         else:
             yield skip
+    # gradio re-sends a generator's last output on completion; a repeated Model3D mesh
+    # value cancels its viewer's lazy load, so the last output changes nothing
+    yield skip
 
 
 def show_history(history, evt: gr.SelectData):
@@ -172,6 +155,7 @@ def compare(prompt=None, seed=None, steps=None, guidance_scale=None, methods=Non
         yield gallery, table, status
 
 
+@gpu
 def compare_ui(*args, progress=gr.Progress(), request: gr.Request = None):
     *values, n_seeds, methods = args
     values = {**dict(zip(rq.PARAM_NAMES, values)), "n_seeds": n_seeds, "methods": methods or []}
@@ -188,11 +172,11 @@ def _compare(values, progress, request):
     items: list[Item] = []
     total = len(methods) * n_seeds
     yield gr.Gallery(value=[], columns=n_seeds), "", f"**Running** {total} runs …", []
-    for event in _events(runner().compare(base, methods, n_seeds, guidance, _session(request)), progress):
+    for event in _events(RUNNER.compare(base, methods, n_seeds, guidance, _session(request)), progress):
         items += [event] if isinstance(event, Item) else []
         shown = [(str(i.gif), i.caption) for i in items], compare_table(items)
         if isinstance(event, Item):
-            yield *shown, f"**Running** · {len(items)}/{total} done", [i.request.values() for i in items]
+            yield *shown, f"**Running** · {len(items)}/{total} done …", [i.request.values() for i in items]
         elif isinstance(event, Compared):
             yield (*shown, f"**Done** · {len(items)} runs in {event.seconds:.0f} s — click a result, then *Use "
                    "seed …* to take it to Generate", [i.request.values() for i in items])
@@ -216,12 +200,15 @@ def use_seed(v):
         f"Seed {v['seed']} with {v['method']} set from the comparison — press **Generate**."
 
 
-def stop(history, request: gr.Request = None):
-    """The Stop button: stop this session's runs; the last finished result stays."""
-    if not runner().stop(_session(request)):
-        return gr.skip(), gr.skip(), gr.skip()
-    note = "**Cancelled** — the run was stopped; its temp files are removed; the last finished result stays."
-    return (history[0]["image"] if history else None), note, "**Cancelled**"
+def stop(history, status_text, compare_text, request: gr.Request = None):
+    """The Stop button: stop this session's runs (gradio also cancels its events,
+    so the statuses still showing work in progress, "…", say it); the last
+    finished result stays."""
+    RUNNER.stop(_session(request))
+    busy = [(text or "").rstrip().endswith("…") for text in (status_text, compare_text)]
+    image = (history[0]["image"] if history else None) if busy[0] else gr.skip()
+    return (image, "**Cancelled** — the run was stopped and its temp files removed; the last finished result stays."
+            if busy[0] else gr.skip(), "**Cancelled**" if busy[1] else gr.skip())
 
 
 def on_backend(backend, prompt):
@@ -235,25 +222,33 @@ def on_backend(backend, prompt):
 
 # ------------------------------------------------------------------ layout
 
-def _examples() -> dict:
+def _examples(kind: str) -> list[list]:
+    """Example rows (prompt, backend, method, seed) of assets/examples.json."""
     try:
-        return json.loads(EXAMPLES_FILE.read_text())
-    except (OSError, ValueError):
-        return {"exact": [], "sd": []}
+        return [[e["prompt"], kind, e.get("method", "cfd"), e.get("seed", 0)]
+                for e in json.loads(EXAMPLES_FILE.read_text()).get(kind, [])]
+    except (OSError, ValueError, KeyError):
+        return []
 
 
-def _info(name: str, extra: str = "") -> str:
-    return f"{rq.help_text(name)}{extra}"
+def _field(name: str, d: dict, **kw):
+    """The input of request parameter ``name``: label and help from the request layer."""
+    kw = {"label": next(p.label for p in rq.PARAMS if p.name == name), "info": rq.help_text(name),
+          "elem_id": name.replace("_", "-"), **kw}
+    if name in ("res", "views"):
+        choices = rq.res_choices("exact") if name == "res" else list(range(rq.VIEWS_RANGE[0], rq.VIEWS_RANGE[1] + 1))
+        return gr.Dropdown(choices, value=d[name], **kw)
+    return (gr.Textbox if name in TEXT_PARAMS else gr.Number)(value=d[name], **kw)
 
 
 def build_demo() -> gr.Blocks:
     global RUNNER
     RUNNER = Runner()
     RUNNER.sweep()
+    threading.Thread(target=rq.warm_up, name="cfd-warm-up", daemon=True).start()  # the first run's references
     sd_problem = rq.sd_problem()
     prior = rq.exact_prior()
     d = rq.defaults("exact")
-    examples = _examples()
     concurrency = int(os.environ.get("CFD_CONCURRENCY", "1"))
     methods_choices = [(label, m) for m, label in rq.METHOD_LABELS.items()]
 
@@ -271,31 +266,18 @@ def build_demo() -> gr.Blocks:
                 prior_note = gr.Markdown(f"**The exact prior knows:** {prior.vocabulary.describe()}. Name one "
                                          "or more of them, or a theme; other prompts are refused.",
                                          elem_id="prior-note")
-                prompt = gr.Textbox(value=d["prompt"], label="Prompt", lines=2, max_lines=4,
-                                    info="Exact prior: the objects or theme to make. SD: any description.")
-                negative_prompt = gr.Textbox(value=d["negative_prompt"], label="Negative prompt", lines=1,
-                                             info="Exact prior: objects CFG steers away from (empty: all "
-                                                  "objects). SD: the unconditional text.")
+                prompt = _field("prompt", d, lines=2, max_lines=4, info="Exact prior: the objects or theme to "
+                                "make (refused if it names none it knows). SD: any description.")
+                negative_prompt = _field("negative_prompt", d, info="Exact prior: objects CFG steers away from "
+                                         "(empty: all objects). SD: the unconditional text.")
                 method = gr.Radio(methods_choices, value=d["method"], label="Method")
                 with gr.Row():
-                    seed = gr.Number(value=d["seed"], label="Seed", info=rq.range_text("seed"), elem_id="seed")
-                    steps = gr.Number(value=d["steps"], label="Steps", info=_info("steps"), elem_id="steps")
+                    seed, steps = _field("seed", d, info=rq.range_text("seed")), _field("steps", d)
                 with gr.Row():
-                    guidance_scale = gr.Number(value=d["guidance_scale"], label="CFG (guidance scale)",
-                                               info=_info("guidance_scale"), elem_id="cfg")
-                    res = gr.Dropdown(rq.res_choices("exact"), value=d["res"], label="Resolution (px)",
-                                      info="Render size fed to the guidance.", elem_id="res")
-                    views = gr.Dropdown(list(range(rq.VIEWS_RANGE[0], rq.VIEWS_RANGE[1] + 1)), value=d["views"],
-                                        label="Views per step", info=_info("views"), elem_id="views")
+                    guidance_scale, res, views = _field("guidance_scale", d), _field("res", d), _field("views", d)
                 with gr.Accordion("Advanced", open=False):
-                    t_start = gr.Number(value=d["t_start"], label="t start", info=_info("t_start"))
-                    t_end = gr.Number(value=d["t_end"], label="t end", info=_info("t_end"))
-                    lr_scale = gr.Number(value=d["lr_scale"], label="Learning-rate scale", info=_info("lr_scale"))
-                    gamma = gr.Number(value=d["gamma"], label="γ (CFD-SDE noise refresh per step)",
-                                      info=_info("gamma"))
-                    densify_every = gr.Number(value=d["densify_every"], label="Densify/prune every N steps",
-                                              info=_info("densify_every", " The exact prior's default keeps "
-                                                         "its 1000 initial splats."))
+                    t_start, t_end, lr_scale, gamma = (_field(n, d) for n in ("t_start", "t_end", "lr_scale", "gamma"))
+                    densify_every = _field("densify_every", d)
                 with gr.Row():
                     run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
@@ -320,7 +302,8 @@ def build_demo() -> gr.Blocks:
                             with gr.Column():
                                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                                     elem_id="downloads")
-                                summary = gr.JSON(label="Run summary", open=False, elem_id="summary")
+                                with gr.Accordion("Run summary (run.json)", open=False):
+                                    summary = gr.JSON(show_label=False, elem_id="summary")
                         history_gallery = gr.Gallery(label="This session's results (click to show again)",
                                                      columns=HISTORY_SIZE, height=170, allow_preview=False,
                                                      fit_columns=False, object_fit="contain", elem_id="history")
@@ -340,12 +323,11 @@ def build_demo() -> gr.Blocks:
                         compare_table_md = gr.Markdown(elem_id="compare-table")
                         compare_status = gr.Markdown(elem_id="compare-status")
 
-        rows = [[e["prompt"], "exact", e.get("method", "cfd"), e.get("seed", 0)] for e in examples.get("exact", [])]
-        gr.Examples(rows, [prompt, backend, method, seed], label="Examples (exact prior: no weights, CPU-quick)",
-                    elem_id="examples-exact")
-        if examples.get("sd") and sd_problem is None:
-            gr.Examples([[e["prompt"], "sd", e.get("method", "cfd"), e.get("seed", 0)] for e in examples["sd"]],
-                        [prompt, backend, method, seed], label="Examples: Stable Diffusion", elem_id="examples-sd")
+        gr.Examples(_examples("exact"), [prompt, backend, method, seed], elem_id="examples-exact",
+                    label="Examples (exact prior: no weights, CPU-quick)")
+        if sd_problem is None and _examples("sd"):
+            gr.Examples(_examples("sd"), [prompt, backend, method, seed], label="Examples: Stable Diffusion",
+                        elem_id="examples-sd")
 
         # the public API: parameters default to None (= the backend's default), clean output names
         with gr.Column(visible=False):
@@ -361,8 +343,9 @@ def build_demo() -> gr.Blocks:
         history, items, picked = gr.State([]), gr.State([]), gr.State(None)
         run = dict(concurrency_id="distill", concurrency_limit=concurrency, preprocess=False,
                    show_progress="minimal")
-        ui_inputs = [prompt, seed, steps, guidance_scale, method, backend, negative_prompt, res, views, t_start,
-                     t_end, lr_scale, gamma, densify_every]
+        named = locals()
+        ui_inputs = [named[n] for n in rq.PARAM_NAMES]   # the inputs are named after the parameters
+        private = dict(api_visibility="private", queue=False)
         result_outputs = [image, model3d, mesh3d, render_video, noise_video, downloads, summary, status]
         api_btn.click(generate, [api_in[n] for n in rq.PARAM_NAMES], api_out, api_name="generate", **run)
         api_cmp_btn.click(compare, [api_in[n] for n in COMPARE_PARAMS], api_cmp_out, api_name="compare", **run)
@@ -371,14 +354,13 @@ def build_demo() -> gr.Blocks:
         cmp = compare_btn.click(compare_ui, ui_inputs + [n_seeds, methods],
                                 [gallery, compare_table_md, compare_status, items, use_btn],
                                 api_visibility="private", show_progress_on=[compare_status], **run)
-        stop_btn.click(stop, history, [image, status, compare_status], cancels=[gen, cmp], queue=False,
-                       api_visibility="private")
-        history_gallery.select(show_history, history, result_outputs, api_visibility="private", queue=False)
-        gallery.select(pick, items, [picked, use_btn], api_visibility="private", queue=False)
-        use_btn.click(use_seed, picked, [seed, method, tabs, status], api_visibility="private", queue=False)
+        stop_btn.click(stop, [history, status, compare_status], [image, status, compare_status], cancels=[gen, cmp],
+                       **private)
+        history_gallery.select(show_history, history, result_outputs, **private)
+        gallery.select(pick, items, [picked, use_btn], **private)
+        use_btn.click(use_seed, picked, [seed, method, tabs, status], **private)
         backend.change(on_backend, [backend, prompt], [res, steps, views, guidance_scale, negative_prompt, t_end,
-                                                       densify_every, prompt, prior_note],
-                       api_visibility="private", queue=False)
+                                                       densify_every, prompt, prior_note], **private)
     demo.queue(default_concurrency_limit=concurrency, max_size=int(os.environ.get("CFD_QUEUE_SIZE", "32")))
     return demo
 
@@ -386,7 +368,7 @@ def build_demo() -> gr.Blocks:
 def launch_kwargs() -> dict:
     """Launch settings: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured; only
     the run folders' root is served; the app's CSS."""
-    kwargs = {"allowed_paths": [str(runner().root)], "show_error": True, "css": CSS}
+    kwargs = {"allowed_paths": [str(RUNNER.root)], "show_error": True, "css": CSS}
     if os.environ.get("GRADIO_SERVER_NAME"):
         kwargs["server_name"] = os.environ["GRADIO_SERVER_NAME"]
     if os.environ.get("GRADIO_SERVER_PORT"):

@@ -86,64 +86,76 @@ def bench_render(args) -> dict:
                        "met": device != "cpu" or target["forward_backward_ms"] <= 400}}
 
 
+def _method_spec(spec: str) -> tuple[str, str | None]:
+    """"sds" → ("sds", None); "sds:lambda" → ("sds", "lambda") (a method with another weighting)."""
+    method, _, weighting = spec.partition(":")
+    return method, weighting or None
+
+
 def bench_toy(args) -> dict:
-    """CFD vs SDS vs ablations on the exact prior (DESIGN.md §8)."""
+    """CFD vs SDS vs ablations on the exact prior (DESIGN.md §8): nearest-object
+    PSNR, chimeras (runs below ``--reach-db`` to every object), distinct objects."""
     from .distill import DistillConfig, distill
     from .gaussians import load_ply
     from .guidance.exact_prior import ExactPrior
     from .pipeline import nearest_reference
     from .request import parse_seeds
-    from .scenes import load_scene_set
 
+    multiview = args.prior == "multiview"
     if args.scenes:
-        names, scenes = [p.stem for p in args.scenes], [load_ply(p) for p in args.scenes]
+        prior = ExactPrior([load_ply(p) for p in args.scenes], names=[p.stem for p in args.scenes],
+                           multiview=multiview)
     else:
-        scene_set, scenes = load_scene_set(args.scene_set)
-        names = scene_set.names
-    scenes, names = scenes[: args.max_scenes], names[: args.max_scenes]
-    prior = ExactPrior(scenes, names=names)
+        prior = ExactPrior.bundled(None if args.scene_set == "all" else args.scene_set.split(","),
+                                   multiview=multiview)
+    names = prior.names
     methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
     runs, finals = [], {}
-    for method in methods:
+    for spec in methods:
+        method, weighting = _method_spec(spec)
         for seed in seeds:
-            config = DistillConfig(method=method, seed=seed, steps=args.steps, res=args.res)
+            config = DistillConfig(method=method, weighting=weighting, seed=seed, steps=args.steps, res=args.res,
+                                   batch_views=args.views, prompt=args.prompt,
+                                   guidance_scale=args.guidance_scale)
             t0 = time.perf_counter()
             scene = distill(prior, config)
             seconds = time.perf_counter() - t0
             near = nearest_reference(scene, prior)  # the project's one PSNR measure (cfd.framing)
             psnr = [near["psnr"][name] for name in prior.names]
             nearest = max(range(len(psnr)), key=psnr.__getitem__)
-            runs.append({"method": method, "seed": seed, "psnr": psnr,
+            runs.append({"method": spec, "seed": seed, "psnr": psnr,
                          "nearest": nearest, "nearest_name": names[nearest], "seconds": round(seconds, 2)})
-            finals[method, seed] = scene
-            print(f"toy {method:>8} seed {seed}: best {psnr[nearest]:5.1f} dB ({names[nearest]}) {seconds:5.1f} s",
+            finals[spec, seed] = scene
+            print(f"toy {spec:>10} seed {seed}: best {psnr[nearest]:5.1f} dB ({names[nearest]}) {seconds:5.1f} s",
                   file=sys.stderr)
     summary = {}
-    for method in methods:
-        rs = [r for r in runs if r["method"] == method]
+    for spec in methods:
+        rs = [r for r in runs if r["method"] == spec]
         best = [max(r["psnr"]) for r in rs]
         reached = [r["nearest"] for r in rs if max(r["psnr"]) >= args.reach_db]
-        counts = torch.bincount(torch.tensor([r["nearest"] for r in rs]), minlength=len(scenes)).double()
+        counts = torch.bincount(torch.tensor([r["nearest"] for r in rs]), minlength=len(names)).double()
         p = counts[counts > 0] / counts.sum()
-        summary[method] = {"mean_best_psnr": round(statistics.mean(best), 2),
-                           "distinct_modes": len(set(reached)),
-                           "mode_entropy": round(float(-(p * p.log2()).sum()), 3),
-                           "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
+        summary[spec] = {"mean_best_psnr": round(statistics.mean(best), 2),
+                         "distinct_modes": len(set(reached)),
+                         "chimeras": len(rs) - len(reached),
+                         "mode_entropy": round(abs(float(-(p * p.log2()).sum())), 3),
+                         "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
     if args.figure:
         _toy_figure(finals, methods, seeds, args.figure)
-    _print_table(summary, len(seeds), args.reach_db)
+    _print_table(summary, len(seeds), args.reach_db, args.prior, args.views)
     config = {"scenes": names, "methods": methods, "seeds": seeds, "steps": args.steps, "res": args.res,
-              "reach_db": args.reach_db, "psnr": {"res": PSNR_RES, "views": PSNR_VIEWS}}
+              "reach_db": args.reach_db, "prior": args.prior, "views": args.views, "prompt": args.prompt,
+              "guidance_scale": args.guidance_scale, "psnr": {"res": PSNR_RES, "views": PSNR_VIEWS}}
     return {"config": config, "runs": runs, "summary": summary}
 
 
-def _print_table(summary: dict, n_seeds: int, reach_db: float) -> None:
-    print(f"\n| method | mean nearest-scene PSNR (dB) | distinct scenes reached (≥{reach_db:g} dB) over "
-          f"{n_seeds} seeds | mode entropy (bits) | s / run |", file=sys.stderr)
-    print("|---|---|---|---|---|", file=sys.stderr)
+def _print_table(summary: dict, n_seeds: int, reach_db: float, prior: str, views: int) -> None:
+    print(f"\n| prior, views/step | method | mean nearest-object PSNR (dB) | chimeras (<{reach_db:g} dB) "
+          f"/ {n_seeds} | distinct objects reached | mode entropy (bits) | s / run |", file=sys.stderr)
+    print("|---|---|---|---|---|---|---|", file=sys.stderr)
     for method, s in summary.items():
-        print(f"| {method} | {s['mean_best_psnr']:.1f} | {s['distinct_modes']} | {s['mode_entropy']:.2f} | "
-              f"{s['mean_seconds']:.1f} |", file=sys.stderr)
+        print(f"| {prior}, {views} | {method} | {s['mean_best_psnr']:.1f} | {s['chimeras']} | {s['distinct_modes']} | "
+              f"{s['mode_entropy']:.2f} | {s['mean_seconds']:.1f} |", file=sys.stderr)
 
 
 def _toy_figure(finals: dict, methods: list[str], seeds: list[int], path: Path, res: int = 96) -> None:
@@ -266,9 +278,10 @@ def bench_speed(args) -> dict:
     if args.backend == "exact":
         from .guidance.exact_prior import ExactPrior
 
-        guidance = ExactPrior.from_scene_set("toys").to(device)
+        guidance = ExactPrior.bundled(multiview=args.batch_views > 1).to(device)
         config = DistillConfig(method=args.method, steps=args.steps + args.warmup, res=args.res,
-                               batch_views=args.batch_views)
+                               batch_views=args.batch_views, prompt="a toy",
+                               densify_every=max(1, (args.steps + args.warmup) // 10) if args.densify else 0)
     else:
         from .guidance.stable_diffusion import build_random_sd21
 
@@ -279,12 +292,17 @@ def bench_speed(args) -> dict:
         config = DistillConfig.for_stable_diffusion(prompt="a photo of a hamburger", method=args.method,
                                                     steps=args.steps + args.warmup,
                                                     res=args.res, batch_views=args.batch_views,
-                                                    init_splats=args.splats, densify_every=0, preview_every=0)
+                                                    init_splats=args.splats, preview_every=0,
+                                                    **({} if args.densify else {"densify_every": 0}))
     timer = PhaseTimer()
-    marks = []
+    marks, splats = [], [(0, config.init_splats)]
+    skipped = {"steps": 0}
 
     def callback(info):
         marks.append(time.perf_counter())
+        skipped["steps"] = info.skipped_steps
+        if info.n_splats != splats[-1][1]:
+            splats.append((info.step, info.n_splats))
         if info.step == args.warmup:
             timer.total.clear()
             if device == "cuda":
@@ -301,7 +319,9 @@ def bench_speed(args) -> dict:
               "batch_views": args.batch_views, "steps_timed": steps, "ms_per_step": round(step_ms, 2),
               "phases_ms": phases, "phases_share": {k: round(v / total, 3) for k, v in phases.items()},
               "projected_1000_steps_s": round(step_ms, 2),  # 1000 steps × ms/step ÷ 1000 ms/s
-              "peak_rss_mb": round(_peak_rss_mb(), 1)}
+              "peak_rss_mb": round(_peak_rss_mb(), 1),
+              # densification (--densify): (step, splats) at every change; steps skipped for a NaN/Inf gradient
+              "densify_every": config.densify_every, "splat_curve": splats, "skipped_steps": skipped["steps"]}
     if args.backend != "exact":
         latents = torch.randn(1, guidance.channels, args.res // guidance.latent_factor,
                               args.res // guidance.latent_factor, device=device)
@@ -347,10 +367,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path)
     p = sub.add_parser("toy", help="CFD vs SDS vs ablations on the exact prior (PSNR, diversity, time)")
-    p.add_argument("--scenes", type=Path, nargs="*", help="reference PLYs (default: a bundled set)")
-    p.add_argument("--scene-set", default="toys")
-    p.add_argument("--max-scenes", type=int, default=3)
-    p.add_argument("--methods", default="cfd,sds,iid,fixed2d")
+    p.add_argument("--scenes", type=Path, nargs="*", help="reference PLYs (default: --scene-set)")
+    p.add_argument("--scene-set", default="toys", help="bundled set id(s), comma-separated, or 'all'")
+    p.add_argument("--prior", choices=["single", "multiview"], default="multiview",
+                   help="per-view posterior, or one object for all views of a step (joint)")
+    p.add_argument("--views", type=int, default=4, help="views per step")
+    p.add_argument("--prompt", default="", help="text for the prior (default: unconditional)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="CFG (default: the prior's)")
+    p.add_argument("--methods", default="cfd,sds,iid,fixed2d",
+                   help="methods, comma-separated; method:weighting picks another w(t), e.g. sds:lambda")
     p.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 0,3,5")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--res", type=int, default=32)
@@ -368,6 +393,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16",
                    help="UNet/VAE dtype on CUDA (CPU always runs fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--densify", action="store_true",
+                   help="densify as the preset does (every 10 %% of the run until half-way); "
+                        "reports the splat-count curve")
     p.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result = {"command": args.command, "environment": _environment(), **COMMANDS[args.command](args)}

@@ -149,11 +149,26 @@ def sample_cameras(n: int, width: int, height: int, generator: torch.Generator,
     """``n`` views drawn uniformly from ``ranges`` (elevation uniform in degrees),
     reproducibly from ``generator`` (a CPU torch.Generator)."""
     if ranges.pool > 0:
-        pool_u = torch.rand(ranges.pool, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        u = pool_u[torch.randint(ranges.pool, (n,), generator=generator)]
+        u = _pool_u(ranges)[torch.randint(ranges.pool, (n,), generator=generator)]
     else:
         u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
+    return _cameras(u, width, height, ranges)
 
+
+def pool_cameras(width: int, height: int, ranges: CameraRanges) -> list[Camera]:
+    """Every view of ``ranges``' pool (``ranges.pool`` > 0), in pool order: what
+    ``sample_cameras`` draws from (e.g. to render a guidance's references ahead)."""
+    if ranges.pool < 1:
+        raise ValueError("pool_cameras: the ranges have no pool (pool=0 samples continuously)")
+    return _cameras(_pool_u(ranges), width, height, ranges)
+
+
+def _pool_u(ranges: CameraRanges) -> Tensor:
+    return torch.rand(ranges.pool, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def _cameras(u: Tensor, width: int, height: int, ranges: CameraRanges) -> list[Camera]:
+    """Cameras at the points ``u`` [n, 4] in [0, 1)⁴ of ``ranges`` (azimuth, elevation, radius, fov)."""
     def lerp(col: int, lo_hi: tuple[float, float]) -> list[float]:
         lo, hi = lo_hi
         return (lo + (hi - lo) * u[:, col]).tolist()

@@ -9,8 +9,10 @@ One step τ of N (DESIGN.md §4):
     ε̃      = noise(τ, c)                           noise strategy
     x_t    = α_t x + σ_t ε̃
     ε̂      = guidance(x_t, t, c)
-    grad   = w(t) (ε̂ − ε̃),  w(t) = σ_t / α_t       (= x − x̂₀: pull x to the predicted clean image)
-    loss   = ½ ‖x − sg(x − grad)‖²;  Adam step on θ; densify/prune on schedule
+    grad   = w(t) (ε̂ − ε̃)                          weighting: λ_t = σ_t/α_t (CFD: = x − x̂₀,
+                                                   pull x to the predicted clean image), σ_t² (SDS)
+    loss   = ½ ‖x − sg(x − grad)‖²;  Adam step on θ (skipped if a gradient is not finite)
+    densify/prune                                  densification strategy (cfd.densify)
 """
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ import torch
 from torch import Tensor
 
 from .cameras import CameraRanges, orbit_camera, sample_cameras
+from .densify import Densifier
 from .framing import preview_camera
-from .gaussians import GaussianScene, densify_and_prune, init_scene, make_optimizer
+from .gaussians import GaussianScene, init_scene, make_optimizer
 from .noise import FixedImageNoise, IIDNoise, NoiseSource, Surface, SurfaceNoise, default_cell_size
 from .render import render
-from .schedule import NoiseSchedule, annealed_timestep, uniform_timestep
+from .schedule import (AUTHORS_SD_GAMMA_KNOTS, AUTHORS_SD_STEPS, AUTHORS_SD_T_KNOTS, GammaSchedule,
+                       NoiseSchedule, annealed_timestep, check_gamma, uniform_timestep)
 
 METHODS = ("cfd", "cfd-sde", "sds", "iid", "fixed2d")
 
@@ -50,7 +54,13 @@ class DistillConfig:
     batch_views: int = 1           # views per step
     t_knots: tuple = ((0.0, 980), (1.0, 20))   # annealed t(τ/N), piecewise linear
     t_range: tuple = (20, 980)     # SDS: t ~ U[t_min, t_max]
-    gamma: float = 1e-4            # cfd-sde refresh rate per step
+    weighting: str | None = None   # w(t): "lambda" (σ_t/α_t) | "sigma2" (σ_t², DreamFusion);
+                                   # None: sigma2 for sds, lambda for the others
+    # cfd-sde refresh rate: a constant γ per step of this run, or knots ((progress, γ), …)
+    # of a schedule whose γ are per step of a gamma_reference_steps-long run (None: of
+    # this run); see schedule.GammaSchedule
+    gamma: float | tuple = 1e-4
+    gamma_reference_steps: int | None = None
     supersample: int = 2           # noise sub-pixels per side for pixel-space guidance (latent_factor 1);
                                    # latent guidance (SD ×8, ExactPrior ×2) reuses its render instead
     # training views; the exact prior's default is a pool of 64 views so its
@@ -69,14 +79,19 @@ class DistillConfig:
     lr_opacity: float = 5e-2
     lr_sh: float = 3e-2
     adam_betas: tuple = (0.9, 0.99)
-    # densify/prune every `densify_every` steps until `densify_until` × steps (0 = off)
+    # densification (cfd.densify.Densifier, gsplat DefaultStrategy semantics): every
+    # `densify_every` steps while step < `densify_until` × steps (0 = off)
     densify_every: int = 0
     densify_until: float = 0.5
-    densify_grad: float = 2e-4     # mean 2D-means gradient norm that triggers clone/split
+    densify_grad_ratio: float = 2.0  # grow splats whose mean view-space gradient > this × the scene's mean
+    split_scale: float = 0.05      # grown splats larger than this × the scene extent are split, smaller cloned
     prune_opacity: float = 0.01
-    split_scale: float = 0.02      # grown splats larger than this (world units) are split, smaller cloned
-    prune_scale: float = 0.5       # splats larger than this are pruned
+    prune_scale: float = 0.5       # splats larger than this × the scene extent are pruned
+    opacity_reset_every: int = 0   # clamp opacities to 2 × prune_opacity every this many steps (0 = off)
     max_splats: int = 50_000
+    # a step whose gradient has a NaN/Inf is skipped (optimiser untouched); more than
+    # this many in a row stop the run with NonFiniteGradient
+    max_nonfinite_in_a_row: int = 3
     preview_every: int = 0         # steps between preview renders for the callback (0 = off)
     preview_res: int = 128
     # torch intra-op threads while distilling on CPU (None: leave torch's setting).
@@ -91,10 +106,14 @@ class DistillConfig:
             problems.append(f"steps={self.steps} must be in 1..65536")
         if not 8 <= self.res <= 2048:
             problems.append(f"res={self.res} must be in 8..2048")
+        if self.weighting not in (None, *WEIGHTINGS):
+            problems.append(f"weighting {self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
         if self.background not in ("white", "black", "random"):
             problems.append(f"background {self.background!r} must be white, black or random")
-        if not 0 < self.gamma < 1:
-            problems.append(f"gamma={self.gamma} must be in (0, 1)")
+        try:
+            check_gamma(self.gamma)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.batch_views < 1 or self.supersample < 1 or self.init_splats < 1:
             problems.append("batch_views, supersample and init_splats must be ≥ 1")
         if problems:
@@ -102,13 +121,25 @@ class DistillConfig:
 
     @staticmethod
     def for_stable_diffusion(**overrides) -> "DistillConfig":
-        """Defaults for SD-2.1-base: 512² renders (64² latents), t 980 → 300,
-        more splats with densification, random backgrounds."""
-        base = DistillConfig(res=512, steps=1000, t_knots=((0.0, 980), (1.0, 300)), cameras=CameraRanges(),
-                             init_splats=5000, densify_every=100, background="random",
+        """Defaults for SD-2.1-base (README "Stable Diffusion settings"): 512²
+        renders (64² latents), 1000 steps; the authors' SD-stage t knots
+        980 → 692 (10 %) → 404 (50 %) → 212 and γ schedule (cfd-sde) at the
+        fractions of the run where they put them; DreamGaussian's splat
+        learning rates and 5000 initial splats, densified every 10 % of the run
+        until half-way (``densify_every`` follows ``steps`` unless given), random
+        backgrounds. Prompt defaults (negative prompt, CFG, view suffixes) are
+        the guidance's: ``cfd.guidance.stable_diffusion``."""
+        steps = overrides.get("steps", 1000)
+        base = DistillConfig(res=512, steps=steps, t_knots=AUTHORS_SD_T_KNOTS, cameras=CameraRanges(),
+                             gamma=AUTHORS_SD_GAMMA_KNOTS, gamma_reference_steps=AUTHORS_SD_STEPS,
+                             init_splats=5000, densify_every=max(1, steps // 10), background="random",
                              lr_means=1e-3, lr_means_final=2e-5, lr_sh=1e-2, lr_opacity=5e-2,
                              lr_log_scales=5e-3, lr_quats=5e-3, preview_every=50)
         return replace(base, **overrides)
+
+    def gamma_schedule(self) -> GammaSchedule:
+        """cfd-sde's per-step γ_k of this run."""
+        return GammaSchedule(self.gamma, self.steps, self.gamma_reference_steps)
 
 
 @dataclass
@@ -123,6 +154,7 @@ class StepInfo:
     n_splats: int
     scene: GaussianScene       # the live scene (read only; detach before keeping)
     preview: Tensor | None = None  # [H,W,3] in [0,1], every preview_every steps
+    skipped_steps: int = 0     # steps skipped so far for a non-finite gradient
 
     @property
     def loss(self) -> float:
@@ -152,6 +184,45 @@ class UniformTime:
         return uniform_timestep(self.generator, *self.t_range)
 
 
+WEIGHTINGS = {
+    "lambda": lambda schedule, t: float(schedule.lam(t)),             # σ_t/α_t: CFD, the ODE's own scale
+    "sigma2": lambda schedule, t: float(schedule.sigma(t)) ** 2,      # σ_t² = 1 − ᾱ_t: DreamFusion's SDS
+}
+
+
+def weighting(config: "DistillConfig"):
+    """w(schedule, t) of ``config`` (DreamFusion's σ_t² for sds unless overridden)."""
+    return WEIGHTINGS[config.weighting or ("sigma2" if config.method == "sds" else "lambda")]
+
+
+class NonFiniteGradient(RuntimeError):
+    """The gradient stayed non-finite (NaN/Inf) for too many steps in a row."""
+
+
+class FiniteGradientGuard:
+    """Lets an optimiser step through only if every gradient is finite; counts the
+    skipped steps and raises ``NonFiniteGradient`` after more than ``limit`` in a
+    row (one host sync per step)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.skipped, self.in_a_row = limit, 0, 0
+
+    def __call__(self, step: int, optimizer) -> bool:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self.in_a_row = 0
+            return True
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row > self.limit:
+            raise NonFiniteGradient(
+                f"step {step + 1}: the gradient was NaN or infinite for {self.in_a_row} steps in a row "
+                f"({self.skipped} skipped in all), so the run stopped; the guidance's output is not finite "
+                "(e.g. an fp16 overflow in the VAE or UNet). Try a lower guidance scale or learning rate, "
+                "or float32.")
+        return False
+
+
 def stream_seed(seed: int, stream: str) -> int:
     """An independent 63-bit seed for one random stream of a run (cameras, times,
     noise, backgrounds, densification), so no two streams of two seeds coincide."""
@@ -168,7 +239,7 @@ def strategies(config: DistillConfig, cell_size: float, noise_supersample: int):
                 IIDNoise(stream_seed(seed, "noise")))
     noise: NoiseSource = {
         "cfd": lambda: SurfaceNoise(seed, noise_supersample, cell_size),
-        "cfd-sde": lambda: SurfaceNoise(seed, noise_supersample, cell_size, gamma=config.gamma),
+        "cfd-sde": lambda: SurfaceNoise(seed, noise_supersample, cell_size, gamma=config.gamma_schedule()),
         "iid": lambda: IIDNoise(stream_seed(seed, "noise")),
         "fixed2d": lambda: FixedImageNoise(stream_seed(seed, "noise")),
     }[config.method]()
@@ -210,6 +281,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
     mid_view = orbit_camera(0.0, 0.0, config.cameras.eval_radius, config.cameras.eval_fov, noise_res, noise_res)
     cell_size = default_cell_size(mid_view, noise_ss)
     times, noise = strategies(config, cell_size, noise_ss)
+    weight = weighting(config)
     schedule = NoiseSchedule(guidance.alphas_cumprod)
     cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)
 
@@ -223,8 +295,8 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
     means_decay = (config.lr_means_final / config.lr_means) ** (1 / max(config.steps - 1, 1))
     cam_gen = torch.Generator().manual_seed(stream_seed(config.seed, "cameras"))
     bg_gen = torch.Generator().manual_seed(stream_seed(config.seed, "backgrounds"))
-    grad2d = torch.zeros(len(scene), device=device)   # densification statistics, kept on the device
-    seen = torch.zeros(len(scene), device=device)
+    densify = Densifier.from_config(config, stream_seed(config.seed, "densify"))
+    finite = FiniteGradientGuard(config.max_nonfinite_in_a_row)
 
     for step in range(config.steps):
         t = times(step, config.steps)
@@ -243,34 +315,24 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
         with timer("guidance"):
             x_t = alpha * x.detach() + sigma * eps
             eps_hat = guidance.predict_noise(x_t, t, cameras, cond)
-            grad = float(schedule.lam(t)) * (eps_hat - eps)                   # w(t) = λ_t = σ_t/α_t
+            grad = weight(schedule, t) * (eps_hat - eps)
         with timer("backward"):
             loss = 0.5 * ((x - (x - grad).detach()) ** 2).sum() / len(cameras)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         with timer("optimiser"):
-            optimizer.step()
+            stepped = finite(step, optimizer)    # a NaN/Inf gradient skips the step: Adam untouched
+            if stepped:
+                optimizer.step()
             optimizer.param_groups[0]["lr"] *= means_decay   # group 0 is "means"
-            scene = _current_scene(optimizer)
-
-        if config.densify_every:
-            with torch.no_grad():
-                for o in outputs:
-                    visible = o.radii > 0
-                    g = o.means2d_grad_norm() * 0.5 * config.res   # gsplat's normalised units
-                    grad2d[visible] += g[visible]
-                    seen[visible] += 1
-            if (step + 1) % config.densify_every == 0 and step < config.densify_until * config.steps:
-                scene = densify_and_prune(scene, optimizer, grad2d / seen.clamp_min(1),
-                                          grad_threshold=config.densify_grad, split_scale=config.split_scale,
-                                          min_opacity=config.prune_opacity, max_scale=config.prune_scale,
-                                          generator=torch.Generator().manual_seed(
-                                              stream_seed(config.seed, f"densify/{step}")),
-                                          max_splats=config.max_splats)
-                grad2d, seen = torch.zeros(len(scene), device=device), torch.zeros(len(scene), device=device)
+        with timer("densify"):
+            if stepped:
+                densify.observe(outputs)         # view-space gradients of this step
+            scene = densify.step(step, _current_scene(optimizer), optimizer)
 
         if callback is not None:
-            info = StepInfo(step + 1, config.steps, t, loss.detach() / grad[0].numel(), len(scene), scene)
+            info = StepInfo(step + 1, config.steps, t, loss.detach() / grad[0].numel(), len(scene), scene,
+                            skipped_steps=finite.skipped)
             if config.preview_every and ((step + 1) % config.preview_every == 0 or step + 1 == config.steps):
                 info.preview = preview(scene, config.preview_res)
             if callback(info):

@@ -1,5 +1,6 @@
 """3D Gaussian splat scenes: parameters, initialisation, INRIA PLY I/O, and the
-3DGS-style densify/prune operations on a scene and its Adam state.
+3DGS-style grow/prune operations on a scene and its Adam state (the policy of
+when and where is ``cfd.densify``).
 
 Parameters are stored *unactivated*, exactly as in the INRIA 3DGS PLY:
 means [N,3], log-scales [N,3], quaternions (w,x,y,z, unnormalised) [N,4],
@@ -229,7 +230,7 @@ def load_ply(path) -> GaussianScene:
     return scene
 
 
-# ------------------------------------------------------------ densify and prune
+# ---------------------------------------------------------- grow, prune, reset
 
 def make_optimizer(scene: GaussianScene, lrs: dict[str, float], betas=(0.9, 0.99), eps: float = 1e-15
                    ) -> torch.optim.Adam:
@@ -268,47 +269,49 @@ def remap_splats(scene: GaussianScene, optimizer: torch.optim.Adam, source: Tens
     return GaussianScene(**tensors)
 
 
-def densify_and_prune(scene: GaussianScene, optimizer: torch.optim.Adam, grad2d: Tensor, *,
-                      grad_threshold: float, split_scale: float, min_opacity: float,
-                      max_scale: float, generator: torch.Generator, max_splats: int = 100_000
-                      ) -> GaussianScene:
-    """One 3DGS densification round, in place in ``optimizer``.
+def grow_splats(scene: GaussianScene, optimizer: torch.optim.Adam, clone: Tensor, split: Tensor,
+                generator: torch.Generator) -> GaussianScene:
+    """Clone and split splats, in place in ``optimizer`` (gsplat's ``duplicate``
+    and ``split``).
 
-    grad2d: [N] mean norm of the 2D means gradient (pixels) since the last round.
-    Splats with grad2d > grad_threshold are *cloned* when their largest scale is
-    ≤ split_scale, else *split* in two samples of themselves with scales / 1.6.
-    Then splats with opacity < min_opacity or largest scale > max_scale are pruned.
-    No new splats are added beyond ``max_splats``. Returns the new scene.
+    clone: [N] bool, splats copied exactly; the copy's Adam moments start at zero.
+    split: [N] bool, splats replaced by two samples of their own Gaussian (offsets
+    drawn from ``generator``, a CPU generator) with scales / 1.6, both with zero
+    Adam moments. Returns the new scene: the unsplit splats in their order, then
+    the clones, then the split halves.
     """
     with torch.no_grad():
-        n = len(scene)
-        big = scene.log_scales.max(dim=1).values > math.log(split_scale)
-        candidates = grad2d > grad_threshold
-        budget = max(0, max_splats - n)
-        order = torch.argsort(grad2d, descending=True)
         dev = scene.device
-        chosen = torch.zeros(n, dtype=torch.bool, device=dev)
-        chosen[order[: min(budget, int(candidates.sum()))]] = True
-        grow = candidates & chosen
-        clone, split = grow & ~big, grow & big
-
-        idx_all = torch.arange(n, device=dev)
-        source = torch.cat([idx_all, idx_all[clone], idx_all[split]])
+        idx = torch.arange(len(scene), device=dev)
+        kept, cloned, halves = idx[~split], idx[clone & ~split], idx[split].repeat(2)
+        source = torch.cat([kept, cloned, halves])
         values = {name: getattr(scene, name).detach()[source].clone() for name in PARAM_NAMES}
-        # split: both halves (the original row and its new copy) get a sample offset and smaller scales
-        split_rows = torch.cat([idx_all[split], n + int(clone.sum()) + torch.arange(int(split.sum()), device=dev)])
-        if len(split_rows):
-            s = values["log_scales"][split_rows].exp()
-            R = quat_to_rotmat(values["quats"][split_rows])
-            offset = torch.randn(len(split_rows), 3, generator=generator).to(dev) * s
-            values["means"][split_rows] += (R @ offset[:, :, None])[:, :, 0]
-            values["log_scales"][split_rows] -= math.log(1.6)
+        rows = slice(len(kept) + len(cloned), len(source))
+        if len(halves):
+            s = values["log_scales"][rows].exp()
+            R = quat_to_rotmat(values["quats"][rows])
+            offset = torch.randn(len(halves), 3, generator=generator).to(dev) * s
+            values["means"][rows] += (R @ offset[:, :, None])[:, :, 0]
+            values["log_scales"][rows] -= math.log(1.6)
         fresh = torch.zeros(len(source), dtype=torch.bool, device=dev)
-        fresh[n:] = True
-        opacity = torch.sigmoid(values["opacity_logits"])
-        scale = values["log_scales"].exp().max(dim=1).values
-        keep = (opacity >= min_opacity) & (scale <= max_scale)
-        return remap_splats(scene, optimizer, source[keep], {k: v[keep] for k, v in values.items()}, fresh[keep])
+        fresh[len(kept):] = True
+        return remap_splats(scene, optimizer, source, values, fresh)
+
+
+def prune_splats(scene: GaussianScene, optimizer: torch.optim.Adam, prune: Tensor) -> GaussianScene:
+    """Remove the splats where ``prune`` ([N] bool) is set, in place in ``optimizer``."""
+    return remap_splats(scene, optimizer, torch.nonzero(~prune).reshape(-1))
+
+
+def reset_opacity(scene: GaussianScene, optimizer: torch.optim.Adam, value: float) -> None:
+    """Clamp every opacity to at most ``value`` and zero the opacities' Adam
+    moments, in place (3DGS's periodic opacity reset)."""
+    with torch.no_grad():
+        scene.opacity_logits.clamp_(max=math.log(value / (1 - value)))
+        state = optimizer.state.get(scene.opacity_logits)
+        for key in ("exp_avg", "exp_avg_sq"):
+            if state and key in state:
+                state[key].zero_()
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:

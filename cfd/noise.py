@@ -25,6 +25,10 @@ SDE mode refreshes the field by n ← √(1−γ)·n + √γ·ξ per step. Per c
 the AR(1) process n_k = ρ^k W(ρ^{−2k}) with ρ = √(1−γ) and W a Brownian motion,
 which we evaluate at any step k exactly with a dyadic Brownian tree of
 counter-based hashes: O(log k) work, N(0, 1) marginals, correlation ρ^|k−j|.
+A per-step γ_k (``schedule.GammaSchedule``) is the same process in the clock
+s_k = Σ_{i≤k} −log(1−γ_i): every bridge of the tree uses the clock differences
+of its ends instead of step counts, so it stays exact, with correlation
+exp(−½|s_k − s_j|) between steps j and k.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from torch import Tensor
 
 from .cameras import Camera
 from .gaussians import GaussianScene
+from .schedule import GammaSchedule
 
 SURFACE_ALPHA = 0.5
 CELL_FACTOR = 2.0                # default cell: 2 sub-pixels wide (best measured consistency)
@@ -103,40 +108,46 @@ CELL_METHODS = {"cubemap": cubemap_cells, "lattice": lattice_cells}
 
 # ------------------------------------------------------------- cell values
 
-def cell_values(cells: Tensor, seed: int, channels: int, step: int = 0, gamma: float = 0.0) -> Tensor:
+def cell_values(cells: Tensor, seed: int, channels: int, step: int = 0,
+                gamma: float | GammaSchedule = 0.0) -> Tensor:
     """[M] int64 cell ids → [M, C] N(0,1) values of the field at ``step``.
 
     γ = 0: the ODE field, a pure function of (seed, cell, channel).
-    γ > 0: the SDE field after ``step`` refreshes n ← √(1−γ) n + √γ ξ, evaluated
-    exactly on a dyadic tree of AR(1) bridges (see the module doc).
+    γ > 0 (a constant, or a ``GammaSchedule`` of per-step γ_k): the SDE field
+    after ``step`` refreshes n ← √(1−γ_k) n + √γ_k ξ, evaluated exactly on a
+    dyadic tree of AR(1) bridges (see the module doc).
     """
     base = mix64(cells ^ mix64(torch.tensor(seed, dtype=torch.int64)))
     keys = base[:, None] + torch.arange(channels, dtype=torch.int64, device=cells.device) * _GOLDEN  # [M, C]
     value = hash_normal(mix64(keys))  # node 0: W(T_0) = W(1)
-    if gamma <= 0 or step == 0:
+    if not isinstance(gamma, GammaSchedule):
+        if gamma <= 0 or step == 0:
+            return value
+        if not 0 < gamma < 1:
+            raise ValueError(f"gamma must be in (0, 1) for the SDE field, got {gamma}")
+        gamma = GammaSchedule(gamma, steps=1)
+    if step == 0:
         return value
-    if not 0 < gamma < 1:
-        raise ValueError(f"gamma must be in (0, 1) for the SDE field, got {gamma}")
     if step > 1 << TREE_LEVELS:
         raise ValueError(f"the SDE field is defined up to step {1 << TREE_LEVELS}, got {step}")
 
-    def decay(n: int) -> float:  # ρ^(2n) = (1−γ)^n
-        return math.exp(n * math.log1p(-gamma))
+    def decay(j: int, k: int) -> float:  # Π_{i=j+1..k} (1−γ_i) = ρ^(2(k−j)) for a constant γ
+        return math.exp(-gamma.log_decay(j, k))
 
-    def keep(n: int) -> float:   # 1 − ρ^(2n), accurate for tiny γ
-        return -math.expm1(n * math.log1p(-gamma))
+    def keep(j: int, k: int) -> float:   # 1 − decay, accurate for tiny γ
+        return -math.expm1(-gamma.log_decay(j, k))
 
     # walk down a dyadic tree of steps, sampling each midpoint from the exact
     # AR(1) bridge between the two ends (Markov: only they matter)
     lo, hi = 0, 1 << TREE_LEVELS
     x_lo = value.double()
-    x_hi = math.sqrt(decay(hi)) * x_lo + math.sqrt(keep(hi)) * hash_normal(mix64(keys + 1)).double()
+    x_hi = math.sqrt(decay(lo, hi)) * x_lo + math.sqrt(keep(lo, hi)) * hash_normal(mix64(keys + 1)).double()
     node = 1
     while step not in (lo, hi):
         mid = (lo + hi) // 2
-        a, b = mid - lo, hi - mid
-        mean = (math.sqrt(decay(a)) * keep(b) * x_lo + math.sqrt(decay(b)) * keep(a) * x_hi) / keep(a + b)
-        std = math.sqrt(keep(a) * keep(b) / keep(a + b))
+        mean = (math.sqrt(decay(lo, mid)) * keep(mid, hi) * x_lo
+                + math.sqrt(decay(mid, hi)) * keep(lo, mid) * x_hi) / keep(lo, hi)
+        std = math.sqrt(keep(lo, mid) * keep(mid, hi) / keep(lo, hi))
         x_mid = mean + std * hash_normal(mix64(keys + 2 * node + 2)).double()
         node = 2 * node + (step >= mid)
         if step >= mid:
@@ -175,7 +186,7 @@ def assign_cells(cells: Tensor, pixels: Tensor, n_pixels: int) -> tuple[Tensor, 
 
 def noise_from_surface(depth: Tensor, alpha: Tensor, camera: Camera, seed: int, *, supersample: int,
                        channels: int = 4, cell_size: float | None = None, method: str = "cubemap",
-                       step: int = 0, gamma: float = 0.0) -> Tensor:
+                       step: int = 0, gamma: float | GammaSchedule = 0.0) -> Tensor:
     """Consistent noise from an already rendered surface.
 
     depth, alpha: [s·H, s·W] expected camera z and opacity of a render by
@@ -285,11 +296,11 @@ class FixedImageNoise(NoiseSource):
 
 class SurfaceNoise(NoiseSource):
     """Consistent noise on the surface (``cfd``); with γ > 0 refreshed every step
-    by n ← √(1−γ) n + √γ ξ (``cfd-sde``)."""
+    by n ← √(1−γ) n + √γ ξ (``cfd-sde``; γ a constant or a ``GammaSchedule``)."""
 
     needs_surface = True
 
-    def __init__(self, seed: int, supersample: int, cell_size: float, gamma: float = 0.0,
+    def __init__(self, seed: int, supersample: int, cell_size: float, gamma: float | GammaSchedule = 0.0,
                  method: str = "cubemap"):
         self.seed, self.supersample, self.cell_size = seed, supersample, cell_size
         self.gamma, self.method = gamma, method

@@ -8,7 +8,8 @@
     out_dir/noise.mp4     render | the run's consistent noise along the same orbit
     out_dir/scene.glb     marching-cubes mesh of the splats' density (``export.export_glb``)
     out_dir/preview.png   the preview view of the final scene (only when ``preview_res`` is given)
-    out_dir/run.json      config, seed, method, timings, versions, n_splats, cancelled flag, …
+    out_dir/run.json      config, condition used, seed, method, timings, versions, n_splats,
+                          skipped_steps, cancelled flag, …
 
 Atomic: everything is written into a hidden staging folder next to ``out_dir``
 and moved into place only when the run has finished; a failed or cancelled run
@@ -136,11 +137,12 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    stopped = {"by_callback": False, "step": 0}
+    stopped = {"by_callback": False, "step": 0, "skipped": 0}
     timings: dict[str, float] = {}
 
     def step_callback(info: StepInfo):
         stopped["step"] = info.step
+        stopped["skipped"] = info.skipped_steps
         stop = bool(callback(info)) if callback is not None else False
         if not stop and should_stop is not None and should_stop():
             stop = True
@@ -158,13 +160,19 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
     def summary(n_splats: int, is_cancelled: bool, extra: dict) -> dict:
         return {
             "method": config.method, "seed": config.seed, "steps": config.steps,
-            "steps_done": stopped["step"], "res": config.res, "cancelled": is_cancelled,
-            "guidance": getattr(guidance, "name", type(guidance).__name__), "n_splats": n_splats,
+            "steps_done": stopped["step"], "skipped_steps": stopped["skipped"], "res": config.res,
+            "cancelled": is_cancelled,
+            "guidance": getattr(guidance, "name", type(guidance).__name__), "condition": condition,
+            "n_splats": n_splats,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             **extra, **(metadata or {}),
             "config": config_dict(config), "versions": versions(),
         }
 
+    # the conditioning the run uses, backend defaults resolved (distill prepares the same)
+    cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)
+    condition = {"prompt": cond.prompt, "negative_prompt": cond.negative_prompt,
+                 "guidance_scale": cond.guidance_scale}
     start = time.perf_counter()
     threads = cpu_threads(config.cpu_threads if guidance_device(guidance).type == "cpu" else None)
     threads.__enter__()  # exports are small-op renders too: same thread policy as the loop

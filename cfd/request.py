@@ -61,8 +61,10 @@ EXACT_CUDA_RES = 64            # the exact prior's default resolution where a GP
 SD_DEFAULTS = BackendDefaults(prompt="a DSLR photo of a corgi wearing a red beret",
                               negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=DEFAULT_GUIDANCE_SCALE,
                               steps=1000, res=512, views=1)
-# the rest (t range, densification, learning rates) come from the backend's base DistillConfig
-ADVANCED_DEFAULTS = {"lr_scale": 1.0, "gamma": DistillConfig().gamma}
+# the rest (t schedule, γ schedule, densification, learning rates) come from the backend's
+# base DistillConfig; gamma and densify_every default to None: "the base config's", which
+# for SD follow the run's length (the authors' γ knots, densify every 10 % of the run)
+ADVANCED_DEFAULTS = {"lr_scale": 1.0, "gamma": None, "densify_every": None}
 
 # the exports of a run (app and CLI alike)
 VIDEO_FRAMES, VIDEO_RES, GLB_RES = 48, 256, 96
@@ -76,9 +78,12 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def base_config(backend: str) -> DistillConfig:
-    """The backend's DistillConfig before a request's values (t range, densification, lr …)."""
-    return DistillConfig.for_stable_diffusion() if backend == "sd" else DistillConfig()
+def base_config(backend: str, steps: int | None = None) -> DistillConfig:
+    """The backend's DistillConfig (of a ``steps``-long run) before a request's
+    values: t and γ schedules, densification, learning rates …"""
+    if backend == "sd":
+        return DistillConfig.for_stable_diffusion(**({} if steps is None else {"steps": steps}))
+    return DistillConfig() if steps is None else DistillConfig(steps=steps)
 
 
 def defaults(backend: str = "exact", cuda: bool | None = None) -> dict[str, Any]:
@@ -91,7 +96,7 @@ def defaults(backend: str = "exact", cuda: bool | None = None) -> dict[str, Any]
         d["res"] = EXACT_CUDA_RES
     base = base_config(backend)
     return {**d, "backend": backend, "method": "cfd", "seed": 0, "t_start": int(base.t_knots[0][1]),
-            "t_end": int(base.t_knots[-1][1]), "densify_every": base.densify_every, **ADVANCED_DEFAULTS}
+            "t_end": int(base.t_knots[-1][1]), **ADVANCED_DEFAULTS}
 
 
 # ------------------------------------------------------------------ ranges
@@ -150,10 +155,11 @@ PARAMS = (  # the order of /generate's keyword parameters
     Param("negative_prompt", "Negative prompt", "what to steer away from", str),
     Param("res", "Resolution (px)", "render size fed to the guidance"),
     Param("views", "Views per step", "views rendered per step (the exact prior denoises them jointly)"),
-    Param("t_start", "t start", "CFD anneals t from t start down to t end; SDS draws t in [t end, t start]"),
+    Param("t_start", "t start", "CFD anneals t from t start down to t end (the backend's schedule, rescaled); "
+                                "SDS draws t in [t end, t start]"),
     Param("t_end", "t end", "the last (smallest) timestep"),
     Param("lr_scale", "Learning-rate scale", "multiplies every Adam learning rate", float),
-    Param("gamma", "γ (CFD-SDE noise refresh per step)", "CFD-SDE only", float),
+    Param("gamma", "γ (CFD-SDE noise refresh per step)", "CFD-SDE only; a constant γ per step", float),
     Param("densify_every", "Densify/prune every N steps", "0 = a fixed splat count"),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
@@ -191,6 +197,12 @@ def help_text(name: str) -> str:
         ranges = "one of " + ranges
     if name == "backend":
         return f"{param.help} ({ranges}; default 'exact')"
+    if name == "gamma":
+        return f"{param.help} ({ranges}; empty: the backend's schedule, exact {DistillConfig().gamma:g}, sd the " \
+               "authors' knots)"
+    if name == "densify_every":
+        return f"{param.help} ({ranges}; empty: the backend's, exact 0 = off (a fixed " \
+               f"{DistillConfig().init_splats} splats), sd every 10 % of the run)"
     if d_exact[name] == d_sd[name]:
         default = f"default {d_exact[name]!r}" if isinstance(d_exact[name], str) else f"default {d_exact[name]}"
     else:
@@ -249,8 +261,8 @@ class Request:
     t_start: int
     t_end: int
     lr_scale: float
-    gamma: float
-    densify_every: int
+    gamma: float | None              # None: the backend's γ schedule
+    densify_every: int | None        # None: the backend's (exact: off; SD: every 10 % of the run)
     scenes: tuple[str, ...] = ()     # exact prior over these PLYs instead of the bundled objects
     model: str | None = None         # SD: hub id or local folder (None: $CFD_MODEL or the default)
     exports: ExportSettings = field(default_factory=ExportSettings)
@@ -267,11 +279,15 @@ class Request:
     def config(self, **overrides) -> DistillConfig:
         """The DistillConfig of this request on its backend's base config;
         ``overrides`` (e.g. preview_every) are applied last."""
-        base = base_config(self.backend)
-        values = dict(method=self.method, seed=self.seed, steps=self.steps, res=self.res, gamma=self.gamma,
-                      prompt=self.prompt, negative_prompt=self.negative_prompt, guidance_scale=self.guidance_scale,
-                      batch_views=self.views, t_knots=((0.0, self.t_start), (1.0, self.t_end)),
-                      densify_every=self.densify_every, preview_every=0)
+        base = base_config(self.backend, self.steps)
+        values = dict(method=self.method, seed=self.seed, steps=self.steps, res=self.res, prompt=self.prompt,
+                      negative_prompt=self.negative_prompt, guidance_scale=self.guidance_scale,
+                      batch_views=self.views, t_knots=rescale_knots(base.t_knots, self.t_start, self.t_end),
+                      preview_every=0)
+        if self.gamma is not None:
+            values["gamma"] = self.gamma
+        if self.densify_every is not None:
+            values["densify_every"] = self.densify_every
         if self.method == "sds":  # SDS draws t uniformly in the same range
             values["t_range"] = (self.t_end, self.t_start)
         if self.lr_scale != 1.0:
@@ -295,6 +311,19 @@ class Request:
     def label(self) -> str:
         """Short human name, e.g. "cfd · seed 3"."""
         return f"{self.method} · seed {self.seed}"
+
+
+def rescale_knots(knots, t_start: int, t_end: int) -> tuple:
+    """``knots`` ((progress, t), …) mapped affinely so they run from ``t_start``
+    to ``t_end``: the backend's schedule keeps its shape (SD's authors' four
+    knots); unchanged when the ends are the knots' own."""
+    first, last = knots[0][1], knots[-1][1]
+    if (t_start, t_end) == (first, last):
+        return tuple(tuple(k) for k in knots)
+    if first == last:
+        return ((0.0, t_start), (1.0, t_end))
+    scale = (t_start - t_end) / (first - last)
+    return tuple((p, int(round(t_end + (t - last) * scale))) for p, t in knots)
 
 
 # ------------------------------------------------------------------ validation
@@ -391,8 +420,9 @@ def parse_request(values: Mapping[str, Any] | None = None, **kwargs) -> Request:
         problems.append(f"t_end ({out['t_end']}) must be below t_start ({out['t_start']}): "
                         "t anneals from t_start down to t_end")
     out["lr_scale"] = float(check(_number, "lr_scale", v["lr_scale"], *LR_SCALE_RANGE, integer=False) or 0)
-    out["gamma"] = float(check(_number, "gamma", v["gamma"], *GAMMA_RANGE, integer=False) or 0)
-    out["densify_every"] = check(_number, "densify_every", v["densify_every"], *DENSIFY_RANGE, integer=True)
+    out["gamma"] = None if v["gamma"] is None else check(_number, "gamma", v["gamma"], *GAMMA_RANGE, integer=False)
+    out["densify_every"] = None if v["densify_every"] is None else \
+        check(_number, "densify_every", v["densify_every"], *DENSIFY_RANGE, integer=True)
     on_sd = backend == "sd"
     out["prompt"] = check(_text, "prompt", v["prompt"], backend, on_sd)
     out["negative_prompt"] = check(_text, "negative prompt", v["negative_prompt"], backend, False)
@@ -559,6 +589,27 @@ def prepare(request: Request, allow_download: bool = False):
     except ValueError as exc:
         raise RequestError(str(exc)) from None
     return guidance
+
+
+def warm_up(request: Request | None = None) -> None:
+    """Render ahead what the first run of ``request`` (default: the default
+    request) would render once per process: the exact prior's references from
+    every training view of its pool and from the PSNR views. For a server to call
+    in the background at start; nothing for SD."""
+    import torch
+
+    from .cameras import pool_cameras
+    from .distill import cpu_threads
+
+    request = request or parse_request()
+    if request.backend != "exact":
+        return
+    prior, config = exact_prior(request.scenes), request.config()
+    size = config.res // prior.latent_factor
+    with cpu_threads(config.cpu_threads if device() == "cpu" else None), torch.no_grad():
+        if config.cameras.pool:
+            prior.reference_images(pool_cameras(config.res, config.res, config.cameras), size, size)
+        prior.scene_psnr(prior.scenes[0])
 
 
 # ------------------------------------------------------------------ the CLI's options

@@ -9,6 +9,7 @@ Timesteps are integers in [0, T − 1].
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -143,3 +144,114 @@ def uniform_timestep(generator: torch.Generator, t_min: int = 20, t_max: int = 9
     if not 0 <= t_min <= t_max:
         raise ValueError(f"need 0 <= t_min <= t_max, got t_min={t_min}, t_max={t_max}")
     return int(torch.randint(t_min, t_max + 1, (1,), generator=generator).item())
+
+
+# ------------------------------------------------------ cfd-sde's refresh rate
+
+class GammaSchedule:
+    """cfd-sde's noise refresh rate γ_k for the steps k = 1 … N of an N-step run:
+    step k refreshes the field by n_k = √(1−γ_k)·n_{k−1} + √γ_k·ξ_k.
+
+    ``gamma``: a constant γ in (0, 1), or knots ((progress, γ), …) with progress in
+    [0, 1] strictly increasing and every γ in (0, 1); γ is piecewise linear in the
+    progress k/N between them and constant outside (step k uses progress k/N).
+    ``reference_steps``: the knots' γ are per step of a run that long (the authors'
+    25 000); each step of this run then refreshes as much as reference_steps/N
+    steps of that run, −log(1−γ_k) = −log(1−γ(k/N))·reference_steps/N, so the
+    noise's correlation at a given *fraction* of the run is the reference run's
+    whatever N. None: the knots' γ are per step of this run. A constant γ is
+    always per step of this run (``reference_steps`` is ignored).
+
+    The field's correlation between steps j < k is Π_{i=j+1..k} √(1−γ_i) =
+    exp(−½ (s_k − s_j)) with the "clock" s_k = Σ_{i≤k} −log(1−γ_i): in s the
+    refresh is the constant-rate (Ornstein–Uhlenbeck) process, which is how
+    ``cfd.noise`` evaluates the field at any step exactly. Beyond step N the last
+    rate continues.
+    """
+
+    def __init__(self, gamma, steps: int, reference_steps: int | None = None):
+        if steps < 1:
+            raise ValueError(f"steps must be ≥ 1, got {steps}")
+        self.steps = int(steps)
+        if isinstance(gamma, (int, float)):
+            check_gamma(gamma)
+            self.constant, self._rate = float(gamma), -math.log1p(-float(gamma))
+            self._clock = None
+            return
+        knots = check_gamma(gamma)
+        if reference_steps is not None and reference_steps < 1:
+            raise ValueError(f"reference_steps must be ≥ 1, got {reference_steps}")
+        self.constant = None
+        scale = 1.0 if reference_steps is None else reference_steps / self.steps
+        progress = torch.arange(1, self.steps + 1, dtype=torch.float64) / self.steps
+        ps = torch.tensor([p for p, _ in knots], dtype=torch.float64)
+        gs = torch.tensor([g for _, g in knots], dtype=torch.float64)
+        gamma_ref = _interp(progress, ps, gs)
+        rates = -torch.log1p(-gamma_ref) * scale                        # −log(1−γ_k), k = 1 … N
+        self._rate = float(rates[-1])
+        self._clock = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(rates, 0)]).tolist()
+
+    def clock(self, k: int) -> float:
+        """s_k = Σ_{i=1..k} −log(1−γ_i) (s_0 = 0)."""
+        if self._clock is None:
+            return k * self._rate
+        if k <= self.steps:
+            return self._clock[k]
+        return self._clock[self.steps] + (k - self.steps) * self._rate
+
+    def log_decay(self, j: int, k: int) -> float:
+        """s_k − s_j = −log Π_{i=j+1..k} (1−γ_i), for j ≤ k."""
+        if self._clock is None:
+            return (k - j) * self._rate      # exactly the constant-γ arithmetic of before
+        return self.clock(k) - self.clock(j)
+
+    def gamma(self, k: int) -> float:
+        """γ_k, the refresh of step k (1-based)."""
+        if self._clock is None:
+            return self.constant
+        return -math.expm1(-self.log_decay(k - 1, k))
+
+    def correlation(self, j: int, k: int) -> float:
+        """Correlation of the field's values at steps j and k."""
+        return math.exp(-0.5 * self.log_decay(min(j, k), max(j, k)))
+
+
+def check_gamma(gamma):
+    """Validate a γ (constant in (0, 1)) or γ knots; returns the knots as floats
+    (or the constant). ValueError names the problem."""
+    if isinstance(gamma, (int, float)):
+        if not 0 < gamma < 1:
+            raise ValueError(f"gamma={gamma} must be in (0, 1)")
+        return float(gamma)
+    try:
+        knots = [(float(p), float(g)) for p, g in gamma]
+    except (TypeError, ValueError):
+        raise ValueError(f"gamma must be a number in (0, 1) or knots ((progress, γ), …), got {gamma!r}") from None
+    if not knots:
+        raise ValueError("gamma knots must not be empty")
+    if any(not 0.0 <= p <= 1.0 for p, _ in knots) or any(p1 <= p0 for (p0, _), (p1, _) in zip(knots, knots[1:])):
+        raise ValueError(f"gamma knot progress values must lie in [0, 1], strictly increasing: {gamma}")
+    if any(not 0 < g < 1 for _, g in knots):
+        raise ValueError(f"gamma knot values must lie in (0, 1): {gamma}")
+    return tuple(knots)
+
+
+def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear interpolation through (xp, fp), constant outside (np.interp)."""
+    if len(xp) == 1:
+        return fp.expand_as(x).clone()
+    i = torch.searchsorted(xp, x, right=True).clamp(1, len(xp) - 1)
+    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    w = ((x - x0) / (x1 - x0)).clamp(0, 1)
+    return f0 + (f1 - f0) * w
+
+
+# --------------------------------------------- the authors' SD stage (runjie-yan/ConsistentFlowDistillation)
+# configs/cfd/sd-stage1.yaml, 25 000 steps. t: threestudio's TimestepScheduler with
+# linear_anneal_max = min = [0, 0.3, 0.6, 0.8] at steps [0, 2500, 12500, 25000] between
+# max/min_step_percent 0.98/0.02 → t = 1000·(0.98 − 0.96·a): 980 → 692 (10 %) → 404 (50 %) → 212.
+AUTHORS_SD_T_KNOTS = ((0.0, 980), (0.1, 692), (0.5, 404), (1.0, 212))
+# noise_generator.weight_decay = [5000, 0.01, 0.0001, 10000]: γ = 0.01 until step 5000 (20 %),
+# linear to 1e-4 at step 10 000 (40 %), then constant; per step of their 25 000.
+AUTHORS_SD_GAMMA_KNOTS = ((0.0, 0.01), (0.2, 0.01), (0.4, 1e-4), (1.0, 1e-4))
+AUTHORS_SD_STEPS = 25_000

@@ -360,7 +360,7 @@ SETS = {
     "toys": {"name": "Toys", "prompt": "a toy on a table", "theme": "a toy",
              "theme_aliases": ["toy", "plaything"],
              "objects": {
-                 "snowman": (snowman, "a snowman with a top hat and a carrot nose", ["snowman", "snow man"]),
+                 "snowman": (snowman, "a snowman with a top hat and a carrot nose", ["snowman", "snowmen", "snow man"]),
                  "mushroom": (mushroom, "a red toadstool mushroom with white spots",
                               ["mushroom", "toadstool", "fly agaric"]),
                  "rubber_duck": (rubber_duck, "a yellow rubber duck", ["duck", "rubber duck", "bath duck"]),

@@ -1,10 +1,12 @@
 """The app in a real browser: Debian's chromium driven by playwright (sync API).
 
-Loads the page, clicks the first bundled example, runs Generate with few steps,
-waits for the Model3D splat canvas (WebGL) and both videos, and saves a
-screenshot under the test's output folder. With CFD_UPDATE_SCREENSHOT=1 the run
-uses the example's own step count and the screenshot is also copied to
-assets/screenshot.png (for the README).
+Loads the page, clicks the first example, runs Generate with few steps and
+checks what a person sees: one progress readout, the splat viewer on white, the
+GLB mesh viewer, both videos, the downloads; refusals after an example click;
+Stop keeping the last result; the seed comparison. Saves a screenshot under the
+test's output folder; with CFD_UPDATE_SCREENSHOT=1 the run uses the example's
+own step count and the screenshot is also copied to assets/screenshot.png (for
+the README).
 
 The browser is Debian's package (scripts/setup_browser.sh installs it with
 apt-get); `playwright install` is never used. Skipped, with the reason, when
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -50,63 +53,105 @@ def browser():
             b.close()
 
 
-def _bright_fraction(png: bytes) -> float:
-    """Share of pixels that are not near-black (the splat viewer clears to black)."""
+def _pixels(png: bytes):
     import numpy as np
     from PIL import Image
 
-    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float32)
-    return float((img.max(axis=-1) > 60).mean())
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float32)
+
+
+def _drawn_fraction(png: bytes) -> float:
+    """Share of pixels that are not the white background."""
+    return float((_pixels(png).min(axis=-1) < 200).mean())
+
+
+def _wait_drawn(page, selector: str, tries: int = 60) -> bytes:
+    canvas = page.locator(f"{selector} canvas")
+    canvas.wait_for(state="visible", timeout=60_000)
+    for _ in range(tries):  # the viewers load and sort asynchronously
+        png = canvas.screenshot()
+        if _drawn_fraction(png) > 0.02:
+            return png
+        page.wait_for_timeout(250)
+    return canvas.screenshot()
+
+
+def _open(browser, url, height=1300):
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(url)
+    page.wait_for_selector("#generate-btn", timeout=60_000)
+    return page
+
+
+def _set(page, selector: str, value) -> None:
+    field = page.locator(f"{selector} input")
+    field.fill(str(value))
+    field.press("Enter")
+    field.blur()
+
+
+def _wait_status(page, text: str, timeout=300_000) -> str:
+    page.wait_for_function(f"document.querySelector('#status').innerText.includes({text!r})", timeout=timeout)
+    return page.inner_text("#status")
+
+
+def _toast(page, timeout=30_000) -> str:
+    page.wait_for_selector(".toast-body", timeout=timeout)
+    text = " ".join(page.locator(".toast-body").all_inner_texts())
+    for close in page.locator(".toast-close").all():
+        close.click()
+    page.wait_for_timeout(300)
+    return text
 
 
 def test_generate_in_the_browser(app_url, browser, tmp_path):
     url, runs = app_url
-    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page = _open(browser, url)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(url)
-    page.wait_for_selector("#generate-btn", timeout=60_000)
-    # the UI says which backend is active and why SD is not
+    # the UI says which backend is active, why SD is not, and what the exact prior knows
     assert "Backend: exact prior" in page.inner_text("#backend-note")
     assert "Stable Diffusion is not available" in page.inner_text("#backend-note")
+    assert "rubber duck" in page.inner_text("#prior-note") and "a potted plant" in page.inner_text("#prior-note")
 
-    # click the first bundled example: fills prompt, backend, scene set, method, seed, steps, res
+    # click the first example: a prompt the exact prior knows
     page.locator("#examples-exact tbody tr").first.click()
-    page.wait_for_function("document.querySelector('#steps input[type=number]').value !== ''")
+    page.wait_for_function("document.querySelector('textarea').value === 'a rubber duck'")
     if not UPDATE:
-        steps = page.locator("#steps input[type=number]")
-        steps.fill(str(FEW_STEPS))
-        steps.press("Enter")
-        steps.blur()
+        _set(page, "#steps", FEW_STEPS)
     page.click("#generate-btn")
 
-    page.wait_for_function("document.querySelector('#status').innerText.includes('Done')", timeout=300_000)
-    status = page.inner_text("#status")
-    assert "cfd · seed 0" in status, status
+    # while it runs, one progress readout: the status line carries no step count of its own
+    page.wait_for_function("/\\d+\\/\\d+ steps/.test(document.body.innerText)", timeout=120_000)
+    counts = set(re.findall(r"\b\d+/\d+\b", page.inner_text("body")))
+    assert len(counts) == 1, counts
+    assert not re.search(r"\d+/\d+", page.inner_text("#status")), page.inner_text("#status")
 
-    # the splat viewer: a WebGL canvas that draws the object (not just its black clear colour)
-    canvas = page.locator("#model3d canvas")
-    canvas.wait_for(state="visible", timeout=60_000)
-    page.wait_for_function(
-        "() => { const c = document.querySelector('#model3d canvas');"
-        " return c && (c.getContext('webgl2') || c.getContext('webgl')) !== null; }")
-    for _ in range(40):  # gsplat.js loads and sorts asynchronously
-        if _bright_fraction(canvas.screenshot()) > 0.05:
-            break
-        page.wait_for_timeout(250)
-    assert _bright_fraction(canvas.screenshot()) > 0.05, "the Model3D canvas shows no splats"
+    status = _wait_status(page, "Done")
+    assert "cfd · seed 0" in status and "rubber duck" in status, status
+
+    # the splat viewer draws the object on the white background it was asked for
+    png = _wait_drawn(page, "#model3d")
+    assert _drawn_fraction(png) > 0.02, "the Model3D canvas shows no splats"
+    corners = _pixels(png)[[2, 2, -3, -3], [2, -3, 2, -3]]
+    assert corners.min() > 240, f"the splat viewer's background is not white: {corners}"
+    # the GLB mesh viewer draws the mesh (its faces wind outward: tests/test_export.py)
+    mesh_png = _wait_drawn(page, "#mesh3d")
+    assert _drawn_fraction(mesh_png) > 0.02, "the mesh viewer shows nothing"
 
     # both videos are there and decodable (H.264 in chromium)
     for elem in ("#render-video", "#noise-video"):
         page.wait_for_function(
             f"() => {{ const v = document.querySelector('{elem} video');"
             " return v && v.readyState >= 2 && v.videoWidth > 0 && v.duration >= 1; }", timeout=60_000)
-    assert page.locator("#downloads").inner_text().count(".") >= 4  # ply, glb, mp4 ×2, json
+    assert page.locator("#downloads").inner_text().count(".") >= 5  # ply, glb, mp4 ×2, json
+    assert page.locator("#history img").count() == 1
 
     page.wait_for_timeout(1500)  # let the videos play a little for the picture
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot), full_page=True)
-    canvas.screenshot(path=str(tmp_path / "model3d.png"))
+    (tmp_path / "model3d.png").write_bytes(png)
+    (tmp_path / "mesh3d.png").write_bytes(mesh_png)
     assert shot.stat().st_size > 10_000
     if UPDATE:
         shutil.copyfile(shot, ROOT / "assets" / "screenshot.png")
@@ -115,23 +160,94 @@ def test_generate_in_the_browser(app_url, browser, tmp_path):
     page.close()
 
 
-def test_stop_button_in_the_browser(app_url, browser):
-    """Stop during a long run: the status says cancelled and the run's temp folder goes."""
+def test_refusals_in_the_browser_are_the_apps_after_an_example(app_url, browser, capfd):
+    """After an Example click (which updates components), bad values still get the
+    app's message, typed numbers are never clamped, and the log has no traceback."""
     url, runs = app_url
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.wait_for_selector("#generate-btn", timeout=60_000)
-    steps = page.locator("#steps input[type=number]")
-    steps.fill("3000")
-    steps.press("Enter")
-    steps.blur()
+    page = _open(browser, url)
+    page.locator("#examples-exact tbody tr").nth(1).click()
+    page.wait_for_function("document.querySelector('textarea').value === 'a toy'"
+                           " && document.querySelector('#seed input').value === '1'")
+    page.wait_for_timeout(500)
+    _set(page, "#seed", -5)
     page.click("#generate-btn")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('Running')", timeout=120_000)
+    text = _toast(page)
+    assert "seed must be an integer between 0 and 2147483647 (got -5)" in text, text
+    assert "less than minimum" not in text
+
+    _set(page, "#seed", 0)
+    _set(page, "#steps", 5000)
+    assert page.locator("#steps input").input_value() == "5000"   # refused, not clamped to 3000
+    page.click("#generate-btn")
+    assert "steps must be an integer between 10 and 3000 (got 5000)" in _toast(page)
+
+    _set(page, "#steps", 20)
+    page.locator("textarea").first.fill("a giraffe")
+    page.click("#generate-btn")
+    text = _toast(page)
+    assert "does not know 'a giraffe'" in text and "rubber duck" in text, text
+    assert not any(p.name.startswith("run-") for p in runs.iterdir())
+    assert "Traceback" not in capfd.readouterr().err
+    page.close()
+
+
+def test_stop_keeps_the_last_result(app_url, browser):
+    """Stop during a run: the status says cancelled, the run's temp folder goes,
+    and the last finished result (3D views, videos, downloads) stays."""
+    url, runs = app_url
+    page = _open(browser, url)
+    _set(page, "#steps", 10)
+    page.click("#generate-btn")
+    _wait_status(page, "Done")
+    _wait_drawn(page, "#model3d")
+    video_src = page.locator("#render-video video").get_attribute("src")
+    downloads = page.locator("#downloads").inner_text()
+
+    _set(page, "#steps", 3000)
+    page.click("#generate-btn")
+    _wait_status(page, "Running", 120_000)
+    page.wait_for_function("/\\d+\\/3k steps/.test(document.body.innerText)", timeout=120_000)
     page.click("#stop-btn")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('Cancelled')", timeout=60_000)
+    _wait_status(page, "Cancelled", 60_000)
     for _ in range(120):
         if not any(p.name.startswith("run-") for p in runs.iterdir()):
             break
         page.wait_for_timeout(250)
     assert not any(p.name.startswith("run-") for p in runs.iterdir()), "the cancelled run left its folder"
+    page.wait_for_timeout(1000)
+    assert _drawn_fraction(_wait_drawn(page, "#model3d")) > 0.02, "Stop cleared the 3D view"
+    assert page.locator("#render-video video").get_attribute("src") == video_src, "Stop cleared the video"
+    assert page.locator("#downloads").inner_text() == downloads, "Stop cleared the downloads"
+    assert page.locator("#mesh3d canvas").count() == 1
+    page.close()
+
+
+def test_compare_seeds_in_the_browser(app_url, browser):
+    """Tiles keep their size as results arrive, captions are whole, and a picked
+    result's seed goes to Generate."""
+    url, runs = app_url
+    page = _open(browser, url, height=1600)
+    _set(page, "#steps", 10)
+    page.get_by_role("tab", name="Compare seeds").click()
+    page.click("#compare-btn")
+    tiles = page.locator("#compare-gallery .thumbnail-item")
+    tiles.first.wait_for(timeout=120_000)
+    first_width = tiles.first.bounding_box()["width"]
+    page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Done')",
+                           timeout=300_000)
+    assert tiles.count() == 8   # 4 seeds × (cfd, sds)
+    widths = {round(tiles.nth(i).bounding_box()["width"]) for i in range(tiles.count())}
+    assert widths == {round(first_width)}, (first_width, widths)
+    cut = page.evaluate("() => Array.from(document.querySelectorAll('#compare-gallery .caption-label'))"
+                        ".filter(e => e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1)"
+                        ".map(e => e.innerText)")
+    assert not cut, f"captions cut: {cut}"
+    assert "Diversity" in page.inner_text("#compare-table")
+
+    tiles.nth(2).click()   # cfd, seed 2
+    use = page.locator("#use-seed")
+    page.wait_for_function("document.querySelector('#use-seed').innerText.includes('seed 2')")
+    use.click()
+    page.wait_for_function("document.querySelector('#seed input').value === '2'")
+    assert page.get_by_role("tab", name="Result").get_attribute("aria-selected") == "true"
     page.close()

@@ -33,15 +33,58 @@ def test_generate_refuses_bad_input(tmp_path, capsys):
 
 def test_bench_toy_json_contract(tmp_path):
     out = tmp_path / "toy.json"
-    assert bench_main(["toy", "--methods", "cfd,sds", "--seeds", "0-1", "--steps", "6", "--res", "16",
-                       "--json", str(out)]) == 0
+    assert bench_main(["toy", "--methods", "cfd,sds:lambda", "--seeds", "0-1", "--steps", "6", "--res", "16",
+                       "--views", "2", "--prior", "multiview", "--prompt", "a toy", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert set(data) >= {"config", "runs", "summary"}
     assert len(data["runs"]) == 4
     for run in data["runs"]:
-        assert set(run) >= {"method", "seed", "psnr", "nearest", "seconds"} and len(run["psnr"]) == 3
-    for method in ("cfd", "sds"):
-        assert set(data["summary"][method]) == {"mean_best_psnr", "distinct_modes", "mode_entropy", "mean_seconds"}
+        assert set(run) >= {"method", "seed", "psnr", "nearest", "seconds"} and len(run["psnr"]) == 4  # the toys
+    assert (data["config"]["prior"], data["config"]["views"], data["config"]["prompt"]) == ("multiview", 2, "a toy")
+    for method in ("cfd", "sds:lambda"):
+        assert set(data["summary"][method]) == {"mean_best_psnr", "distinct_modes", "chimeras", "mode_entropy",
+                                                "mean_seconds"}
+
+
+def test_generate_sd_preset_on_the_tiny_pipeline(tmp_path, tiny_sd_model):
+    """`--backend sd` with no --res/--steps is the SD preset; here 50 steps at 64 px on
+    the tiny random SD, cfd-sde with the authors' schedules, the shared defaults."""
+    from cfd.guidance import DEFAULT_GUIDANCE_SCALE, DEFAULT_NEGATIVE_PROMPT
+    from cfd.schedule import AUTHORS_SD_GAMMA_KNOTS, AUTHORS_SD_T_KNOTS
+
+    out = tmp_path / "sd"
+    assert cli_main(["generate", "--backend", "sd", "--model", str(tiny_sd_model), "--prompt", "a hamburger",
+                     "--method", "cfd-sde", "--steps", "50", "--res", "64", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps_done"] == 50 and run["skipped_steps"] == 0 and run["res"] == 64
+    assert run["condition"] == {"prompt": "a hamburger", "negative_prompt": DEFAULT_NEGATIVE_PROMPT,
+                                "guidance_scale": DEFAULT_GUIDANCE_SCALE}
+    config = run["config"]
+    assert [tuple(k) for k in config["t_knots"]] == list(AUTHORS_SD_T_KNOTS)
+    assert [tuple(k) for k in config["gamma"]] == list(AUTHORS_SD_GAMMA_KNOTS)
+    assert config["gamma_reference_steps"] == 25_000 and config["densify_every"] == 5
+    assert config["init_splats"] < run["n_splats"] <= 4 * config["init_splats"]   # densified, selectively
+    for name in ("scene.ply", "render.mp4", "noise.mp4"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_sd_without_res_or_steps_is_the_sd_preset(tmp_path, monkeypatch, capsys):
+    """No weights here: `--backend sd` alone is refused for the weights, not for its res."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli_main(["generate", "--backend", "sd", "--prompt", "a cat", "--model", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "x")]) == 3
+    assert "Stable Diffusion weights" in capsys.readouterr().err
+
+
+def test_bench_speed_reports_the_splat_curve_with_densification(tmp_path):
+    out = tmp_path / "speed.json"
+    assert bench_main(["speed", "--backend", "exact", "--res", "16", "--steps", "18", "--densify",
+                       "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["densify_every"] == 2 and data["skipped_steps"] == 0 and data["ms_per_step"] > 0
+    curve = data["splat_curve"]
+    assert curve[0] == [0, 1000] and len(curve) > 2 and all(b[1] > a[1] for a, b in zip(curve, curve[1:]))
+    assert curve[-1][1] <= 4000 and "densify" in data["phases_ms"]
 
 
 def test_bench_toy_reports_the_one_psnr_measure(tmp_path):
@@ -49,13 +92,15 @@ def test_bench_toy_reports_the_one_psnr_measure(tmp_path):
     from cfd.distill import DistillConfig, distill
     from cfd.guidance.exact_prior import ExactPrior
     from cfd.pipeline import nearest_reference
-    from cfd.scenes import load_scene_set
 
     out = tmp_path / "toy.json"
     assert bench_main(["toy", "--methods", "cfd", "--seeds", "1", "--steps", "6", "--res", "16",
                        "--json", str(out)]) == 0
-    run = json.loads(out.read_text())["runs"][0]
-    scene_set, scenes = load_scene_set("toys")
-    prior = ExactPrior(scenes[:3], names=scene_set.names[:3])
-    near = nearest_reference(distill(prior, DistillConfig(seed=1, steps=6, res=16)), prior)
+    data = json.loads(out.read_text())
+    config, run = data["config"], data["runs"][0]
+    prior = ExactPrior.bundled(["toys"], multiview=config["prior"] == "multiview")
+    scene = distill(prior, DistillConfig(seed=1, steps=6, res=16, batch_views=config["views"],
+                                         prompt=config["prompt"], guidance_scale=config["guidance_scale"]))
+    near = nearest_reference(scene, prior)
     assert run["psnr"] == [near["psnr"][n] for n in prior.names]
+    assert config["psnr"] == {"res": 64, "views": 8}

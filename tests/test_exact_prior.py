@@ -3,7 +3,7 @@ import torch
 
 from cfd.cameras import orbit_camera, sample_cameras
 from cfd.guidance.base import Guidance
-from cfd.guidance.exact_prior import ExactPrior
+from cfd.guidance.exact_prior import DEFAULT_EXACT_GUIDANCE_SCALE, ExactPrior
 from cfd.render import render
 from cfd.schedule import NoiseSchedule
 from cfd.scenes import FIRST_SET, load_scene_set
@@ -13,7 +13,7 @@ RES = 24
 
 @pytest.fixture(scope="module")
 def prior() -> ExactPrior:
-    return ExactPrior.from_scene_set(FIRST_SET, supersample=1)
+    return ExactPrior.from_scene_set(FIRST_SET, supersample=1)  # single-view posterior
 
 
 def cameras(n: int, seed: int = 0, res: int = RES):
@@ -133,3 +133,96 @@ def test_scene_psnr_finds_the_scene_itself(prior):
     psnr = prior.scene_psnr(prior.scenes[1], res=24)
     assert len(psnr) == len(prior.scenes)
     assert psnr[1] >= 99 and max(p for k, p in enumerate(psnr) if k != 1) < 25
+
+
+# ----------------------------------------------------------------- text, CFG, multi-view
+
+def test_multiview_weights_are_the_product_of_likelihoods_posterior(prior):
+    """One object for all views: p(k | x¹…x^B) ∝ Π_v N(x^v; α X_k(c_v), σ²), brute force."""
+    joint = ExactPrior(prior.scenes, names=prior.names, supersample=1, multiview=True)
+    t, cams = 960, cameras(3, seed=11)
+    clean = torch.stack([plain_reference(prior, 1, cam) for cam in cams])  # three views of scene 1
+    x_t = noisy(prior, clean, t, torch.randn(clean.shape, generator=torch.Generator().manual_seed(3)))
+    a, s = prior.alphas_cumprod[t].sqrt(), (1 - prior.alphas_cumprod[t]).sqrt()
+    log_lik = torch.tensor([sum(float(-((x.double() - a * plain_reference(prior, k, cam).double()) ** 2).sum())
+                                / (2 * s ** 2) for x, cam in zip(x_t, cams)) for k in range(len(prior.scenes))],
+                           dtype=torch.float64)
+    expected = torch.softmax(log_lik, dim=0).float()
+    w = joint.posterior_weights(x_t, t, cams)
+    torch.testing.assert_close(w, expected.expand(3, -1), atol=1e-6, rtol=1e-5)
+    single = prior.posterior_weights(x_t, t, cams)
+    assert not torch.allclose(single, w, atol=1e-3)  # per view, the views disagree more
+    # the denoiser uses the shared weights in every view
+    refs = prior.reference_images(cams, RES, RES)
+    x0 = torch.einsum("k,bkchw->bchw", expected, refs)
+    torch.testing.assert_close(joint.predict_noise(x_t, t, cams), (x_t - a.float() * x0) / s.float(),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("multiview", [False, True])
+def test_cfg_is_the_exact_conditional_and_unconditional_denoisers(prior, multiview):
+    """ε̂ = ε_u + s(ε_c − ε_u), ε_c and ε_u the exact denoisers of the priors over
+    the objects the prompt and the negative prompt name (built as separate priors)."""
+    full = ExactPrior(prior.scenes, vocabulary=prior.vocabulary, supersample=1, multiview=multiview)
+    t, cams = 600, cameras(2, seed=5)
+    x_t = torch.randn(2, 3, RES, RES, generator=torch.Generator().manual_seed(9))
+    cond = full.condition("a rubber duck", "a snowman and a mushroom", 7.5)
+    idx = {n: k for k, n in enumerate(prior.names)}
+    assert cond.positive == (idx["rubber duck"],)
+    assert cond.negative == (idx["snowman"], idx["mushroom"])
+
+    def sub_prior(ks):
+        return ExactPrior([prior.scenes[k] for k in ks], supersample=1, multiview=multiview)
+
+    eps_c = sub_prior(cond.positive).predict_noise(x_t, t, cams)
+    eps_u = sub_prior(cond.negative).predict_noise(x_t, t, cams)
+    torch.testing.assert_close(full.predict_noise(x_t, t, cams, cond), eps_u + 7.5 * (eps_c - eps_u),
+                               atol=2e-4, rtol=1e-4)
+    # no negative prompt: ε_u is the mixture over every object; s = 1 is the plain conditional
+    plain = full.condition("a rubber duck", "", 1.0)
+    torch.testing.assert_close(full.predict_noise(x_t, t, cams, plain), eps_c, atol=1e-5, rtol=1e-5)
+    everything = full.condition("a rubber duck", "", 3.0)
+    eps_all = full.predict_noise(x_t, t, cams)
+    torch.testing.assert_close(full.predict_noise(x_t, t, cams, everything), eps_all + 3.0 * (eps_c - eps_all),
+                               atol=2e-4, rtol=1e-4)
+
+
+def test_prompts_select_objects_and_themes():
+    prior = ExactPrior.bundled()
+    idx = {n: k for k, n in enumerate(prior.names)}
+    toys = tuple(idx[n] for n in ("snowman", "mushroom", "rubber duck", "rocket"))
+    plants = tuple(idx[n] for n in ("cactus", "potted tree", "sunflower", "tulips"))
+    cases = {
+        "a rubber duck": (idx["rubber duck"],), "A Bath Duck!": (idx["rubber duck"],),
+        "two snowmen and a toy rocket": (idx["snowman"], idx["rocket"]),
+        "a toy": toys, "a toy on a table": toys, "a plant in a pot": plants, "potted plants": plants,
+        "some tulips": (idx["tulips"],), "": toys + plants,
+    }
+    for text, expected in cases.items():
+        assert prior.condition(text).positive == expected, text
+    assert prior.condition("a duck", "blurry, low quality").negative == toys + plants  # names nothing: all
+    assert prior.condition("a duck").guidance_scale == DEFAULT_EXACT_GUIDANCE_SCALE
+
+
+def test_unknown_prompt_is_refused_with_what_the_prior_knows():
+    prior = ExactPrior.bundled()
+    with pytest.raises(ValueError) as info:
+        prior.condition("a corgi wearing a beret")
+    message = str(info.value)
+    assert "'a corgi wearing a beret'" in message and "Stable Diffusion" in message
+    for name in prior.names + ["a toy", "a potted plant"]:
+        assert name in message
+    with pytest.raises(ValueError, match="guidance_scale must be ≥ 1"):
+        prior.condition("a duck", guidance_scale=0.5)
+
+
+def test_vocabulary_matches_whole_words_and_plurals():
+    from cfd.vocabulary import Theme, Vocabulary, words
+
+    assert words("Two DUCKS, three boxes & a glass") == ("two", "duck", "three", "box", "a", "glass")
+    v = Vocabulary(("cat", "rocket ship"), ("a cat", "a rocket ship"), (("kitten",), ("rocket",)),
+                   (Theme("a pet", ("pet",), (0,)),))
+    assert v.select("a kitten") == (0,) and v.select("rockets") == (1,) and v.select("a pet") == (0,)
+    assert v.select("a category") == () and v.select("a catapult") == ()   # whole words only
+    with pytest.raises(ValueError, match="theme"):
+        Vocabulary(("cat",), ("a cat",), ((),), (Theme("x", (), (3,)),))

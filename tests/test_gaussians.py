@@ -1,6 +1,6 @@
 import torch
 
-from cfd.gaussians import densify_and_prune, init_scene, make_optimizer, remap_splats
+from cfd.gaussians import grow_splats, init_scene, make_optimizer, prune_splats, remap_splats, reset_opacity
 
 LRS = {"means": 1e-2, "log_scales": 1e-2, "quats": 1e-2, "opacity_logits": 1e-2, "sh": 1e-2}
 
@@ -28,17 +28,35 @@ def test_remap_moves_adam_state_with_the_splats():
     opt.step()  # the optimiser runs on the new tensors
 
 
-def test_densify_clones_small_splits_large_and_prunes_transparent():
-    scene, opt = stepped(6)
+def test_grow_clones_and_splits_and_moves_adam_state():
+    scene, opt = stepped(4)
+    avg = opt.state[scene.means]["exp_avg"].clone()
     with torch.no_grad():
-        scene.log_scales[:] = torch.log(torch.tensor([0.005, 0.005, 0.1, 0.1, 0.005, 0.005]))[:, None]
-        scene.opacity_logits[5] = -10.0  # opacity ≈ 0: pruned
-    grad2d = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
-    new = densify_and_prune(scene, opt, grad2d, grad_threshold=0.5, split_scale=0.02, min_opacity=0.01,
-                            max_scale=1.0, generator=torch.Generator().manual_seed(0))
-    # 6 − 1 pruned + 1 clone + 1 split copy
-    assert len(new) == 7
+        scene.log_scales[:] = torch.log(torch.tensor([0.005, 0.1, 0.1, 0.005]))[:, None]
+    clone = torch.tensor([True, False, False, False])
+    split = torch.tensor([False, True, False, False])
+    new = grow_splats(scene, opt, clone, split, torch.Generator().manual_seed(0))
+    # the unsplit splats 0, 2, 3, the clone of 0, the two halves of 1
+    assert len(new) == 6
+    torch.testing.assert_close(new.means[:4], scene.means.detach()[[0, 2, 3, 0]])
     scales = new.log_scales.exp().max(dim=1).values
-    assert torch.isclose(scales, torch.tensor(0.1 / 1.6)).sum() == 2      # both halves of the split
-    assert torch.isclose(scales, torch.tensor(0.005)).sum() == 4          # 3 kept small + 1 clone
-    assert (new.opacities >= 0.01).all()
+    torch.testing.assert_close(scales[4:], torch.full((2,), 0.1 / 1.6))
+    halves = new.means[4:] - scene.means.detach()[1]
+    assert not torch.equal(new.means[4], new.means[5]) and halves.norm(dim=-1).max() < 0.5  # samples of splat 1
+    state = opt.state[new.means]["exp_avg"]
+    torch.testing.assert_close(state[:3], avg[[0, 2, 3]])
+    assert torch.all(state[3:] == 0)                # the clone and both halves start fresh
+    again = grow_splats(scene, make_optimizer(scene.clone(), LRS), clone, split, torch.Generator().manual_seed(0))
+    assert torch.equal(again.means, new.means)      # the offsets come from the generator only
+
+
+def test_prune_and_reset_opacity():
+    scene, opt = stepped(5)
+    kept = prune_splats(scene, opt, torch.tensor([False, True, False, True, False]))
+    assert torch.equal(kept.means, scene.means.detach()[[0, 2, 4]])
+    assert opt.state[kept.means]["exp_avg"].shape == (3, 3)
+    with torch.no_grad():
+        kept.opacity_logits[:] = torch.tensor([3.0, -5.0, 0.0])
+    reset_opacity(kept, opt, 0.02)
+    torch.testing.assert_close(kept.opacities, torch.tensor([0.02, torch.sigmoid(torch.tensor(-5.0)).item(), 0.02]))
+    assert torch.all(opt.state[kept.opacity_logits]["exp_avg"] == 0)

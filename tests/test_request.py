@@ -18,7 +18,7 @@ def test_every_parameter_has_a_per_backend_default():
     assert exact.guidance_scale == rq.EXACT_DEFAULTS.guidance_scale and exact.prompt == "a toy"
     assert (sd.steps, sd.res, sd.views, sd.guidance_scale) == (1000, 512, 1, rq.SD_DEFAULTS.guidance_scale)
     assert sd.negative_prompt == rq.SD_DEFAULTS.negative_prompt and sd.prompt
-    assert sd.t_end > exact.t_end
+    assert sd.t_end > exact.t_end and exact.gamma is None and exact.densify_every is None
     # None means "the default", explicitly given values win
     assert rq.parse_request(steps=None, backend="sd").steps == 1000
     assert rq.parse_request(backend="sd", steps="20", res=64).steps == 20
@@ -37,7 +37,15 @@ def test_request_round_trips_through_plain_values_and_builds_the_config():
     assert config.batch_views == 2 and config.preview_every == 0
     assert req.app_config().preview_every == rq.PREVIEW_EVERY["exact"]
     sds = rq.parse_request(backend="sd", method="sds", lr_scale=2.0).config()
-    assert sds.t_range == (300, 980) and sds.res == 512 and sds.lr_sh == 2 * rq.base_config("sd").lr_sh
+    base = rq.base_config("sd")
+    assert sds.t_range == (base.t_knots[-1][1], 980) and sds.res == 512 and sds.lr_sh == 2 * base.lr_sh
+    # SD keeps its recipe unless asked: the authors' t and γ knots, densification that follows the run's length
+    sd = rq.parse_request(backend="sd", steps=50).config()
+    assert sd.t_knots == base.t_knots and sd.gamma == base.gamma and sd.densify_every == 5
+    sd = rq.parse_request(backend="sd", t_start=900, t_end=300, gamma=0.01, densify_every=0).config()
+    assert [t for _, t in sd.t_knots][::3] == [900, 300] and len(sd.t_knots) == len(base.t_knots)
+    assert all(a[1] > b[1] for a, b in zip(sd.t_knots, sd.t_knots[1:])) and sd.gamma == 0.01
+    assert sd.densify_every == 0
     assert req.exports.pipeline_kwargs() == {"video_frames": 48, "video_res": 256, "glb_resolution": 96}
 
 
@@ -95,3 +103,15 @@ def test_compare_request():
         rq.parse_compare(seed=2**31 - 1, n_seeds=2)
     with pytest.raises(rq.RequestError, match="methods must be a non-empty list"):
         rq.parse_compare(methods=[])
+
+
+def test_warm_up_renders_what_the_default_run_would_render_first():
+    """After warm_up, the default run renders no reference view of its own."""
+    from cfd.distill import distill
+
+    rq.warm_up()
+    prior = rq.exact_prior()
+    cached = len(prior._cache)
+    req = rq.parse_request(steps=10)
+    distill(prior, req.config())
+    assert len(prior._cache) == cached, "the run still rendered reference views"

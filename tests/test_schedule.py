@@ -1,4 +1,6 @@
 """cfd.schedule: SD's constants match diffusers; the timestep schedules."""
+import math
+
 import pytest
 import torch
 
@@ -88,3 +90,51 @@ def test_uniform_timestep():
     assert {uniform_timestep(g, 5, 7) for _ in range(200)} == {5, 6, 7}  # both ends inclusive
     with pytest.raises(ValueError):
         uniform_timestep(g, 10, 5)
+
+
+def test_gamma_schedule_constant_knots_and_rescaling():
+    from cfd.schedule import AUTHORS_SD_GAMMA_KNOTS, GammaSchedule
+
+    const = GammaSchedule(0.01, steps=100)
+    assert const.gamma(1) == const.gamma(77) == 0.01
+    assert math.isclose(const.correlation(3, 13), 0.99 ** 5, rel_tol=1e-12)
+    assert GammaSchedule(0.01, steps=100, reference_steps=25_000).gamma(5) == 0.01   # a constant is per step
+    s = GammaSchedule(AUTHORS_SD_GAMMA_KNOTS, steps=1000)
+    assert math.isclose(s.gamma(100), 0.01) and math.isclose(s.gamma(200), 0.01)
+    assert math.isclose(s.gamma(300), (0.01 + 1e-4) / 2) and math.isclose(s.gamma(400), 1e-4)
+    assert math.isclose(s.gamma(1000), 1e-4) and math.isclose(s.gamma(5000), 1e-4)   # the last rate goes on
+    scaled = GammaSchedule(AUTHORS_SD_GAMMA_KNOTS, steps=50, reference_steps=25_000)
+    assert math.isclose(-math.log1p(-scaled.gamma(30)), -math.log1p(-1e-4) * 500, rel_tol=1e-9)
+    # rescaled, the correlation over a fraction of the run hardly depends on N
+    for n in (50, 200, 1000):
+        other = GammaSchedule(AUTHORS_SD_GAMMA_KNOTS, steps=n, reference_steps=25_000)
+        assert math.isclose(other.correlation(int(0.4 * n), n), math.exp(-0.5 * 1.5), rel_tol=1e-3)
+    with pytest.raises(ValueError, match="must lie in \\(0, 1\\)"):
+        GammaSchedule(((0.0, 0.01), (1.0, 0.0)), steps=10)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        GammaSchedule(((0.5, 0.01), (0.5, 0.02)), steps=10)
+    with pytest.raises(ValueError, match="gamma=1.5"):
+        GammaSchedule(1.5, steps=10)
+
+
+def test_sd_preset_uses_the_authors_knots_at_any_length():
+    from cfd.distill import AnnealedTime, DistillConfig
+    from cfd.schedule import AUTHORS_SD_GAMMA_KNOTS, AUTHORS_SD_T_KNOTS
+
+    config = DistillConfig.for_stable_diffusion()
+    assert config.t_knots == AUTHORS_SD_T_KNOTS == ((0.0, 980), (0.1, 692), (0.5, 404), (1.0, 212))
+    assert config.gamma == AUTHORS_SD_GAMMA_KNOTS and config.gamma_reference_steps == 25_000
+    times = AnnealedTime(config.t_knots)
+    assert [times(k, 1001) for k in (0, 100, 500, 1000)] == [980, 692, 404, 212]
+    for steps in (50, 1000):
+        short = DistillConfig.for_stable_diffusion(steps=steps)
+        ts = [AnnealedTime(short.t_knots)(k, steps) for k in range(steps)]
+        assert ts[0] == 980 and ts[-1] == 212 and ts == sorted(ts, reverse=True)
+        assert short.densify_every == max(1, steps // 10)
+    # γ: rescaled to the run, the noise at 40 % of any run correlates exp(−0.75) with the end
+    for steps in (50, 1000):
+        sched = DistillConfig.for_stable_diffusion(steps=steps).gamma_schedule()
+        assert math.isclose(sched.correlation(int(0.4 * steps), steps), math.exp(-0.75), rel_tol=1e-3)
+    assert DistillConfig.for_stable_diffusion(gamma=1e-3).gamma_schedule().gamma(10) == 1e-3
+    with pytest.raises(ValueError, match="gamma knot values"):
+        DistillConfig(gamma=((0.0, 0.01), (1.0, 2.0)))

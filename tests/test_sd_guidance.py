@@ -200,10 +200,10 @@ def test_text_embeddings_cached(tiny_sd_model):
 
 # ----------------------------------------------------------------- view-dependent prompts
 
-@pytest.mark.parametrize("azimuth, elevation, suffix", [
-    (0, 0, ", front view"), (45, 10, ", front view"), (-45, 10, ", front view"),
-    (46, 10, ", side view"), (-90, 30, ", side view"), (134, 60, ", side view"),
-    (135, 0, ", back view"), (180, 0, ", back view"), (-170, -10, ", back view"),
+@pytest.mark.parametrize("azimuth, elevation, suffix", [   # the authors' thresholds: 30°, 30°, 60°
+    (0, 0, ", front view"), (29.9, 10, ", front view"), (-29.9, 10, ", front view"), (330.5, 0, ", front view"),
+    (30, 10, ", side view"), (-45, 10, ", side view"), (-90, 30, ", side view"), (150, 60, ", side view"),
+    (150.1, 0, ", back view"), (180, 0, ", back view"), (-170, -10, ", back view"), (200, 0, ", back view"),
     (0, 61, ", overhead view"), (180, 89, ", overhead view"),
 ])
 def test_view_suffix(azimuth, elevation, suffix):
@@ -212,6 +212,7 @@ def test_view_suffix(azimuth, elevation, suffix):
 
 def test_prompt_for_cameras(guidance, cond):
     assert guidance.prompt_for(cond, cam(0)) == PROMPT + ", front view"
+    assert guidance.prompt_for(cond, cam(40)) == PROMPT + ", side view"
     assert guidance.prompt_for(cond, cam(90)) == PROMPT + ", side view"
     assert guidance.prompt_for(cond, cam(-100)) == PROMPT + ", side view"
     assert guidance.prompt_for(cond, cam(180)) == PROMPT + ", back view"
@@ -251,3 +252,46 @@ def test_build_random_sd21_runs():
     latents = g.encode(torch.rand(1, 3, 64, 64))
     eps = g.predict_noise(latents, 500, [cam(0)], g.condition("a cat"))
     assert eps.shape == (1, 4, 8, 8) and torch.isfinite(eps).all()
+
+
+# ----------------------------------------------------------------- whole runs on one model
+
+def test_two_concurrent_runs_match_separate_runs(guidance):
+    """Two distillations with different prompts, negative prompts and CFG on one loaded
+    model, in two threads in lock-step (each step of one between steps of the other),
+    give bit for bit what each gives alone: nothing of a run lives on the model."""
+    import threading
+
+    from cfd.distill import DistillConfig, distill
+
+    configs = [DistillConfig.for_stable_diffusion(prompt="a teapot", negative_prompt="", guidance_scale=3.0,
+                                                  steps=6, res=64, init_splats=300, seed=1, method="cfd-sde"),
+               DistillConfig.for_stable_diffusion(prompt="a red cat", guidance_scale=40.0, steps=6, res=64,
+                                                  init_splats=300, seed=1, method="cfd-sde")]
+    alone = [distill(guidance, c) for c in configs]
+    barrier, together, errors = threading.Barrier(2, timeout=60), [None, None], []
+
+    def run(i):
+        try:
+            together[i] = distill(guidance, configs[i], callback=lambda info: barrier.wait() and None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for a, b in zip(alone, together):
+        for name, t in a.tensors().items():
+            assert torch.equal(t, getattr(b, name)), name
+    assert not torch.equal(alone[0].sh, alone[1].sh)   # the two conditions do differ
+
+
+def test_defaults_are_the_authors_sd_stage():
+    from cfd.guidance import DEFAULT_GUIDANCE_SCALE, DEFAULT_NEGATIVE_PROMPT
+
+    assert DEFAULT_GUIDANCE_SCALE == 71.0   # their 70 in ε_c + s(ε_c − ε_u)
+    assert DEFAULT_NEGATIVE_PROMPT.startswith("lack details, ugly, oversmoothed") and "blurry" in DEFAULT_NEGATIVE_PROMPT

@@ -13,9 +13,10 @@ so s = 1 is the plain conditional model. The CFD/ProlificDreamer authors write
 "ε_c + s′(ε_c − ε_u)", which is the same with s = s′ + 1 (their CFG 50 is our 51).
 
 View-dependent prompts (``view_dependent=True``) append a suffix chosen from the
-camera's azimuth (0 = front, on +z) and elevation, in this order:
-elevation > 60° → ", overhead view"; |azimuth| ≤ 45° → ", front view";
-|azimuth| ≥ 135° → ", back view"; otherwise ", side view".
+camera's azimuth (0 = front, on +z) and elevation as the authors' SD stage does
+(threestudio's prompt processor with front/back thresholds 30°, overhead 60°), in
+this order: elevation > 60° → ", overhead view"; |azimuth| < 30° → ", front view";
+|azimuth| > 150° → ", back view"; otherwise ", side view".
 
 diffusers and transformers are imported lazily (they take seconds to import),
 so ``check_sd_weights`` and this module stay cheap.
@@ -38,11 +39,20 @@ from cfd.guidance.base import GuidanceUnavailable
 from cfd.schedule import NoiseSchedule
 
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
-# CFG scale in diffusers' convention ε_u + s(ε_c − ε_u); the authors' 50–70 is in
-# "ε_c + s(ε_c − ε_u)", i.e. ours minus one. Shared by the CLI and the app.
-DEFAULT_GUIDANCE_SCALE = 50.0
-# One default shared by the guidance, the CLI and the app.
-DEFAULT_NEGATIVE_PROMPT = "blurry, oversmoothed, low quality, low resolution, monochrome"
+# The defaults below are the authors' SD stage (runjie-yan/ConsistentFlowDistillation,
+# configs/cfd/sd-stage1.yaml); one set shared by the guidance, the CLI and the app.
+# CFG scale in diffusers' convention ε_u + s(ε_c − ε_u): their guidance_scale 70 is in
+# "ε_c + s(ε_c − ε_u)" (stable_diffusion_unified_guidance.py), i.e. ours minus one.
+DEFAULT_GUIDANCE_SCALE = 71.0
+# Their negative prompt, against blur, oversmoothing and low detail.
+DEFAULT_NEGATIVE_PROMPT = ("lack details, ugly, oversmoothed, bad structure, out of focus, blurry, cartoon, "
+                           "oversaturated, foggy, hazy, bad anatomy, malformed, pixelated obscure, unnatural "
+                           "colors, dull, unclear, lowres, low quality, deformed, dehydrated")
+# View suffixes (degrees): front if |azimuth| < FRONT, back if |azimuth| > 180 − BACK,
+# overhead (first) if elevation > OVERHEAD (their front/back_threshold 30, overhead 60).
+VIEW_FRONT_THRESHOLD_DEG = 30.0
+VIEW_BACK_THRESHOLD_DEG = 30.0
+VIEW_OVERHEAD_THRESHOLD_DEG = 60.0
 MODEL_ENV = "CFD_MODEL"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -144,12 +154,14 @@ def check_sd_weights(model: str | os.PathLike | None = None) -> str | None:
 # ----------------------------------------------------------------- prompts
 
 def view_suffix(azimuth_deg: float, elevation_deg: float) -> str:
-    """Prompt suffix for a view (degrees; azimuth 0 = front, in (-180, 180])."""
-    if elevation_deg > 60:
+    """Prompt suffix for a view (degrees; azimuth 0 = front; any azimuth, wrapped
+    to [-180, 180))."""
+    azimuth = (azimuth_deg + 180.0) % 360.0 - 180.0
+    if elevation_deg > VIEW_OVERHEAD_THRESHOLD_DEG:
         return ", overhead view"
-    if abs(azimuth_deg) <= 45:
+    if abs(azimuth) < VIEW_FRONT_THRESHOLD_DEG:
         return ", front view"
-    if abs(azimuth_deg) >= 135:
+    if abs(azimuth) > 180.0 - VIEW_BACK_THRESHOLD_DEG:
         return ", back view"
     return ", side view"
 
