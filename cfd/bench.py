@@ -87,13 +87,6 @@ def bench_render(args) -> dict:
                        "met": device != "cpu" or target["forward_backward_ms"] <= 400}}
 
 
-def _parse_seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
-
-
 def _method_spec(spec: str) -> tuple[str, str | None]:
     """"sds" → ("sds", None); "sds:lambda" → ("sds", "lambda") (a method with another weighting)."""
     method, _, weighting = spec.partition(":")
@@ -107,6 +100,7 @@ def bench_toy(args) -> dict:
     from .gaussians import load_ply
     from .guidance.exact_prior import ExactPrior
     from .pipeline import nearest_reference
+    from .request import parse_seeds
 
     multiview = args.prior == "multiview"
     if args.scenes:
@@ -116,7 +110,7 @@ def bench_toy(args) -> dict:
         prior = ExactPrior.bundled(None if args.scene_set == "all" else args.scene_set.split(","),
                                    multiview=multiview)
     names = prior.names
-    methods, seeds = args.methods.split(","), _parse_seeds(args.seeds)
+    methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
     runs, finals = [], {}
     for spec in methods:
         method, weighting = _method_spec(spec)

@@ -1,8 +1,9 @@
-"""Command line: ``python -m cfd render|generate ...``.
+"""Command line: ``python -m cfd render|generate|batch ...``.
 
 ``generate`` is a thin argparse over ``cfd.request``: its options, ranges,
-defaults and messages are the app's (``add_generate_arguments``, which a batch
-command can reuse).
+defaults and messages are the app's (``add_generate_arguments``). ``batch``
+(``cfd.batch``) takes the same options for many prompts × seeds × methods, on
+one process or under ``torchrun`` / ``accelerate launch``.
 """
 from __future__ import annotations
 
@@ -61,7 +62,14 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .batch import main as batch_main
+
+    return batch_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import batch
     from .request import add_generate_arguments
 
     parser = argparse.ArgumentParser(prog="python -m cfd",
@@ -83,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(p)
     p.add_argument("--out", type=Path, default=Path("outputs/run"))
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("batch", help="many prompts × seeds × methods into DIR/<prompt>/<method>-seed<k>/, with "
+                                     "index.json and index.html; parallel under torchrun / accelerate launch",
+                       description="Options as generate's (each job sets its prompt, seed and method). "
+                                   "Resumable: complete jobs are skipped, failed ones retried. Exit status: the "
+                                   "number of failed jobs.")
+    batch.add_arguments(p)
+    p.set_defaults(func=cmd_batch)
     return parser
 
 

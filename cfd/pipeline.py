@@ -7,6 +7,7 @@
     out_dir/render.mp4    orbit render video (H.264, ``export.orbit_video``)
     out_dir/noise.mp4     render | the noise the run added, along the same orbit (``export.noise_frames``)
     out_dir/scene.glb     marching-cubes mesh of the splats' density (``export.export_glb``)
+    out_dir/preview.png   the preview view of the final scene (only when ``preview_res`` is given)
     out_dir/run.json      config, condition used, seed, method, timings, versions, n_splats,
                           skipped_steps, cancelled flag, …
 
@@ -30,10 +31,11 @@ from typing import Callable
 
 import torch
 
-from .distill import DistillConfig, StepInfo, cpu_threads, distill, guidance_device, noise_grid, noise_source
+from .distill import (DistillConfig, StepInfo, cpu_threads, distill, guidance_device, noise_grid, noise_source,
+                      preview)
 from .gaussians import GaussianScene, save_ply
 
-__all__ = ["ARTEFACTS", "generate", "nearest_reference", "versions", "config_dict"]
+__all__ = ["ARTEFACTS", "generate", "nearest_reference", "versions", "config_dict", "write_json"]
 
 ARTEFACTS = {  # key in the result's "files" → file name in out_dir
     "scene_ply": "scene.ply",
@@ -41,6 +43,7 @@ ARTEFACTS = {  # key in the result's "files" → file name in out_dir
     "render_mp4": "render.mp4",
     "noise_mp4": "noise.mp4",
     "glb": "scene.glb",
+    "preview_png": "preview.png",
     "run_json": "run.json",
 }
 
@@ -78,7 +81,8 @@ def nearest_reference(scene: GaussianScene, guidance, res: int) -> dict | None:
             "psnr": {name: round(p, 3) for name, p in zip(guidance.names, psnr)}}
 
 
-def _write_json(data: dict, path: Path) -> None:
+def write_json(data: dict, path: Path) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a temporary name, then a rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
@@ -101,7 +105,7 @@ def _publish(staging: Path, out_dir: Path) -> None:
 def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[StepInfo], bool | None] | None = None,
              video_frames: int = 48, video_res: int = 256, noise_res: int | None = None, glb_resolution: int = 96,
              should_stop: Callable[[], bool] | None = None, stage_progress: StageProgress | None = None,
-             keep_partial: bool = False, metadata: dict | None = None) -> dict:
+             keep_partial: bool = False, metadata: dict | None = None, preview_res: int | None = None) -> dict:
     """Run one generation and write its artefacts (see the module doc) into ``out_dir``.
 
     guidance: a ``cfd.guidance`` backend; config: the ``DistillConfig`` (its
@@ -120,6 +124,8 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         scene's artefacts (run.json says ``"cancelled": true``); by default a
         cancelled run writes nothing.
     metadata: extra JSON data stored in run.json (e.g. the prompt).
+    preview_res: also write preview.png, the final scene from the preview view
+        (``framing.preview_camera``) at this many pixels (square); None: no PNG.
 
     Returns ``{"cancelled", "out_dir", "files": {key: path}, "summary": run.json
     data, "scene": the final (or partial) GaussianScene, on the CPU}``; ``files`` is empty
@@ -191,6 +197,11 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         export.save_viewer_ply(scene, staging / ARTEFACTS["viewer_ply"])
         files["scene_ply"], files["viewer_ply"] = ARTEFACTS["scene_ply"], ARTEFACTS["viewer_ply"]
         timings["ply"] = time.perf_counter() - t0
+        if preview_res:
+            import imageio.v3 as iio
+
+            iio.imwrite(staging / ARTEFACTS["preview_png"], export.to_uint8(preview(scene, preview_res)))
+            files["preview_png"] = ARTEFACTS["preview_png"]
 
         orbit_cache: dict = {}
 
@@ -241,7 +252,7 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         data = summary(len(scene), cancelled(), extra)
         files["run_json"] = ARTEFACTS["run_json"]
         data["files"] = dict(files)
-        _write_json(data, staging / ARTEFACTS["run_json"])
+        write_json(data, staging / ARTEFACTS["run_json"])
         _publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

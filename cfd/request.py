@@ -112,6 +112,11 @@ GAMMA_RANGE = (1e-6, 0.5)
 DENSIFY_RANGE = (0, 1000)
 MAX_PROMPT_CHARS = 300
 MAX_PROMPT_TOKENS = 75          # CLIP reads 77 tokens including its start and end tokens
+MAX_SEED_LIST = 10_000          # seeds in one batch (``parse_seeds``)
+EXPORT_RANGES = {"video_frames": (1, 480), "video_res": (16, 1024), "glb_resolution": (16, 256)}
+EXPORT_FLAGS = {"video_frames": ("--video-frames", "frames of render.mp4 and noise.mp4"),
+                "video_res": ("--video-res", "pixels (square) of the orbit videos"),
+                "glb_resolution": ("--glb-res", "marching-cubes grid points along the GLB's longest side")}
 
 
 def res_choices(backend: str) -> list[int]:
@@ -221,6 +226,25 @@ class ExportSettings:
         return asdict(self)
 
 
+def parse_exports(values: Mapping[str, Any] | None = None, **kwargs) -> ExportSettings:
+    """ExportSettings from plain values (video_frames, video_res, glb_resolution;
+    None = the default); RequestError names every value out of range."""
+    values = {k: v for k, v in {**(values or {}), **kwargs}.items() if v is not None}
+    problems, out = [], {}
+    for name, (lo, hi) in EXPORT_RANGES.items():
+        if name in values:
+            try:
+                out[name] = _number(name, values[name], lo, hi, integer=True)
+            except RequestError as exc:
+                problems.append(str(exc))
+    unknown = sorted(set(values) - set(EXPORT_RANGES))
+    if unknown:
+        problems.append(f"unknown export setting(s) {', '.join(unknown)}; known: {', '.join(EXPORT_RANGES)}")
+    if problems:
+        raise RequestError("; ".join(problems))
+    return ExportSettings(**out)
+
+
 @dataclass(frozen=True)
 class Request:
     """A validated generation request (``parse_request`` builds it)."""
@@ -274,6 +298,11 @@ class Request:
     def app_config(self) -> DistillConfig:
         """``config()`` with the app's live previews."""
         return self.config(preview_every=PREVIEW_EVERY[self.backend], preview_res=PREVIEW_RES)
+
+    def with_values(self, **changes) -> "Request":
+        """This request with ``changes`` (plain values, validated again by
+        ``parse_request``) and the same export settings."""
+        return replace(parse_request(self.values(), **changes), exports=self.exports)
 
     def metadata(self) -> dict[str, Any]:
         """What run.json records of the request (``pipeline.generate(metadata=…)``)."""
@@ -409,6 +438,48 @@ def parse_request(values: Mapping[str, Any] | None = None, **kwargs) -> Request:
     return Request(**out, scenes=tuple(str(p) for p in scenes), model=None if model is None else str(model))
 
 
+def parse_methods(methods) -> list[str]:
+    """A non-empty list of methods from a list or a comma-separated string
+    (duplicates dropped, order kept); RequestError otherwise."""
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if not isinstance(methods, (list, tuple)) or not methods:
+        raise RequestError(f"methods must be a non-empty list of {', '.join(map(repr, METHODS))} (got {methods!r})")
+    problems = []
+    for m in methods:
+        try:
+            _choice("methods", m, METHODS)
+        except RequestError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise RequestError("; ".join(problems))
+    return list(dict.fromkeys(methods))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Seeds from text like "0-7", "0,3,5" or "0-3,10" (order kept, duplicates
+    dropped), each in the seed range; RequestError otherwise."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        bounds = part.split("-") if "-" in part[1:] else [part]
+        try:
+            lo, hi = (int(bounds[0]), int(bounds[-1])) if len(bounds) <= 2 else (None, None)
+        except ValueError:
+            lo = hi = None
+        if lo is None or lo > hi:
+            raise RequestError(f"seeds must look like 0-7, 0,3,5 or 0-3,10 (got {text!r})")
+        for bound in (lo, hi):
+            _number("seed", bound, *SEED_RANGE, integer=True)
+        if hi - lo + 1 > MAX_SEED_LIST:
+            raise RequestError(f"at most {MAX_SEED_LIST} seeds (got {part!r})")
+        seeds.extend(range(lo, hi + 1))
+    seeds = list(dict.fromkeys(seeds))
+    if len(seeds) > MAX_SEED_LIST:
+        raise RequestError(f"at most {MAX_SEED_LIST} seeds (got {len(seeds)})")
+    return seeds
+
+
 def parse_compare(values: Mapping[str, Any] | None = None, **kwargs) -> tuple[Request, list[str], int]:
     """(base request, methods, n_seeds) of a seed comparison: the request's
     values plus ``methods`` (list; default cfd and sds) and ``n_seeds`` (1 …
@@ -417,18 +488,11 @@ def parse_compare(values: Mapping[str, Any] | None = None, **kwargs) -> tuple[Re
     methods = values.pop("methods", None)
     n_seeds = values.pop("n_seeds", None)
     problems = []
-    if methods is None:
-        methods = ["cfd", "sds"]
-    elif isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    if not isinstance(methods, (list, tuple)) or not methods:
-        problems.append(f"methods must be a non-empty list of {', '.join(map(repr, METHODS))} (got {methods!r})")
+    try:
+        methods = parse_methods(["cfd", "sds"] if methods is None else methods)
+    except RequestError as exc:
+        problems.append(str(exc))
         methods = []
-    for m in methods:
-        try:
-            _choice("methods", m, METHODS)
-        except RequestError as exc:
-            problems.append(str(exc))
     limit = max_seeds()
     try:
         n_seeds = _number("n_seeds", min(4, limit) if n_seeds is None else n_seeds, 1, limit, integer=True)
@@ -445,7 +509,7 @@ def parse_compare(values: Mapping[str, Any] | None = None, **kwargs) -> tuple[Re
                         f"seeds); choose a seed ≤ {SEED_RANGE[1] - n_seeds + 1}")
     if problems:
         raise RequestError("; ".join(problems))
-    return base, list(dict.fromkeys(methods)), n_seeds
+    return base, methods, n_seeds
 
 
 # ------------------------------------------------------------------ guidance
@@ -550,12 +614,15 @@ def warm_up(request: Request | None = None) -> None:
 
 # ------------------------------------------------------------------ the CLI's options
 
-def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The generate options (every request parameter, plus --scenes and --model),
-    each defaulting to None = the backend's default; types, choices and ranges
-    are checked by ``parse_request``, not argparse, so the CLI and the app say
-    the same."""
+def add_generate_arguments(parser: argparse.ArgumentParser, exclude=()) -> argparse.ArgumentParser:
+    """The generate options (every request parameter but those named in
+    ``exclude``, plus --scenes, --model and the export sizes), each defaulting
+    to None = the backend's default; types, choices and ranges are checked by
+    ``parse_request`` / ``parse_exports``, not argparse, so the CLI and the app
+    say the same."""
     for p in PARAMS:
+        if p.name in exclude:
+            continue
         kwargs: dict[str, Any] = {"default": None, "help": help_text(p.name)}
         if p.kind is not str or p.choices:
             kwargs["metavar"] = p.name.upper()
@@ -564,10 +631,27 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="exact prior over these splat PLYs instead of the bundled objects")
     parser.add_argument("--model", default=None,
                         help="SD hub id or local folder (default: $CFD_MODEL or SD-2.1-base)")
+    defaults_ = ExportSettings()
+    for name, (flag, text) in EXPORT_FLAGS.items():
+        lo, hi = EXPORT_RANGES[name]
+        parser.add_argument(flag, dest=name, default=None, metavar="N",
+                            help=f"{text} ({lo}–{hi}; default {getattr(defaults_, name)})")
     return parser
 
 
 def request_from_args(args: argparse.Namespace, **overrides) -> Request:
-    """The Request of parsed ``add_generate_arguments`` options."""
+    """The Request of parsed ``add_generate_arguments`` options (its export
+    settings included); ``overrides`` replace options."""
     values = {name: getattr(args, name, None) for name in (*PARAM_NAMES, *EXTRA_NAMES)}
-    return parse_request(values, **overrides)
+    problems = []
+    try:
+        exports = parse_exports({name: getattr(args, name, None) for name in EXPORT_RANGES})
+    except RequestError as exc:
+        problems.append(str(exc))
+    try:
+        request = parse_request(values, **overrides)
+    except RequestError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise RequestError("; ".join(problems))
+    return replace(request, exports=exports)
