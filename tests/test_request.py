@@ -13,7 +13,7 @@ def cli_request(*argv: str) -> rq.Request:
 
 def test_every_parameter_has_a_per_backend_default():
     exact, sd = rq.parse_request(), rq.parse_request(backend="sd")
-    assert (exact.backend, exact.steps, exact.res, exact.views) == ("exact", 200, 32 if not rq.cuda_available()
+    assert (exact.backend, exact.steps, exact.res, exact.views) == ("exact", 200, 64 if not rq.cuda_available()
                                                                     else rq.EXACT_CUDA_RES, 4)
     assert exact.guidance_scale == rq.EXACT_DEFAULTS.guidance_scale and exact.prompt == "a toy"
     assert (sd.steps, sd.res, sd.views, sd.guidance_scale) == (1000, 512, 1, rq.SD_DEFAULTS.guidance_scale)
