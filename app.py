@@ -268,13 +268,16 @@ def build_demo() -> gr.Blocks:
                                          elem_id="prior-note")
                 prompt = _field("prompt", d, lines=2, max_lines=4, info="Exact prior: the objects or theme to "
                                 "make (refused if it names none it knows). SD: any description.")
-                negative_prompt = _field("negative_prompt", d, info="Exact prior: objects CFG steers away from "
-                                         "(empty: all objects). SD: the unconditional text.")
+                negative_prompt = _field("negative_prompt", d, info="Exact prior: objects to steer away from when "
+                                         "CFG > 1 (empty: all objects). SD: the unconditional text.")
                 method = gr.Radio(methods_choices, value=d["method"], label="Method")
                 with gr.Row():
                     seed, steps = _field("seed", d, info=rq.range_text("seed")), _field("steps", d)
                 with gr.Row():
-                    guidance_scale, res, views = _field("guidance_scale", d), _field("res", d), _field("views", d)
+                    guidance_scale = _field("guidance_scale", d, info=rq.help_text("guidance_scale") + ". Exact "
+                                            "prior: 1 follows the prompt's objects exactly (sharpest); above 1 "
+                                            "also pushes away from the negative prompt's objects.")
+                    res, views = _field("res", d), _field("views", d)
                 with gr.Accordion("Advanced", open=False):
                     t_start, t_end, lr_scale, gamma = (_field(n, d) for n in ("t_start", "t_end", "lr_scale", "gamma"))
                     densify_every = _field("densify_every", d)

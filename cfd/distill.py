@@ -69,16 +69,18 @@ class DistillConfig:
     cameras: CameraRanges = CameraRanges(pool=64)
     background: str = "white"      # white | black | random (per step)
     # initial scene: a ball of grey splats; init_seed=None uses the run's seed
-    init_splats: int = 1000
+    init_splats: int = 2000
     init_radius: float = 0.5
     init_seed: int | None = 0
-    # Adam, per parameter group; the means' lr decays exponentially to lr_means_final
-    lr_means: float = 4e-3
-    lr_means_final: float = 4e-4
-    lr_log_scales: float = 1e-2
-    lr_quats: float = 1e-2
-    lr_opacity: float = 5e-2
-    lr_sh: float = 3e-2
+    # Adam, per parameter group; the means' lr decays exponentially to lr_means_final.
+    # (Tuned on the exact prior with 4 views per step: 1.5× the 1-view rates measured
+    # +0.7 dB on the toys and the pattern set; 2000 splats another +0.6 dB.)
+    lr_means: float = 6e-3
+    lr_means_final: float = 6e-4
+    lr_log_scales: float = 1.5e-2
+    lr_quats: float = 1.5e-2
+    lr_opacity: float = 7.5e-2
+    lr_sh: float = 4.5e-2
     adam_betas: tuple = (0.9, 0.99)
     # densification (cfd.densify.Densifier, gsplat DefaultStrategy semantics): every
     # `densify_every` steps while step < `densify_until` × steps (0 = off)
