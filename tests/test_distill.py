@@ -85,22 +85,21 @@ def test_bad_config_is_refused():
         DistillConfig(weighting="snr")
 
 
-def test_cfd_is_sharper_and_more_diverse_than_sds(prior):
-    """A cheap version of the toy benchmark's claims (the full table is in the bench):
-    on the joint multi-view prior, against SDS with DreamFusion's σ_t² weighting,
-    CFD's seeds reach several objects where SDS's all reach the same one, at least
-    as sharp. (Measured: CFD 29.7 / 29.9 / 33.2 dB over 2 objects, SDS 29.6 / 29.1 /
-    29.4 dB, one object.)"""
-    joint = ExactPrior(prior.scenes, names=prior.names, multiview=True)
+def test_cfd_seeds_reach_different_objects_where_sds_seeds_do_not():
+    """A cheap version of the toy benchmark's claims (README: 8 seeds, the potted
+    plants, joint multi-view prior, SDS with DreamFusion's σ_t² weighting): CFD's
+    seeds reach different objects where SDS's all reach the same one, and CFD is at
+    least as sharp. (Measured: CFD 36.9 / 36.2 / 36.3 dB on cactus, cactus,
+    sunflower; SDS 35.4 / 32.5 / 34.7 dB, tulips every time.)"""
+    joint = ExactPrior.from_scene_set("garden", multiview=True)
     best, nearest = {}, {}
     for method in ("cfd", "sds"):
         psnr = [joint.scene_psnr(distill(joint, DistillConfig(method=method, seed=seed, steps=300, res=32,
                                                               batch_views=4)), 32) for seed in range(3)]
         best[method] = [max(p) for p in psnr]
         nearest[method] = {p.index(max(p)) for p in psnr}
-    assert sum(best["cfd"]) / 3 >= sum(best["sds"]) / 3 + 0.5, best
-    assert max(best["cfd"]) >= 30.0, best
-    assert len(nearest["cfd"]) >= 2 and len(nearest["sds"]) < len(nearest["cfd"]), nearest
+    assert len(nearest["cfd"]) >= 2 and len(nearest["sds"]) == 1, nearest
+    assert min(best["cfd"]) >= 30.0 and sum(best["cfd"]) / 3 >= sum(best["sds"]) / 3, best
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
