@@ -159,32 +159,60 @@ def test_multiview_weights_are_the_product_of_likelihoods_posterior(prior):
                                atol=1e-5, rtol=1e-5)
 
 
+def brute_force_denoiser(prior, x_t, t, cams, prior_weights, multiview):
+    """ε* of the mixture with ``prior_weights`` [K], view by view and object by object."""
+    a, s = prior.alphas_cumprod[t].sqrt(), (1 - prior.alphas_cumprod[t]).sqrt()
+    refs = [[plain_reference(prior, k, cam).double() for k in range(len(prior.scenes))] for cam in cams]
+    log_lik = torch.tensor([[float(-((x.double() - a * r) ** 2).sum() / (2 * s ** 2)) for r in rs]
+                            for x, rs in zip(x_t, refs)], dtype=torch.float64)     # [B,K]
+    if multiview:
+        log_lik = log_lik.sum(0, keepdim=True).expand_as(log_lik)
+    w = torch.softmax(log_lik + torch.as_tensor(prior_weights, dtype=torch.float64).log(), dim=1)
+    x0 = torch.stack([sum(w[b, k] * refs[b][k] for k in range(len(prior.scenes))) for b in range(len(cams))])
+    return ((x_t.double() - a * x0) / s).float()
+
+
 @pytest.mark.parametrize("multiview", [False, True])
 def test_cfg_is_the_exact_conditional_and_unconditional_denoisers(prior, multiview):
-    """ε̂ = ε_u + s(ε_c − ε_u), ε_c and ε_u the exact denoisers of the priors over
-    the objects the prompt and the negative prompt name (built as separate priors)."""
+    """ε̂ = ε_u + s(ε_c − ε_u): ε_c the exact denoiser of the prior uniform over the
+    prompt's objects, ε_u that of the prior uniform over all objects, or with
+    NEGATIVE_EMPHASIS of its mass on the negative prompt's objects (brute force)."""
+    from cfd.guidance.exact_prior import NEGATIVE_EMPHASIS
+
     full = ExactPrior(prior.scenes, vocabulary=prior.vocabulary, supersample=1, multiview=multiview)
     t, cams = 600, cameras(2, seed=5)
     x_t = torch.randn(2, 3, RES, RES, generator=torch.Generator().manual_seed(9))
     cond = full.condition("a rubber duck", "a snowman and a mushroom", 7.5)
     idx = {n: k for k, n in enumerate(prior.names)}
-    assert cond.positive == (idx["rubber duck"],)
-    assert cond.negative == (idx["snowman"], idx["mushroom"])
-
-    def sub_prior(ks):
-        return ExactPrior([prior.scenes[k] for k in ks], supersample=1, multiview=multiview)
-
-    eps_c = sub_prior(cond.positive).predict_noise(x_t, t, cams)
-    eps_u = sub_prior(cond.negative).predict_noise(x_t, t, cams)
+    duck, snowman, mushroom = idx["rubber duck"], idx["snowman"], idx["mushroom"]
+    assert cond.positive == (duck,) and cond.negative == (snowman, mushroom)
+    K = len(prior.scenes)
+    only_duck = [float(k == duck) for k in range(K)]
+    negative = [(1 - NEGATIVE_EMPHASIS) / K + (NEGATIVE_EMPHASIS / 2 if k in (snowman, mushroom) else 0)
+                for k in range(K)]
+    eps_c = brute_force_denoiser(prior, x_t, t, cams, only_duck, multiview)
+    eps_u = brute_force_denoiser(prior, x_t, t, cams, negative, multiview)
     torch.testing.assert_close(full.predict_noise(x_t, t, cams, cond), eps_u + 7.5 * (eps_c - eps_u),
                                atol=2e-4, rtol=1e-4)
-    # no negative prompt: ε_u is the mixture over every object; s = 1 is the plain conditional
-    plain = full.condition("a rubber duck", "", 1.0)
-    torch.testing.assert_close(full.predict_noise(x_t, t, cams, plain), eps_c, atol=1e-5, rtol=1e-5)
-    everything = full.condition("a rubber duck", "", 3.0)
-    eps_all = full.predict_noise(x_t, t, cams)
-    torch.testing.assert_close(full.predict_noise(x_t, t, cams, everything), eps_all + 3.0 * (eps_c - eps_all),
-                               atol=2e-4, rtol=1e-4)
+    # s = 1 is the plain conditional; no negative prompt: ε_u is the uniform mixture
+    torch.testing.assert_close(full.predict_noise(x_t, t, cams, full.condition("a rubber duck", "", 1.0)), eps_c,
+                               atol=1e-5, rtol=1e-5)
+    eps_all = brute_force_denoiser(prior, x_t, t, cams, [1 / K] * K, multiview)
+    torch.testing.assert_close(full.predict_noise(x_t, t, cams), eps_all, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full.predict_noise(x_t, t, cams, full.condition("a rubber duck", "", 3.0)),
+                               eps_all + 3.0 * (eps_c - eps_all), atol=2e-4, rtol=1e-4)
+
+
+def test_cfg_against_a_negative_prompt_stays_finite_where_the_object_is_another():
+    """The unconditional prior keeps every object possible, so ε_u stays bounded
+    when x is clearly another object than the negative prompt's (at t → 0)."""
+    prior = ExactPrior.from_scene_set(FIRST_SET, supersample=1, multiview=True)
+    idx = {n: k for k, n in enumerate(prior.names)}
+    cams = cameras(2, seed=4)
+    snowman = torch.stack([plain_reference(prior, idx["snowman"], c) for c in cams])
+    cond = prior.condition("a toy", "a rubber duck", 3.0)
+    eps = prior.predict_noise(noisy(prior, snowman, 2, torch.zeros_like(snowman)), 2, cams, cond)
+    assert eps.abs().max() < 1e-2   # the clean snowman: no noise to predict, no push away from the duck
 
 
 def test_prompts_select_objects_and_themes():
@@ -200,7 +228,7 @@ def test_prompts_select_objects_and_themes():
     }
     for text, expected in cases.items():
         assert prior.condition(text).positive == expected, text
-    assert prior.condition("a duck", "blurry, low quality").negative == toys + plants  # names nothing: all
+    assert prior.condition("a duck", "blurry, low quality").negative == ()   # names nothing: uniform π_u
     assert prior.condition("a duck").guidance_scale == DEFAULT_EXACT_GUIDANCE_SCALE
 
 

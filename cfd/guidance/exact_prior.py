@@ -3,19 +3,23 @@ with text conditioning, classifier-free guidance and a multi-view posterior.
 
 Data distribution, per camera c: "our render of one of K reference objects from
 c", X_k(c) in [-1, 1] over the prior's background. Under x_t = α_t x_0 + σ_t ε
-and a prior restricted to a set S of objects (uniform over S), the exact
-(posterior-mean) ε-prediction is
+and prior weights π over the objects, the exact (posterior-mean) ε-prediction is
 
-    ε*_S(x_t, t, c) = (x_t − α_t Σ_{k∈S} w_k X_k(c)) / σ_t,
-    w = softmax_{k∈S}(ℓ_k),   ℓ_k = −‖x_t − α_t X_k(c)‖² / (2 σ_t²),
+    ε*_π(x_t, t, c) = (x_t − α_t Σ_k w_k X_k(c)) / σ_t,
+    w = softmax_k(log π_k + ℓ_k),   ℓ_k = −‖x_t − α_t X_k(c)‖² / (2 σ_t²),
 
 with the softmax taken through log-sum-exp in float64, so it stays exact and
 finite at the smallest σ_t.
 
-Text and CFG, exactly as SD uses them: the prompt selects the conditional set S_c
-(the objects it names, or a theme's objects, ``cfd.vocabulary``), the negative
-prompt the unconditional set S_u (the objects it names; every object when it
-names none), and ε̂ = ε*_{S_u} + s (ε*_{S_c} − ε*_{S_u}).
+Text and CFG, as SD uses them: the prompt selects the conditional set (the
+objects it names, or a theme's objects, ``cfd.vocabulary``): π_c is uniform over
+it. The unconditional prior π_u is uniform over every object; a negative prompt
+moves ``NEGATIVE_EMPHASIS`` (90 %) of its mass onto the objects it names, as SD's
+negative text makes its images likely without making others impossible. Then
+ε̂ = ε*_{π_u} + s (ε*_{π_c} − ε*_{π_u}). (Restricting π_u to the named objects —
+the literal "their mixture" — makes CFG diverge: once x is another object, that
+prior cannot explain it and ε*_u grows without bound as σ_t → 0; measured 8 dB
+runs for "a toy" against "a rubber duck" at s = 3.)
 
 Multi-view (``multiview=True``): the B views of one call are views of *one*
 object, so ℓ_k = Σ_views ℓ_k(view) and every view shares the same posterior
@@ -25,6 +29,7 @@ denoises its views jointly. No weights needed: it makes distillation's claims
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,20 +43,36 @@ from cfd.scenes import find_scene_sets, vocabulary
 from cfd.schedule import NoiseSchedule
 from cfd.vocabulary import Vocabulary
 
-# CFG scale s (ε_u + s(ε_c − ε_u)) used when a run gives none
+# CFG scale s (ε_u + s(ε_c − ε_u)) used when a run gives none: 1 is the exact conditional
 DEFAULT_EXACT_GUIDANCE_SCALE = 1.0
+# share of the unconditional prior's mass on the objects a negative prompt names
+NEGATIVE_EMPHASIS = 0.9
 
 
 @dataclass(frozen=True)
 class ExactCondition:
-    """A run's conditioning on the exact prior: the object indices of the
-    conditional (``positive``) and unconditional (``negative``) sets."""
+    """A run's conditioning on the exact prior: the objects the prompt selects
+    (the conditional prior is uniform over them) and those the negative prompt
+    names (() = none)."""
 
     prompt: str
     negative_prompt: str
     guidance_scale: float
     positive: tuple[int, ...]
     negative: tuple[int, ...]
+
+    def log_priors(self, n_objects: int) -> tuple[Tensor, Tensor]:
+        """log prior weights [K] float64 of the conditional and the unconditional
+        denoiser: uniform over ``positive`` (−inf elsewhere); uniform over every
+        object, or — with a negative prompt — ``NEGATIVE_EMPHASIS`` of the mass
+        spread over ``negative`` and the rest over every object."""
+        cond = torch.full((n_objects,), float("-inf"), dtype=torch.float64)
+        cond[list(self.positive)] = -math.log(len(self.positive))
+        uncond = torch.full((n_objects,), (1 - NEGATIVE_EMPHASIS if self.negative else 1.0) / n_objects,
+                            dtype=torch.float64)
+        if self.negative:
+            uncond[list(self.negative)] += NEGATIVE_EMPHASIS / len(self.negative)
+        return cond, uncond.log()
 
 
 class ExactPrior:
@@ -179,7 +200,7 @@ class ExactPrior:
         """Resolve a run's prompts to object sets (``cfd.vocabulary``). An empty
         prompt is unconditional (every object); a prompt that names nothing this
         prior knows is refused (ValueError listing what it knows). A negative
-        prompt that names no object leaves the unconditional set at every object."""
+        prompt that names no object leaves the unconditional prior uniform."""
         prompt = " ".join(str(prompt or "").split())
         negative_prompt = " ".join(str(negative_prompt or "").split())
         scale = DEFAULT_EXACT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
@@ -192,8 +213,7 @@ class ExactPrior:
                              f"{self.vocabulary.describe()}. Name one of them (e.g. "
                              f"'{self.vocabulary.captions[0]}'); free text needs Stable Diffusion "
                              "(backend 'sd', with its weights).")
-        negative = self.vocabulary.select(negative_prompt) or everything
-        return ExactCondition(prompt, negative_prompt, scale, positive, negative)
+        return ExactCondition(prompt, negative_prompt, scale, positive, self.vocabulary.select(negative_prompt))
 
     # -- the posterior
 
@@ -210,11 +230,9 @@ class ExactPrior:
         return logits.sum(dim=0, keepdim=True).expand_as(logits) if self.multiview else logits
 
     @staticmethod
-    def _weights(logits: Tensor, members: tuple[int, ...]) -> Tensor:
-        """softmax of ``logits`` [B,K] over the objects ``members`` (0 elsewhere)."""
-        mask = torch.full(logits.shape[1:], float("-inf"), dtype=logits.dtype, device=logits.device)
-        mask[list(members)] = 0
-        return (logits + mask).softmax(dim=1)
+    def _weights(logits: Tensor, log_prior: Tensor) -> Tensor:
+        """Posterior weights [B,K]: softmax of ``logits`` [B,K] + ``log_prior`` [K]."""
+        return (logits + log_prior.to(logits.device)).softmax(dim=1)
 
     def _posterior(self, x_t: Tensor, t: int, cameras: list[Camera]) -> tuple[Tensor, Tensor, Tensor, float, float]:
         """(x_t, refs, ℓ) in float64 on x_t's device, and α_t, σ_t."""
@@ -229,7 +247,7 @@ class ExactPrior:
                           cond: ExactCondition | None = None) -> Tensor:
         """p(object k | x_t, c, prompt) [B,K] float32 (``cond``: None = unconditional)."""
         cond = cond or self.condition()
-        return self._weights(self._posterior(x_t, t, cameras)[2], cond.positive).float()
+        return self._weights(self._posterior(x_t, t, cameras)[2], cond.log_priors(len(self.scenes))[0]).float()
 
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera],
@@ -238,12 +256,13 @@ class ExactPrior:
         one camera per item; ``cond`` from ``condition`` (None = unconditional)."""
         cond = cond or self.condition()
         x, refs, logits, alpha, sigma = self._posterior(x_t, t, cameras)
+        log_prior_c, log_prior_u = cond.log_priors(len(self.scenes))
 
-        def mean(members):  # posterior-mean clean image [B,3,H,W] under the prior over ``members``
-            return torch.einsum("bk,bkchw->bchw", self._weights(logits, members), refs)
+        def mean(log_prior):  # posterior-mean clean image [B,3,H,W] under one prior over the objects
+            return torch.einsum("bk,bkchw->bchw", self._weights(logits, log_prior), refs)
 
-        x0 = mean(cond.positive)
-        if cond.guidance_scale != 1 and cond.negative != cond.positive:
-            x0_u = mean(cond.negative)
+        x0 = mean(log_prior_c)
+        if cond.guidance_scale != 1:
+            x0_u = mean(log_prior_u)
             x0 = x0_u + cond.guidance_scale * (x0 - x0_u)
         return ((x - alpha * x0) / sigma).float()
