@@ -623,7 +623,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser, exclude=()) -> argpa
     for p in PARAMS:
         if p.name in exclude:
             continue
-        kwargs: dict[str, Any] = {"default": None, "help": help_text(p.name)}
+        kwargs: dict[str, Any] = {"default": None, "help": help_text(p.name).replace("%", "%%")}  # argparse formats help
         if p.kind is not str or p.choices:
             kwargs["metavar"] = p.name.upper()
         parser.add_argument(p.flag, **kwargs)   # values stay text: parse_request checks them

@@ -104,3 +104,19 @@ def test_bench_toy_reports_the_one_psnr_measure(tmp_path):
     near = nearest_reference(scene, prior, 16)
     assert run["psnr"] == [near["psnr"][n] for n in prior.names]
     assert config["psnr"] == {"res": 16, "views": 8} and near["psnr_res"] == 16
+
+
+def test_every_command_prints_its_help(capsys):
+    """--help of every subcommand (the request layer's help texts hold '%')."""
+    import pytest
+
+    for argv in (["--help"], ["generate", "--help"], ["batch", "--help"], ["render", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(argv)
+        assert exit_.value.code == 0, argv
+        text = " ".join(capsys.readouterr().out.split())   # argparse wraps lines
+        assert "usage: python -m cfd" in text and ("every 10 % of the run" in text or argv[0] != "generate")
+    for argv in (["--help"], ["speed", "--help"], ["noise", "--help"], ["toy", "--help"], ["render", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            bench_main(argv)
+        assert exit_.value.code == 0, argv
