@@ -26,10 +26,10 @@ def _timeit(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        _sync()
         times.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(times)
 
@@ -273,8 +273,9 @@ def bench_noise(args) -> dict:
 
     out["gpu"] = _noise_gpu_check() if torch.cuda.is_available() else None
 
-    # cost: one 64×64×4 draw at 8× supersampling vs one 512² render+backward (20k splats)
-    scene = bench_scene(20_000).requires_grad_(True)
+    # cost: one 64×64×4 draw at 8× supersampling vs one 512² render+backward (20k splats), on the GPU if any
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scene = bench_scene(20_000).to(device).requires_grad_(True)
     cam = orbit_camera(30, 20, RADIUS, FOV_DEG, 512, 512)
     with torch.no_grad():
         surf = render(scene, cam)
@@ -285,7 +286,7 @@ def bench_noise(args) -> dict:
         o.rgb.sum().backward()
 
     step = _timeit(render_backward, max(1, args.repeats // 3))
-    out["cost"] = {"noise_64x64x4_ss8_ms": round(draw, 1), "render_backward_512_20k_ms": round(step, 1),
+    out["cost"] = {"device": device, "noise_64x64x4_ss8_ms": round(draw, 1), "render_backward_512_20k_ms": round(step, 1),
                    "ratio": round(draw / step, 4), "limit": 0.05}
     print(f"noise cost: {draw:.1f} ms vs render+backward {step:.1f} ms ({100 * draw / step:.1f} %)", file=sys.stderr)
     return out

@@ -74,6 +74,7 @@ exp(−½|s_k − s_j|) between steps j and k.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -113,6 +114,14 @@ def mix64(x: Tensor) -> Tensor:
     x = (x ^ _shr(x, 30)) * _M1
     x = (x ^ _shr(x, 27)) * _M2
     return x ^ _shr(x, 31)
+
+
+def mix64_int(x: int) -> int:
+    """``mix64`` of one Python int (as the int64 it returns), with no tensor op."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * _M1) & _MASK64
+    x = ((x ^ (x >> 27)) * _M2) & _MASK64
+    return _signed(x ^ (x >> 31))
 
 
 def hash_normal(keys: Tensor) -> Tensor:
@@ -174,8 +183,8 @@ def cell_values(cells: Tensor, seed: int, channels: int, step: int = 0,
     after ``step`` refreshes n ← √(1−γ_k) n + √γ_k ξ, evaluated exactly on a
     dyadic tree of AR(1) bridges (see the module doc).
     """
-    base = mix64(cells ^ int(mix64(torch.tensor(seed, dtype=torch.int64))))  # a Python int: no transfer
-    keys = base[:, None] + torch.arange(channels, dtype=torch.int64, device=cells.device) * _GOLDEN  # [M, C]
+    base = mix64(cells ^ mix64_int(seed))
+    keys = base[:, None] + _channel_offsets(channels, cells.device)  # [M, C]
     value = hash_normal(keys)  # node 0: W(T_0) = W(1)
     if not isinstance(gamma, GammaSchedule):
         if gamma <= 0 or step == 0:
@@ -214,6 +223,21 @@ def cell_values(cells: Tensor, seed: int, channels: int, step: int = 0,
     return (x_lo if step == lo else x_hi).float()
 
 
+@functools.cache
+def _channel_offsets(channels: int, device: torch.device) -> Tensor:
+    """[C] int64 key offsets of the channels, built once per device."""
+    return torch.arange(channels, dtype=torch.int64, device=device) * _GOLDEN
+
+
+@functools.cache
+def _pixel_keys(n_pixels: int, supersample: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The constant index tensors of one noise grid, built once: the pixel of
+    each pixel-major sub-sample [M], its background cell [M] and each pixel's
+    orphan cell [n_pixels]."""
+    pixels = torch.arange(n_pixels * supersample ** 2, device=device) // supersample ** 2
+    return pixels, _TAG_BACKGROUND | pixels, _TAG_ORPHAN | torch.arange(n_pixels, device=device)
+
+
 # ------------------------------------------------------------ the noise
 
 def default_cell_size(camera: Camera) -> float:
@@ -225,6 +249,15 @@ def default_cell_size(camera: Camera) -> float:
     return CELL_PIXELS * distance / float(camera.K[1, 1])
 
 
+@functools.lru_cache(maxsize=16)
+def _pixel_rays(fx: float, fy: float, cx: float, cy: float, H: int, W: int, device) -> tuple[Tensor, Tensor]:
+    """Camera-space ray slopes of the pixel centres, x [W] and y [H, 1]: the same
+    for every view of one size and field of view, so built once."""
+    x = (torch.arange(W, device=device, dtype=torch.float32) + 0.5 - cx) / fx
+    y = (torch.arange(H, device=device, dtype=torch.float32)[:, None] + 0.5 - cy) / fy
+    return x, y
+
+
 def _surface_points(depth: Tensor, camera: Camera, centre) -> Tensor:
     """[sH, sW, 3] points ray origin + depth × direction, relative to ``centre``,
     built on depth's device from the camera's numbers as Python floats (a CPU
@@ -232,9 +265,7 @@ def _surface_points(depth: Tensor, camera: Camera, centre) -> Tensor:
     (fx, _, cx), (_, fy, cy), _ = camera.K.tolist()
     R = camera.viewmat[:3, :3].tolist()
     origin = [p - c for p, c in zip(camera.position.tolist(), centre)]
-    H, W = depth.shape
-    x = (torch.arange(W, device=depth.device, dtype=torch.float32) + 0.5 - cx) / fx
-    y = (torch.arange(H, device=depth.device, dtype=torch.float32)[:, None] + 0.5 - cy) / fy
+    x, y = _pixel_rays(fx, fy, cx, cy, *depth.shape, depth.device)
     # world direction = Rᵀ (x, y, 1)
     return torch.stack([origin[k] + depth * (R[0][k] * x + R[1][k] * y + R[2][k]) for k in range(3)], -1)
 
@@ -289,16 +320,17 @@ def noise_from_surface(depth: Tensor, alpha: Tensor, camera: Camera, seed: int, 
 
     points = pixel_major(_surface_points(depth.detach().float(), camera, centre))
     hit = pixel_major(alpha.detach()) > SURFACE_ALPHA
-    pixels = torch.arange(n_pix * s * s, device=dev) // (s * s)
+    pixels, background, orphans = _pixel_keys(n_pix, s, depth.device)
     # sub-samples that miss the surface fall in their pixel's image-space background cell
-    cells = torch.where(hit, CELL_METHODS[method](points, cell_size), _TAG_BACKGROUND | pixels)
+    cells = torch.where(hit, CELL_METHODS[method](points, cell_size), background)
     cells, first, owner = assign_cells(cells, pixels, n_pix)
-    values = cell_values(cells, seed, channels, step, gamma) * first[:, None]  # each distinct cell once
+    # a pixel that owns no cell (its sub-samples' cells went to neighbours) gets an image-space cell of its own:
+    # its value is drawn in the same call as the cells'
+    values = cell_values(torch.cat([cells, orphans]), seed, channels, step, gamma)
+    values, orphan = values[:len(cells)] * first[:, None], values[len(cells):]  # each distinct cell once
     total = torch.zeros(n_pix, channels, dtype=torch.int64, device=dev).index_add_(
         0, owner, (values.double() * FIXED_POINT).round().long())
     count = torch.zeros(n_pix, dtype=torch.int64, device=dev).index_add_(0, owner, first.long())
-    # a pixel that owns no cell (its sub-samples' cells went to neighbours) gets an image-space cell of its own
-    orphan = cell_values(_TAG_ORPHAN | torch.arange(n_pix, device=dev), seed, channels, step, gamma)
     mean = total.double() / FIXED_POINT / count.clamp_min(1).double().sqrt()[:, None]
     noise = torch.where((count > 0)[:, None], mean, orphan.double())
     return noise.float().T.reshape(channels, H, W).contiguous()

@@ -9,8 +9,8 @@ from cfd.cameras import orbit_camera
 from cfd.distill import DistillConfig, noise_source
 from cfd.gaussians import make_scene
 from cfd.noise import (FixedImageNoise, IIDNoise, Surface, SurfaceNoise, assign_cells, cell_values,
-                       consistent_noise, cross_view_correlation, default_cell_size, noise_from_surface,
-                       scene_centre, shell_cells)
+                       consistent_noise, cross_view_correlation, default_cell_size, mix64, mix64_int,
+                       noise_from_surface, scene_centre, shell_cells)
 from cfd.render import render
 
 RES = 64
@@ -99,6 +99,11 @@ def test_same_seed_same_noise_other_seed_independent(scene):
     assert torch.equal(a, consistent_noise(scene, cam, seed=3))
     b = consistent_noise(scene, cam, seed=4)
     assert abs(torch.corrcoef(torch.stack([a.reshape(-1), b.reshape(-1)]))[0, 1]) < 0.05
+
+
+def test_the_seed_hash_on_python_ints_is_the_tensor_hash():
+    for x in (0, 1, 7, 2**31 - 1, 2**40 + 3, -1, -(2**63), 2**63 - 1):
+        assert mix64_int(x) == int(mix64(torch.tensor([x], dtype=torch.int64))[0]), x
 
 
 def test_background_is_fixed_image_space_noise():
