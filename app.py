@@ -245,7 +245,9 @@ def build_demo() -> gr.Blocks:
     global RUNNER
     RUNNER = Runner()
     RUNNER.sweep()
-    threading.Thread(target=rq.warm_up, name="cfd-warm-up", daemon=True).start()  # the first run's references
+    # the first run's references, rendered in the background; not a daemon, so a process that exits
+    # at once waits for it (seconds) instead of being aborted in the middle of a torch op
+    threading.Thread(target=rq.warm_up, name="cfd-warm-up").start()
     sd_problem = rq.sd_problem()
     prior = rq.exact_prior()
     d = rq.defaults("exact")

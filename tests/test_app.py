@@ -328,3 +328,16 @@ def test_launch_settings_respect_gradio_env(monkeypatch, tmp_path):
     monkeypatch.delenv("GRADIO_SERVER_NAME")
     monkeypatch.delenv("GRADIO_SERVER_PORT")
     assert "server_name" not in app.launch_kwargs() and "server_port" not in app.launch_kwargs()
+
+
+def test_a_process_that_imports_the_app_and_exits_at_once_exits_cleanly(tmp_path):
+    """The start-up warm-up renders in a thread; exiting during it must not abort
+    the interpreter mid torch op ('terminate called …', exit status 134)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CFD_RUNS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", "import app"], cwd=Path(__file__).resolve().parents[1],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
