@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 done, 2 bad input, 3 guidance unavailable, 4 the run stopped on a
+    non-finite gradient (batch: the number of failed jobs)."""
+    from .distill import NonFiniteGradient
     from .guidance.base import GuidanceUnavailable
 
     args = build_parser().parse_args(argv)
@@ -114,3 +117,6 @@ def main(argv=None) -> int:
     except GuidanceUnavailable as exc:  # missing weights, with the fix
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except NonFiniteGradient as exc:  # the guidance kept returning NaN/Inf: what to try instead
+        print(f"error: {exc}", file=sys.stderr)
+        return 4

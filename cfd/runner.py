@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .distill import NonFiniteGradient
 from .export import to_uint8
 from .request import BACKEND_NAMES, RES_RANGE, Request, RequestError
 from .guidance.base import GuidanceUnavailable
@@ -179,6 +180,8 @@ def failure(exc: BaseException, request: Request | None = None) -> Failure:
         return Failure(f"{BACKEND_NAMES['sd']} unavailable", text)
     if isinstance(exc, (RequestError, ValueError)):
         return Failure("Invalid input", text)
+    if isinstance(exc, NonFiniteGradient):
+        return Failure("Run stopped", f"{text} Nothing was saved.")
     traceback.print_exception(exc, file=sys.stderr)  # a bug: keep its traceback in the log
     return Failure("Run failed", f"The run failed ({type(exc).__name__}: {text}); nothing was saved.", expected=False)
 

@@ -120,3 +120,15 @@ def test_every_command_prints_its_help(capsys):
         with pytest.raises(SystemExit) as exit_:
             bench_main(argv)
         assert exit_.value.code == 0, argv
+
+
+def test_a_run_stopped_by_non_finite_gradients_exits_4_with_the_message(tmp_path, monkeypatch, capsys):
+    import cfd.pipeline
+    from cfd.distill import NonFiniteGradient
+
+    def stops(*args, **kwargs):
+        raise NonFiniteGradient("step 6: the gradient was NaN or infinite for 4 steps in a row")
+
+    monkeypatch.setattr(cfd.pipeline, "generate", stops)
+    assert cli_main(["generate", "--steps", "10", "--out", str(tmp_path / "run")]) == 4
+    assert "error: step 6: the gradient was NaN or infinite" in capsys.readouterr().err

@@ -39,3 +39,14 @@ def test_stop_reaches_only_its_own_session(tmp_path):
     for run in (a1, a2, b, anon1, anon2):
         run.finish()
     assert not runner.runs() and not any(tmp_path.iterdir())
+
+
+def test_a_run_stopped_by_non_finite_gradients_is_an_expected_failure_with_advice(capfd):
+    from cfd.distill import NonFiniteGradient
+    from cfd.runner import failure
+
+    problem = failure(NonFiniteGradient("step 6: the gradient was NaN or infinite for 4 steps in a row. "
+                                        "Try a lower guidance scale."))
+    assert problem.expected and problem.title == "Run stopped"
+    assert "lower guidance scale" in problem.message and "Nothing was saved" in problem.message
+    assert "Traceback" not in capfd.readouterr().err   # not logged as a bug
