@@ -66,7 +66,7 @@ def scene_extent(scene: GaussianScene) -> float:
 class NoDensify:
     """Densification off: the scene keeps its splats."""
 
-    def observe(self, outputs: list[RenderOutput]) -> None:
+    def observe(self, step: int, outputs: list[RenderOutput]) -> None:
         pass
 
     def step(self, step: int, scene: GaussianScene, optimizer) -> GaussianScene:
@@ -104,9 +104,12 @@ class Densifier:
                    prune_opacity=config.prune_opacity, prune_scale=config.prune_scale,
                    max_splats=config.max_splats, reset_every=config.opacity_reset_every, seed=seed)
 
-    def observe(self, outputs: list[RenderOutput]) -> None:
-        """Accumulate the step's view-space gradients (gsplat's normalisation:
-        pixels × (width/2, height/2) × number of views)."""
+    def observe(self, step: int, outputs: list[RenderOutput]) -> None:
+        """Accumulate step ``step``'s view-space gradients (gsplat's normalisation:
+        pixels × (width/2, height/2) × number of views); nothing once the last
+        round is past."""
+        if step >= self.until_step:
+            return
         with torch.no_grad():
             n_views = len(outputs)
             for o in outputs:
@@ -114,13 +117,8 @@ class Densifier:
                 if self.grad2d is None or len(self.grad2d) != len(visible):
                     self.grad2d = torch.zeros(len(visible), device=visible.device)
                     self.count = torch.zeros(len(visible), device=visible.device)
-                grad = o.means2d.grad
-                if grad is None:
-                    g = torch.zeros(len(visible), device=visible.device)
-                else:
-                    h, w = o.alpha.shape
-                    scale = torch.tensor([w / 2, h / 2], device=grad.device, dtype=grad.dtype) * n_views
-                    g = (grad.reshape(-1, 2) * scale).norm(dim=-1)
+                h, w = o.alpha.shape
+                g = o.means2d_grad_norm((w / 2 * n_views, h / 2 * n_views))
                 self.grad2d += torch.where(visible, g, torch.zeros_like(g))
                 self.count += visible.float()
 

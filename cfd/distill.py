@@ -341,7 +341,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
             optimizer.param_groups[0]["lr"] *= means_decay   # group 0 is "means"
         with timer("densify"):
             if stepped:
-                densify.observe(outputs)         # view-space gradients of this step
+                densify.observe(step, outputs)         # view-space gradients of this step
             scene = densify.step(step, _current_scene(optimizer), optimizer)
 
         if callback is not None:
@@ -354,10 +354,10 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
     return scene.detach()
 
 
-def preview(scene: GaussianScene, res: int, azimuth_deg: float = 30.0, elevation_deg: float = 15.0) -> Tensor:
-    """[res,res,3] render of ``scene`` from a fixed front-ish view, white background."""
+def preview(scene: GaussianScene, res: int) -> Tensor:
+    """[res,res,3] render of ``scene`` from the preview view (``framing.preview_camera``), white background."""
     with torch.no_grad():
-        return render(scene.detach(), preview_camera(res, azimuth_deg, elevation_deg)).rgb.cpu()
+        return render(scene.detach(), preview_camera(res)).rgb.cpu()
 
 
 _threads_lock = threading.Lock()

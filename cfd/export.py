@@ -203,9 +203,9 @@ def noise_to_display(noise: Tensor, mask: Tensor | None = None, display_res: int
 
 def noise_frames(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, res: int = 64,
                  display_res: int = 256, *, supersample: int = 4, channels: int = 4, steps: int = 1,
-                 renders: Tensor | None = None, elevation_deg: float = 15, radius: float = 2.5, fov_deg: float = 49,
-                 progress: Progress | None = None) -> Tensor:
-    """The noise a run added, along the orbit of ``orbit_frames``.
+                 renders: Tensor | None = None, progress: Progress | None = None) -> Tensor:
+    """The noise a run added, along the default orbit of ``orbit_frames`` (the
+    framing of ``cfd.framing``).
 
     ``source`` is the run's noise source (``cfd.distill.noise_source``); frame k
     shows its draw for that view at the step it stands for, round(k·(steps−1)/
@@ -219,7 +219,7 @@ def noise_frames(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, 
     the noise. Returns float [F, display_res, W + display_res, 3] in [0,1], on
     the CPU; ``progress(done, total)`` is called after each frame.
     """
-    cams = _orbit_cameras(n_frames, res, elevation_deg, radius, fov_deg)
+    cams = _orbit_cameras(n_frames, res, ELEVATION_DEG, RADIUS, FOV_DEG)
     frames = []
     with torch.no_grad():
         for k, cam in enumerate(cams):

@@ -187,11 +187,9 @@ def cell_values(cells: Tensor, seed: int, channels: int, step: int = 0,
     keys = base[:, None] + _channel_offsets(channels, cells.device)  # [M, C]
     value = hash_normal(keys)  # node 0: W(T_0) = W(1)
     if not isinstance(gamma, GammaSchedule):
-        if gamma <= 0 or step == 0:
+        if gamma <= 0:
             return value
-        if not 0 < gamma < 1:
-            raise ValueError(f"gamma must be in (0, 1) for the SDE field, got {gamma}")
-        gamma = GammaSchedule(gamma, steps=1)
+        gamma = GammaSchedule(gamma, steps=1)  # checks 0 < γ < 1
     if step == 0:
         return value
     if step > 1 << TREE_LEVELS:

@@ -43,13 +43,15 @@ class RenderOutput:
     means2d: Tensor
     radii: Tensor
 
-    def means2d_grad_norm(self) -> Tensor:
-        """[N] norm of the loss gradient w.r.t. the projected centres (pixels), after
-        backward; zeros when none reached them. Drives densification."""
+    def means2d_grad_norm(self, scale: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+        """[N] norm of the loss gradient w.r.t. the projected centres (pixels), each
+        axis multiplied by ``scale`` (x, y) first, after backward; zeros when none
+        reached them. Drives densification."""
         grad = self.means2d.grad
         if grad is None:
             return torch.zeros(self.radii.shape[0], device=self.radii.device)
-        return grad.reshape(-1, 2).norm(dim=-1)
+        grad = grad.reshape(-1, 2)
+        return torch.stack([grad[:, 0] * scale[0], grad[:, 1] * scale[1]], -1).norm(dim=-1)
 
 
 def render(scene: GaussianScene, camera: Camera, background=(1.0, 1.0, 1.0), *,

@@ -43,7 +43,7 @@ def test_only_the_splats_that_get_gradient_grow():
         opt.zero_grad(set_to_none=True)
         (half ** 2).sum().backward()
         assert out.means2d.grad[10:].abs().max() == 0 and out.means2d.grad[:10].abs().max() > 0
-        d.observe([out])
+        d.observe(0, [out])
     before = scene.means.detach().clone()
     new = d.step(0, scene, opt)
     grown = len(new) - len(scene)
