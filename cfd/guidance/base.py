@@ -29,6 +29,19 @@ class GuidanceUnavailable(RuntimeError):
     message says what is missing and how to fix it."""
 
 
+def clean_text(text: str | None) -> str:
+    """A prompt as the backends read it: runs of white space folded to one space, '' for None."""
+    return " ".join(str(text or "").split())
+
+
+def checked_guidance_scale(guidance_scale: float | None, default: float) -> float:
+    """``guidance_scale`` (``default`` for None) as a float; ValueError below 1."""
+    scale = default if guidance_scale is None else float(guidance_scale)
+    if not scale >= 1:
+        raise ValueError(f"guidance_scale must be ≥ 1 (1 = no guidance), got {guidance_scale}")
+    return scale
+
+
 @runtime_checkable
 class Condition(Protocol):
     """What one run asks of a guidance, as the guidance prepared it."""

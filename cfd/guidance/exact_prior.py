@@ -29,6 +29,7 @@ denoises its views jointly. No weights needed: it makes distillation's claims
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from torch import Tensor
 from cfd.cameras import Camera
 from cfd.framing import PSNR_VIEWS, psnr_cameras
 from cfd.gaussians import GaussianScene, load_ply
+from cfd.guidance.base import checked_guidance_scale, clean_text
 from cfd.render import render
 from cfd.scenes import find_scene_sets, vocabulary
 from cfd.schedule import NoiseSchedule
@@ -61,18 +63,24 @@ class ExactCondition:
     positive: tuple[int, ...]
     negative: tuple[int, ...]
 
-    def log_priors(self, n_objects: int) -> tuple[Tensor, Tensor]:
-        """log prior weights [K] float64 of the conditional and the unconditional
-        denoiser: uniform over ``positive`` (−inf elsewhere); uniform over every
-        object, or — with a negative prompt — ``NEGATIVE_EMPHASIS`` of the mass
-        spread over ``negative`` and the rest over every object."""
-        cond = torch.full((n_objects,), float("-inf"), dtype=torch.float64)
-        cond[list(self.positive)] = -math.log(len(self.positive))
-        uncond = torch.full((n_objects,), (1 - NEGATIVE_EMPHASIS if self.negative else 1.0) / n_objects,
-                            dtype=torch.float64)
-        if self.negative:
-            uncond[list(self.negative)] += NEGATIVE_EMPHASIS / len(self.negative)
-        return cond, uncond.log()
+    def log_priors(self, n_objects: int, device="cpu") -> tuple[Tensor, Tensor]:
+        """log prior weights [K] float64 on ``device`` of the conditional and the
+        unconditional denoiser: uniform over ``positive`` (−inf elsewhere); uniform
+        over every object, or — with a negative prompt — ``NEGATIVE_EMPHASIS`` of
+        the mass spread over ``negative`` and the rest over every object. Built
+        once per condition and device (read-only tensors)."""
+        return _log_priors(self.positive, self.negative, n_objects, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _log_priors(positive: tuple[int, ...], negative: tuple[int, ...], n_objects: int,
+                device: torch.device) -> tuple[Tensor, Tensor]:
+    cond = torch.full((n_objects,), float("-inf"), dtype=torch.float64)
+    cond[list(positive)] = -math.log(len(positive))
+    uncond = torch.full((n_objects,), (1 - NEGATIVE_EMPHASIS if negative else 1.0) / n_objects, dtype=torch.float64)
+    if negative:
+        uncond[list(negative)] += NEGATIVE_EMPHASIS / len(negative)
+    return cond.to(device), uncond.log().to(device)
 
 
 class ExactPrior:
@@ -201,11 +209,8 @@ class ExactPrior:
         prompt is unconditional (every object); a prompt that names nothing this
         prior knows is refused (ValueError listing what it knows). A negative
         prompt that names no object leaves the unconditional prior uniform."""
-        prompt = " ".join(str(prompt or "").split())
-        negative_prompt = " ".join(str(negative_prompt or "").split())
-        scale = DEFAULT_EXACT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
-        if not scale >= 1:
-            raise ValueError(f"guidance_scale must be ≥ 1 (1 = no guidance), got {guidance_scale}")
+        prompt, negative_prompt = clean_text(prompt), clean_text(negative_prompt)
+        scale = checked_guidance_scale(guidance_scale, DEFAULT_EXACT_GUIDANCE_SCALE)
         everything = tuple(range(len(self.scenes)))
         positive = self.vocabulary.select(prompt) if prompt else everything
         if not positive:
@@ -232,7 +237,7 @@ class ExactPrior:
     @staticmethod
     def _weights(logits: Tensor, log_prior: Tensor) -> Tensor:
         """Posterior weights [B,K]: softmax of ``logits`` [B,K] + ``log_prior`` [K]."""
-        return (logits + log_prior.to(logits.device)).softmax(dim=1)
+        return (logits + log_prior).softmax(dim=1)
 
     def _posterior(self, x_t: Tensor, t: int, cameras: list[Camera]) -> tuple[Tensor, Tensor, Tensor, float, float]:
         """(x_t, refs, ℓ) in float64 on x_t's device, and α_t, σ_t."""
@@ -247,7 +252,8 @@ class ExactPrior:
                           cond: ExactCondition | None = None) -> Tensor:
         """p(object k | x_t, c, prompt) [B,K] float32 (``cond``: None = unconditional)."""
         cond = cond or self.condition()
-        return self._weights(self._posterior(x_t, t, cameras)[2], cond.log_priors(len(self.scenes))[0]).float()
+        logits = self._posterior(x_t, t, cameras)[2]
+        return self._weights(logits, cond.log_priors(len(self.scenes), logits.device)[0]).float()
 
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera],
@@ -256,7 +262,7 @@ class ExactPrior:
         one camera per item; ``cond`` from ``condition`` (None = unconditional)."""
         cond = cond or self.condition()
         x, refs, logits, alpha, sigma = self._posterior(x_t, t, cameras)
-        log_prior_c, log_prior_u = cond.log_priors(len(self.scenes))
+        log_prior_c, log_prior_u = cond.log_priors(len(self.scenes), x.device)
 
         def mean(log_prior):  # posterior-mean clean image [B,3,H,W] under one prior over the objects
             return torch.einsum("bk,bkchw->bchw", self._weights(logits, log_prior), refs)

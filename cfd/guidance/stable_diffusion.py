@@ -35,7 +35,7 @@ from huggingface_hub import snapshot_download
 from torch import Tensor
 
 from cfd.cameras import Camera
-from cfd.guidance.base import GuidanceUnavailable
+from cfd.guidance.base import GuidanceUnavailable, checked_guidance_scale, clean_text
 from cfd.schedule import NoiseSchedule
 
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
@@ -278,14 +278,12 @@ class StableDiffusionGuidance:
                   guidance_scale: float | None = None) -> "SDCondition":
         """A run's conditioning (defaults: ``DEFAULT_NEGATIVE_PROMPT``,
         ``DEFAULT_GUIDANCE_SCALE``). ValueError for an empty prompt or a scale < 1."""
-        prompt = " ".join(str(prompt or "").split())
+        prompt = clean_text(prompt)
         if not prompt:
             raise ValueError("the prompt is empty: Stable Diffusion needs a text prompt, "
                              "e.g. 'a DSLR photo of a corgi wearing a beret'")
-        scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
-        if not scale >= 1:
-            raise ValueError(f"guidance_scale must be ≥ 1 (1 = no guidance), got {guidance_scale}")
-        negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else " ".join(negative_prompt.split())
+        scale = checked_guidance_scale(guidance_scale, DEFAULT_GUIDANCE_SCALE)
+        negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else clean_text(negative_prompt)
         return SDCondition(prompt, negative, scale)
 
     def prompt_for(self, cond: "SDCondition", camera: Camera) -> str:
