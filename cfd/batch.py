@@ -44,19 +44,18 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from .pipeline import write_json
+from .export import atomic_path
+from .pipeline import HIDDEN_LEFTOVER, hidden_sibling, write_json
 from .request import RequestError, add_generate_arguments, parse_methods, parse_seeds, request_from_args
 
 INDEX_JSON, INDEX_HTML, ERROR_JSON, RUN_JSON = "index.json", "index.html", "error.json", "run.json"
 PER_JOB = ("prompt", "seed", "method")          # what a job sets; every other option is the batch's
 BARRIER_HOURS = float(os.environ.get("CFD_BATCH_TIMEOUT_H", "24"))  # longest wait for the slowest process
 MAX_EXIT = 100
-_STAGING = re.compile(r"^\..+\.(partial|error|old)-[0-9a-f]{8}$|^\..+\.\d+\.partial$")
 
 
 @dataclass(frozen=True)
@@ -132,22 +131,11 @@ def differences(run: dict, expected: dict) -> dict:
     return {k: (run.get(k), v) for k, v in expected.items() if run.get(k) != v}
 
 
-def state_of(folder: Path) -> str:
-    """"ok" (complete run.json), "failed" (error.json) or "pending"."""
-    if completed(folder) is not None:
-        return "ok"
-    return "failed" if (folder / ERROR_JSON).is_file() else "pending"
-
-
-def _hidden(folder: Path, kind: str) -> Path:
-    return folder.parent / f".{folder.name}.{kind}-{uuid.uuid4().hex[:8]}"
-
-
 def clear(folder: Path) -> None:
     """Remove what a job folder holds (an earlier failure or a stray folder) in
     one rename, so no half-deleted folder is ever visible."""
     if folder.exists():
-        old = _hidden(folder, "old")
+        old = hidden_sibling(folder, "old")
         folder.replace(old)
         shutil.rmtree(old, ignore_errors=True)
 
@@ -155,7 +143,7 @@ def clear(folder: Path) -> None:
 def record_failure(folder: Path, data: dict) -> None:
     """Publish ``folder`` holding only error.json, atomically (staging + rename)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = _hidden(folder, "error")
+    staging = hidden_sibling(folder, "error")
     staging.mkdir()
     write_json(data, staging / ERROR_JSON)
     clear(folder)
@@ -168,7 +156,7 @@ def sweep(out: Path) -> int:
     removed = 0
     for parent in (out, *(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))):
         for item in parent.iterdir():
-            if not _STAGING.match(item.name):
+            if not HIDDEN_LEFTOVER.match(item.name):
                 continue
             if item.is_dir():
                 shutil.rmtree(item, ignore_errors=True)
@@ -245,9 +233,8 @@ def write_index(out: Path, jobs: list[Job], ran: set[int], config: dict) -> dict
                "skipped": sum(not e["ran"] for e in entries)}
     index = {"config": config, "summary": summary, "jobs": entries}
     write_json(index, out / INDEX_JSON)
-    tmp = out / f".{INDEX_HTML}.{os.getpid()}.partial"
-    tmp.write_text(contact_sheet(index), encoding="utf-8")
-    tmp.replace(out / INDEX_HTML)
+    with atomic_path(out / INDEX_HTML) as tmp:
+        tmp.write_text(contact_sheet(index), encoding="utf-8")
     return index
 
 

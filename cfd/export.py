@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,10 +41,23 @@ __all__ = [
 Progress = Callable[[int, int], None]  # progress(done, total)
 
 
-def _tmp_path(path: Path) -> Path:
-    """A temporary sibling of ``path`` that keeps its suffix (ffmpeg and trimesh
-    pick the format from it)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+# the temporary files of ``atomic_path``: .<stem>.<pid>.partial<suffix>
+PARTIAL_FILE = re.compile(r"^\..+\.\d+\.partial(\.[^.]+)?$")
+
+
+@contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Write a file atomically: the block writes the yielded temporary sibling of
+    ``path`` (it keeps the suffix: ffmpeg and trimesh pick the format from it),
+    which is renamed to ``path`` when the block ends, or removed if it raises."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------- videos
@@ -97,24 +112,19 @@ def write_video(frames, path, fps: float = 24, *, crf: int = 18, preset: str = "
     if h % 2 or w % 2:
         video = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     h, w = video.shape[1:3]
-    path = Path(path)
-    tmp = _tmp_path(path)
-    writer = imageio_ffmpeg.write_frames(
-        str(tmp), (w, h), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=fps, codec="libx264",
-        quality=None, macro_block_size=1, ffmpeg_log_level="error",
-        output_params=["-crf", str(int(crf)), "-preset", preset, "-movflags", "+faststart"],
-    )
-    try:
-        writer.send(None)  # start ffmpeg
-        for frame in video:
-            writer.send(frame.tobytes())
-        writer.close()
-        tmp.replace(path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (w, h), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=fps, codec="libx264",
+            quality=None, macro_block_size=1, ffmpeg_log_level="error",
+            output_params=["-crf", str(int(crf)), "-preset", preset, "-movflags", "+faststart"],
+        )
+        try:
+            writer.send(None)  # start ffmpeg
+            for frame in video:
+                writer.send(frame.tobytes())
+        finally:
+            writer.close()
+    return Path(path)
 
 
 def write_gif(frames, path, fps: float = 12) -> Path:
@@ -123,18 +133,11 @@ def write_gif(frames, path, fps: float = 12) -> Path:
     the path. Written to a temporary name, then renamed."""
     from PIL import Image
 
-    video = _to_uint8_frames(frames)
-    path = Path(path)
-    tmp = _tmp_path(path)
-    images = [Image.fromarray(f) for f in video]
-    try:
+    images = [Image.fromarray(f) for f in _to_uint8_frames(frames)]
+    with atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
                        duration=max(20, round(1000 / fps)), disposal=1)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _orbit_cameras(n_frames: int, res: int, elevation_deg: float, radius: float, fov_deg: float
@@ -526,12 +529,6 @@ def export_glb(scene: GaussianScene, path, resolution: int = 128, level: float |
     goes to a temporary name first, then is renamed. Returns the mesh.
     """
     mesh = splat_mesh(scene, resolution, level, **kwargs)
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         mesh.export(str(tmp), file_type="glb")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return mesh

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -33,6 +34,7 @@ import torch
 
 from .distill import (DistillConfig, StepInfo, cpu_threads, distill, guidance_device, noise_grid, noise_source,
                       preview)
+from .export import PARTIAL_FILE, atomic_path
 from .gaussians import GaussianScene, save_ply
 
 __all__ = ["ARTEFACTS", "generate", "nearest_reference", "versions", "config_dict", "write_json"]
@@ -82,10 +84,19 @@ def nearest_reference(scene: GaussianScene, guidance, res: int) -> dict | None:
 
 
 def write_json(data: dict, path: Path) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (a temporary name, then a rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    """Write ``data`` as JSON to ``path`` atomically (``export.atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# hidden staging siblings (``hidden_sibling``) and atomic_path's temporary files: what a killed run leaves
+HIDDEN_LEFTOVER = re.compile(rf"^\..+\.(partial|error|old)-[0-9a-f]{{8}}$|{PARTIAL_FILE.pattern}")
+
+
+def hidden_sibling(path: Path, kind: str) -> Path:
+    """A new hidden sibling of ``path``, ``.<name>.<kind>-<8 hex>`` (staging, or a
+    folder on its way out)."""
+    return path.parent / f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}"
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
@@ -138,7 +149,7 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging = hidden_sibling(out_dir, "partial")
     stopped = {"by_callback": False, "step": 0, "skipped": 0}
     timings: dict[str, float] = {}
 

@@ -13,11 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from cfd.batch import (Job, contact_sheet, owner, pending_jobs, plan, read_prompts, record_failure, slugify,
-                       state_of, sweep)
+from cfd.batch import (ERROR_JSON, Job, completed, contact_sheet, owner, pending_jobs, plan, read_prompts,
+                       record_failure, slugify, sweep)
 from cfd.request import RequestError, parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def state_of(folder: Path) -> str:
+    """"ok" (complete run.json), "failed" (error.json) or "pending"."""
+    if completed(folder) is not None:
+        return "ok"
+    return "failed" if (folder / ERROR_JSON).is_file() else "pending"
 SMALL = ["--steps", "30", "--video-frames", "4", "--video-res", "64", "--glb-res", "32"]
 
 
@@ -88,6 +95,10 @@ def test_failure_record_is_atomic_and_staging_is_swept(tmp_path):
     (stale / "scene.ply").write_text("half")
     assert visible_job_folders(tmp_path) == [folder]        # a staging folder is never a visible job folder
     assert sweep(tmp_path) == 1 and not stale.exists() and folder.exists()
+    half_index = tmp_path / ".index.4242.partial.html"         # a killed index write (export.atomic_path)
+    half_index.write_text("<html")
+    (tmp_path / "index.html").write_text("<html></html>")
+    assert sweep(tmp_path) == 1 and not half_index.exists() and (tmp_path / "index.html").exists()
 
 
 def test_resume_refuses_other_options(tmp_path):
