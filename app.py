@@ -75,13 +75,12 @@ def _cached(path) -> str:
 
 
 def _entry(done: Done) -> dict:
-    f = done.files
+    f = {key: _cached(path) for key, path in done.files.items()}   # each file copied (and hashed) once
     return {"caption": done.caption, "status": done.status, "summary": done.summary,
             "image": processing_utils.save_img_array_to_cache(done.image, processing_utils.get_upload_folder(),
                                                               format="png"),
-            "viewer": _cached(f["viewer_ply"]), "glb": _cached(f["glb"]) if "glb" in f else None,
-            "render": _cached(f["render_mp4"]), "noise": _cached(f["noise_mp4"]),
-            "downloads": [_cached(p) for p in done.downloads]}
+            "viewer": f["viewer_ply"], "glb": f.get("glb"), "render": f["render_mp4"], "noise": f["noise_mp4"],
+            "downloads": [f[key] for key in done.download_keys]}
 
 
 TEXT_PARAMS = ("prompt", "negative_prompt", "method", "backend")
@@ -173,17 +172,19 @@ def _compare(values, progress, request):
     total = len(methods) * n_seeds
     yield gr.Gallery(value=[], columns=n_seeds), "", f"**Running** {total} runs …", []
     for event in _events(RUNNER.compare(base, methods, n_seeds, guidance, _session(request)), progress):
-        items += [event] if isinstance(event, Item) else []
-        shown = [(str(i.gif), i.caption) for i in items], compare_table(items)
         if isinstance(event, Item):
-            yield *shown, f"**Running** · {len(items)}/{total} done …", [i.request.values() for i in items]
+            items.append(event)
+            status = f"**Running** · {len(items)}/{total} done …"
         elif isinstance(event, Compared):
-            yield (*shown, f"**Done** · {len(items)} runs in {event.seconds:.0f} s — click a result, then *Use "
-                   "seed …* to take it to Generate", [i.request.values() for i in items])
+            status = (f"**Done** · {len(items)} runs in {event.seconds:.0f} s — click a result, then *Use seed …* "
+                      "to take it to Generate")
         elif isinstance(event, Cancelled):
-            yield *shown, "**Cancelled**", [i.request.values() for i in items]
-        else:
+            status = "**Cancelled**"
+        else:   # a step or heartbeat: nothing new to show
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            continue
+        yield ([(str(i.gif), i.caption) for i in items], compare_table(items), status,
+               [i.request.values() for i in items])
 
 
 def pick(items, evt: gr.SelectData):

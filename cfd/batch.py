@@ -50,7 +50,8 @@ from pathlib import Path
 
 from .export import atomic_path
 from .pipeline import HIDDEN_LEFTOVER, hidden_sibling, write_json
-from .request import RequestError, add_generate_arguments, parse_methods, parse_seeds, request_from_args
+from .request import (Problems, RequestError, add_generate_arguments, parse_methods, parse_seeds,
+                      request_from_args)
 
 INDEX_JSON, INDEX_HTML, ERROR_JSON, RUN_JSON = "index.json", "index.html", "error.json", "run.json"
 PER_JOB = ("prompt", "seed", "method")          # what a job sets; every other option is the batch's
@@ -361,20 +362,13 @@ class _Progress:
 def _parse(args: argparse.Namespace):
     """(prompts, seeds, methods, the batch's Request) of the command line;
     RequestError lists every problem."""
-    problems, parsed = [], []
-    for parse, value in ((read_prompts, args.prompts), (parse_seeds, args.seeds), (parse_methods, args.methods)):
-        try:
-            parsed.append(parse(value))
-        except RequestError as exc:
-            problems.append(str(exc))
-            parsed.append(None)
-    prompts, seeds, methods = parsed
-    try:  # the batch's options on the backend's default prompt (the jobs' prompts are checked per job)
-        base = request_from_args(args, method=methods[0] if methods else None, seed=seeds[0] if seeds else None)
-    except RequestError as exc:
-        problems.append(str(exc))
-    if problems:
-        raise RequestError("; ".join(problems))
+    problems = Problems()
+    prompts, seeds, methods = (problems.check(parse, value) for parse, value in (
+        (read_prompts, args.prompts), (parse_seeds, args.seeds), (parse_methods, args.methods)))
+    # the batch's options on the backend's default prompt (the jobs' prompts are checked per job)
+    base = problems.check(request_from_args, args, method=methods[0] if methods else None,
+                          seed=seeds[0] if seeds else None)
+    problems.raise_any()
     return prompts, seeds, methods, base
 
 

@@ -35,14 +35,10 @@ def cmd_render(args) -> int:
 def cmd_generate(args) -> int:
     from tqdm import tqdm
 
-    from .guidance.stable_diffusion import hub_offline
     from .pipeline import generate
-    from .request import prepare, request_from_args, sd_problem
+    from .request import prepare, request_from_args
 
     request = request_from_args(args)  # RequestError (a ValueError) before anything loads
-    if request.backend == "sd" and not hub_offline() and sd_problem(request.model) is not None:
-        print("Stable Diffusion weights are not on this machine; trying the Hugging Face Hub "
-              "(set HF_HUB_OFFLINE=1 to fail at once, or CFD_MODEL=/path/to/folder) …", file=sys.stderr)
     guidance = prepare(request, allow_download=True)
     config = request.config()
     bar = tqdm(total=config.steps, desc=request.label(), unit="step")

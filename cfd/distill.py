@@ -276,9 +276,8 @@ def distill(guidance, config: DistillConfig, callback: Callable[[StepInfo], bool
     context manager wrapped around each phase (render, noise, encode, guidance,
     backward, optimiser), for ``cfd.bench speed``."""
     timer = timer or (lambda name: nullcontext())
-    device = guidance_device(guidance)
-    with cpu_threads(config.cpu_threads if device.type == "cpu" else None):
-        return _distill(guidance, config, callback, init, timer, device)
+    with run_threads(guidance, config):
+        return _distill(guidance, config, callback, init, timer, guidance_device(guidance))
 
 
 def noise_grid(guidance, config: DistillConfig) -> tuple[int, int]:
@@ -389,6 +388,12 @@ def guidance_device(guidance) -> torch.device:
     """Where ``guidance`` computes (its ``device`` attribute; CPU if it has none)."""
     device = getattr(guidance, "device", None)
     return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def run_threads(guidance, config: DistillConfig):
+    """The thread policy of a run of ``config`` with ``guidance`` (its loop and its
+    exports alike): ``cpu_threads(config.cpu_threads)`` on a CPU, untouched on a GPU."""
+    return cpu_threads(config.cpu_threads if guidance_device(guidance).type == "cpu" else None)
 
 
 def _background(kind: str, generator: torch.Generator) -> tuple[float, float, float]:

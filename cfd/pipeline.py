@@ -32,8 +32,7 @@ from typing import Callable
 
 import torch
 
-from .distill import (DistillConfig, StepInfo, cpu_threads, distill, guidance_device, noise_grid, noise_source,
-                      preview)
+from .distill import DistillConfig, StepInfo, distill, noise_grid, noise_source, preview, run_threads
 from .export import PARTIAL_FILE, atomic_path
 from .gaussians import GaussianScene, save_ply
 
@@ -187,7 +186,7 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
     condition = {"prompt": cond.prompt, "negative_prompt": cond.negative_prompt,
                  "guidance_scale": cond.guidance_scale}
     start = time.perf_counter()
-    threads = cpu_threads(config.cpu_threads if guidance_device(guidance).type == "cpu" else None)
+    threads = run_threads(guidance, config)
     threads.__enter__()  # exports are small-op renders too: same thread policy as the loop
     try:
         staging.mkdir()

@@ -21,6 +21,7 @@ import argparse
 import math
 import os
 import re
+import sys
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,31 @@ METHOD_LABELS = {"cfd": "CFD (ODE)", "cfd-sde": "CFD-SDE", "sds": "SDS (baseline
 
 class RequestError(ValueError):
     """A request parameter is out of range or malformed; the message says which and why."""
+
+
+class Problems:
+    """Collects what is wrong with a request so that one RequestError names it all."""
+
+    def __init__(self):
+        self.found: list[str] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.found)
+
+    def add(self, message: str) -> None:
+        self.found.append(message)
+
+    def check(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, or None with its RequestError noted."""
+        try:
+            return fn(*args, **kwargs)
+        except RequestError as exc:
+            self.add(str(exc))
+            return None
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise RequestError("; ".join(self.found))
 
 
 # ------------------------------------------------------------------ defaults: tune them here
@@ -230,18 +256,14 @@ def parse_exports(values: Mapping[str, Any] | None = None, **kwargs) -> ExportSe
     """ExportSettings from plain values (video_frames, video_res, glb_resolution;
     None = the default); RequestError names every value out of range."""
     values = {k: v for k, v in {**(values or {}), **kwargs}.items() if v is not None}
-    problems, out = [], {}
+    problems, out = Problems(), {}
     for name, (lo, hi) in EXPORT_RANGES.items():
         if name in values:
-            try:
-                out[name] = _number(name, values[name], lo, hi, integer=True)
-            except RequestError as exc:
-                problems.append(str(exc))
+            out[name] = problems.check(_number, name, values[name], lo, hi, integer=True)
     unknown = sorted(set(values) - set(EXPORT_RANGES))
     if unknown:
-        problems.append(f"unknown export setting(s) {', '.join(unknown)}; known: {', '.join(EXPORT_RANGES)}")
-    if problems:
-        raise RequestError("; ".join(problems))
+        problems.add(f"unknown export setting(s) {', '.join(unknown)}; known: {', '.join(EXPORT_RANGES)}")
+    problems.raise_any()
     return ExportSettings(**out)
 
 
@@ -390,15 +412,8 @@ def parse_request(values: Mapping[str, Any] | None = None, **kwargs) -> Request:
     if unknown:
         raise RequestError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(PARAM_NAMES)}")
     given = {k: v for k, v in values.items() if v is not None}
-    problems: list[str] = []
-
-    def check(fn, *args, **kw):
-        try:
-            return fn(*args, **kw)
-        except RequestError as exc:
-            problems.append(str(exc))
-            return None
-
+    problems = Problems()
+    check = problems.check
     backend = check(_choice, "backend", given.get("backend", "exact"), BACKENDS)
     d = defaults(backend or "exact")
     v = {**d, **given}
@@ -412,12 +427,12 @@ def parse_request(values: Mapping[str, Any] | None = None, **kwargs) -> Request:
     name = BACKEND_NAMES[backend or "exact"]
     res = check(_number, "res", v["res"], lo, hi, integer=True, unit=f" for {name}")
     if res is not None and res % multiple:
-        problems.append(f"res must be a multiple of {multiple} between {lo} and {hi} for {name} (got {res})")
+        problems.add(f"res must be a multiple of {multiple} between {lo} and {hi} for {name} (got {res})")
     out["res"] = res
     out["t_start"] = check(_number, "t_start", v["t_start"], *T_RANGE, integer=True)
     out["t_end"] = check(_number, "t_end", v["t_end"], *T_RANGE, integer=True)
     if out["t_start"] is not None and out["t_end"] is not None and not out["t_end"] < out["t_start"]:
-        problems.append(f"t_end ({out['t_end']}) must be below t_start ({out['t_start']}): "
+        problems.add(f"t_end ({out['t_end']}) must be below t_start ({out['t_start']}): "
                         "t anneals from t_start down to t_end")
     out["lr_scale"] = float(check(_number, "lr_scale", v["lr_scale"], *LR_SCALE_RANGE, integer=False) or 0)
     out["gamma"] = None if v["gamma"] is None else check(_number, "gamma", v["gamma"], *GAMMA_RANGE, integer=False)
@@ -428,12 +443,11 @@ def parse_request(values: Mapping[str, Any] | None = None, **kwargs) -> Request:
     out["negative_prompt"] = check(_text, "negative prompt", v["negative_prompt"], backend, False)
     scenes = given.get("scenes") or ()
     if scenes and backend != "exact":
-        problems.append("scenes (reference PLYs) are for the exact prior (backend 'exact') only")
+        problems.add("scenes (reference PLYs) are for the exact prior (backend 'exact') only")
     model = given.get("model")
     if model is not None and backend != "sd":
-        problems.append("model is for Stable Diffusion (backend 'sd') only")
-    if problems:
-        raise RequestError("; ".join(problems))
+        problems.add("model is for Stable Diffusion (backend 'sd') only")
+    problems.raise_any()
     out["guidance_scale"] = float(out["guidance_scale"])
     return Request(**out, scenes=tuple(str(p) for p in scenes), model=None if model is None else str(model))
 
@@ -445,14 +459,10 @@ def parse_methods(methods) -> list[str]:
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     if not isinstance(methods, (list, tuple)) or not methods:
         raise RequestError(f"methods must be a non-empty list of {', '.join(map(repr, METHODS))} (got {methods!r})")
-    problems = []
+    problems = Problems()
     for m in methods:
-        try:
-            _choice("methods", m, METHODS)
-        except RequestError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise RequestError("; ".join(problems))
+        problems.check(_choice, "methods", m, METHODS)
+    problems.raise_any()
     return list(dict.fromkeys(methods))
 
 
@@ -487,28 +497,16 @@ def parse_compare(values: Mapping[str, Any] | None = None, **kwargs) -> tuple[Re
     values = {**(values or {}), **kwargs}
     methods = values.pop("methods", None)
     n_seeds = values.pop("n_seeds", None)
-    problems = []
-    try:
-        methods = parse_methods(["cfd", "sds"] if methods is None else methods)
-    except RequestError as exc:
-        problems.append(str(exc))
-        methods = []
+    problems = Problems()
+    methods = problems.check(parse_methods, ["cfd", "sds"] if methods is None else methods) or []
     limit = max_seeds()
-    try:
-        n_seeds = _number("n_seeds", min(4, limit) if n_seeds is None else n_seeds, 1, limit, integer=True)
-    except RequestError as exc:
-        problems.append(str(exc))
-        n_seeds = None
-    try:
-        base = parse_request(values, method=methods[0] if methods and not problems else None)
-    except RequestError as exc:
-        problems.append(str(exc))
-        base = None
+    n_seeds = problems.check(_number, "n_seeds", min(4, limit) if n_seeds is None else n_seeds, 1, limit,
+                             integer=True)
+    base = problems.check(parse_request, values, method=methods[0] if methods and not problems else None)
     if base is not None and n_seeds is not None and base.seed + n_seeds - 1 > SEED_RANGE[1]:
-        problems.append(f"seed + n_seeds − 1 must stay ≤ {SEED_RANGE[1]} (got seed {base.seed} with {n_seeds} "
-                        f"seeds); choose a seed ≤ {SEED_RANGE[1] - n_seeds + 1}")
-    if problems:
-        raise RequestError("; ".join(problems))
+        problems.add(f"seed + n_seeds − 1 must stay ≤ {SEED_RANGE[1]} (got seed {base.seed} with {n_seeds} "
+                     f"seeds); choose a seed ≤ {SEED_RANGE[1] - n_seeds + 1}")
+    problems.raise_any()
     return base, methods, n_seeds
 
 
@@ -570,9 +568,15 @@ def guidance_for(request: Request, allow_download: bool = False):
     from .guidance.stable_diffusion import StableDiffusionGuidance, hub_offline, resolve_model
 
     model = resolve_model(request.model)
+    loaded = _GUIDANCE.get(("sd", model))
+    if loaded is not None:  # no disk check per request once the model is in memory
+        return loaded
     problem = sd_problem(model)
-    if problem and not (allow_download and not hub_offline()):
-        raise GuidanceUnavailable(f"{problem}\n{SD_HINT}")
+    if problem:
+        if not (allow_download and not hub_offline()):
+            raise GuidanceUnavailable(f"{problem}\n{SD_HINT}")
+        print("Stable Diffusion weights are not on this machine; trying the Hugging Face Hub "
+              "(set HF_HUB_OFFLINE=1 to fail at once, or CFD_MODEL=/path/to/folder) …", file=sys.stderr)
     try:
         return _cached(("sd", model), lambda: StableDiffusionGuidance.from_pretrained(model))
     except GuidanceUnavailable as exc:
@@ -599,14 +603,14 @@ def warm_up(request: Request | None = None) -> None:
     import torch
 
     from .cameras import pool_cameras
-    from .distill import cpu_threads
+    from .distill import run_threads
 
     request = request or parse_request()
     if request.backend != "exact":
         return
     prior, config = exact_prior(request.scenes), request.config()
     size = config.res // prior.latent_factor
-    with cpu_threads(config.cpu_threads if device() == "cpu" else None), torch.no_grad():
+    with run_threads(prior, config), torch.no_grad():
         if config.cameras.pool:
             prior.reference_images(pool_cameras(config.res, config.res, config.cameras), size, size)
         prior.scene_psnr(prior.scenes[0], config.res)
@@ -643,15 +647,8 @@ def request_from_args(args: argparse.Namespace, **overrides) -> Request:
     """The Request of parsed ``add_generate_arguments`` options (its export
     settings included); ``overrides`` replace options."""
     values = {name: getattr(args, name, None) for name in (*PARAM_NAMES, *EXTRA_NAMES)}
-    problems = []
-    try:
-        exports = parse_exports({name: getattr(args, name, None) for name in EXPORT_RANGES})
-    except RequestError as exc:
-        problems.append(str(exc))
-    try:
-        request = parse_request(values, **overrides)
-    except RequestError as exc:
-        problems.append(str(exc))
-    if problems:
-        raise RequestError("; ".join(problems))
+    problems = Problems()
+    exports = problems.check(parse_exports, {name: getattr(args, name, None) for name in EXPORT_RANGES})
+    request = problems.check(parse_request, values, **overrides)
+    problems.raise_any()
     return replace(request, exports=exports)

@@ -85,7 +85,6 @@ class Tick:
 class Item:
     """One finished run of a seed comparison."""
 
-    index: int
     request: Request
     gif: Path                 # orbit loop
     near: dict | None         # nearest reference (exact prior): nearest, nearest_psnr, psnr
@@ -94,11 +93,15 @@ class Item:
 
     @property
     def caption(self) -> str:
-        """Short, so a gallery tile shows it whole: "cfd · seed 3 · rocket 27.1 dB"."""
-        text = f"{self.request.method} · seed {self.request.seed}"
-        if self.near:
-            text += f" · {self.near['nearest']} {self.near['nearest_psnr']:.1f} dB"
-        return text
+        return caption(self.request, self.near)
+
+
+def caption(request: Request, near: dict | None) -> str:
+    """Short, so a gallery tile shows it whole: "cfd · seed 3 · rocket 27.1 dB"
+    (``near``: a dict with the nearest object and its PSNR, e.g. run.json's summary)."""
+    if near and "nearest" in near:
+        return f"{request.label()} · {near['nearest']} {near['nearest_psnr']:.1f} dB"
+    return request.label()
 
 
 @dataclass
@@ -112,23 +115,24 @@ class Done:
     image: np.ndarray
 
     @property
+    def download_keys(self) -> list[str]:
+        """The files offered for download, in order (viewer.ply is the viewer's copy)."""
+        return [k for k in ("scene_ply", "glb", "render_mp4", "noise_mp4", "run_json") if k in self.files]
+
+    @property
     def downloads(self) -> list[str]:
-        return [str(self.files[k]) for k in ("scene_ply", "glb", "render_mp4", "noise_mp4", "run_json")
-                if k in self.files]
+        return [str(self.files[k]) for k in self.download_keys]
 
     @property
     def status(self) -> str:
         s = self.summary
         near = (f" · nearest object: **{s['nearest']}** ({s['nearest_psnr']:.1f} dB at {s['psnr_res']} px)"
                 if "nearest" in s else "")
-        return (f"**Done** in {s['timings_s']['total']:.1f} s · {self.request.method} · seed {self.request.seed} · "
-                f"{s['n_splats']} splats{near}")
+        return f"**Done** in {s['timings_s']['total']:.1f} s · {self.request.label()} · {s['n_splats']} splats{near}"
 
     @property
     def caption(self) -> str:
-        s = self.summary
-        near = f" · {s['nearest']} {s['nearest_psnr']:.1f} dB" if "nearest" in s else ""
-        return f"{self.request.method} · seed {self.request.seed}{near}"
+        return caption(self.request, self.summary)
 
 
 @dataclass
@@ -144,9 +148,8 @@ class Cancelled:
 
 @dataclass
 class Compared:
-    """A finished seed comparison."""
+    """A finished seed comparison (its runs came as Items)."""
 
-    items: list[Item]
     seconds: float
 
 
@@ -376,7 +379,7 @@ class Runner:
         """``base`` for seeds seed … seed + n_seeds − 1 with each method: Step
         events, an Item per finished run (orbit GIF, nearest object), then
         Compared or Cancelled."""
-        from .distill import cpu_threads, distill, guidance_device
+        from .distill import distill, run_threads
         from .export import orbit_frames, write_gif
         from .pipeline import nearest_reference
 
@@ -394,12 +397,11 @@ class Runner:
                 scene = distill(guidance, config, callback=run.step_callback)
                 if run.stop.is_set():
                     return None
-                on_cpu = guidance_device(guidance).type == "cpu"
-                with cpu_threads(config.cpu_threads if on_cpu else None):
+                with run_threads(guidance, config):
                     gif = write_gif(orbit_frames(scene, n_frames=COMPARE_FRAMES, res=COMPARE_RES),
                                     run.folder / f"{job.method}-seed{job.seed}.gif")
                     near = nearest_reference(scene, guidance, config.res)
-                items.append(Item(i, job, gif, near, time.perf_counter() - t0, len(scene)))
+                items.append(Item(job, gif, near, time.perf_counter() - t0, len(scene)))
                 run.emit(items[-1])
             return items
 
@@ -409,7 +411,7 @@ class Runner:
             if items is None:
                 yield Cancelled(run.job * base.steps, len(jobs) * base.steps)
                 return
-            yield Compared(items, time.perf_counter() - started)
+            yield Compared(time.perf_counter() - started)
         finally:
             run.finish()
 
