@@ -29,12 +29,18 @@ def _quat_z_to(normals: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.stack([1 + nz, -ny, nx, torch.zeros_like(nz)], dim=1), dim=1)
 
 
-def pattern_variants(n: int = 2000, radius: float = 0.6) -> dict[str, GaussianScene]:
-    """{pattern name: sphere scene}: the same splats (a Fibonacci sphere), other colours."""
+def fibonacci_sphere(n: int, radius: float) -> torch.Tensor:
+    """[n, 3] float32 points spread evenly over a sphere of ``radius`` around the origin."""
     i = torch.arange(n, dtype=torch.float64) + 0.5
     y = 1 - 2 * i / n
+    r = torch.sqrt(1 - y * y)
     phi = math.pi * (3 - math.sqrt(5)) * i
-    d = torch.stack([(1 - y * y).sqrt() * torch.cos(phi), y, (1 - y * y).sqrt() * torch.sin(phi)], 1).float()
+    return (radius * torch.stack([r * torch.cos(phi), y, r * torch.sin(phi)], -1)).float()
+
+
+def pattern_variants(n: int = 2000, radius: float = 0.6) -> dict[str, GaussianScene]:
+    """{pattern name: sphere scene}: the same splats (a Fibonacci sphere), other colours."""
+    d = fibonacci_sphere(n, 1.0)
     spacing = radius * math.sqrt(4 * math.pi / n)
     scales = torch.tensor([0.85, 0.85, 0.4]).mul(spacing).expand(n, 3)
     red, blue = torch.tensor([0.9, 0.2, 0.15]), torch.tensor([0.15, 0.35, 0.9])

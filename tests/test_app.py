@@ -81,7 +81,7 @@ def test_api_lists_generate_and_compare_with_per_backend_defaults(served):
     assert {"methods", "n_seeds"} <= set(cmp_names) and "method" not in cmp_names
 
 
-def test_readme_lists_the_api_as_it_is(served):
+def test_readme_lists_the_api_as_it_is():
     """The README's API paragraph names /generate's outputs in order."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("## API"):]

@@ -199,19 +199,3 @@ def test_bad_options_are_refused_before_any_job(tmp_path):
     assert "steps must be an integer between 10 and 3000" in proc.stderr and "methods must be one of" in proc.stderr
     assert not (tmp_path / "out").exists()
 
-
-def test_readme_batch_commands_are_valid(monkeypatch):
-    """Every README line that runs ``-m cfd batch`` (plain or under a launcher) parses into a batch."""
-    import shlex
-
-    from cfd.batch import _parse
-    from cfd.cli import build_parser
-
-    lines = [line for line in (REPO / "README.md").read_text().splitlines() if " -m cfd batch " in line]
-    assert len(lines) >= 6 and any("accelerate launch" in line for line in lines)
-    assert any("--nnodes 2" in line for line in lines) and any("--num_machines 2" in line for line in lines)
-    monkeypatch.chdir(REPO)   # the examples name assets/prompts.txt
-    for line in lines:
-        args = build_parser().parse_args(shlex.split(line.split(" -m cfd ", 1)[1]))
-        prompts, seeds, methods, _ = _parse(args)
-        assert prompts and seeds == list(range(8)) and methods, line

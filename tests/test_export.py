@@ -1,8 +1,6 @@
 """cfd.export: mp4 videos, noise videos, the viewer PLY and the GLB mesh."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -14,17 +12,10 @@ from cfd.export import (NEUTRAL_GREY, NOISE_NEGATIVE, NOISE_POSITIVE, NOISE_SPAN
 from cfd.gaussians import GaussianScene, init_scene, load_ply, make_scene, quat_to_rotmat
 from cfd.noise import NoiseSource
 from cfd.render import render
+from patterns import fibonacci_sphere
 
 INRIA_DC_NAMES = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
                   "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-
-
-def fibonacci_sphere(n: int, radius: float) -> torch.Tensor:
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    y = 1 - 2 * i / n
-    r = torch.sqrt(1 - y * y)
-    phi = math.pi * (3 - math.sqrt(5)) * i
-    return (radius * torch.stack([r * torch.cos(phi), y, r * torch.sin(phi)], -1)).float()
 
 
 def shell_scene(n: int = 2000, radius: float = 0.5, sigma: float = 0.02, color=None) -> GaussianScene:

@@ -37,6 +37,21 @@ def test_cli_examples_are_valid_requests():
         rq.request_from_args(args)   # raises RequestError for a value the app would refuse
 
 
+def test_batch_examples_are_valid_batches(monkeypatch):
+    """Every README command that runs ``-m cfd batch`` (plain or under a launcher) parses into a batch."""
+    from cfd.batch import _parse
+    from cfd.cli import build_parser
+
+    lines = [line for line in bash_lines() if " -m cfd batch " in line]
+    assert len(lines) >= 6 and any("accelerate launch" in line for line in lines)
+    assert any("--nnodes 2" in line for line in lines) and any("--num_machines 2" in line for line in lines)
+    monkeypatch.chdir(ROOT)   # the examples name assets/prompts.txt
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line.split(" -m cfd ", 1)[1]))
+        prompts, seeds, methods, _ = _parse(args)
+        assert prompts and seeds == list(range(8)) and methods, line
+
+
 def test_names_match_the_ui():
     import app
 
