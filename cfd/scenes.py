@@ -1,23 +1,27 @@
 """The bundled reference scene sets (``assets/scenes/<set_id>/``): the vocabulary
 of the exact prior.
 
-Each set folder holds splat PLYs and a ``set.json``::
+Each set folder holds splat PLYs and a ``set.json``: a theme and its families,
+each family a caption and aliases that every one of its variants answers, each
+variant a PLY, a short name, a description and aliases naming it alone::
 
-    {"name": human name, "prompt": the set's example prompt,
-     "theme": "a toy", "theme_aliases": ["toy", ...],
-     "scenes": [{"file": "snowman.ply", "name": "snowman",
-                 "caption": "a snowman with a top hat", "aliases": ["snowman", ...]}, ...]}
+    {"name": "Toys", "prompt": "a toy on a table", "theme": "a toy", "theme_aliases": ["toy", ...],
+     "families": [{"id": "rubber_duck", "name": "rubber duck", "caption": "a rubber duck",
+                   "aliases": ["duck", ...],
+                   "variants": [{"file": "rubber_duck_0.ply", "name": "yellow duck",
+                                 "description": "a classic yellow rubber duck",
+                                 "aliases": ["yellow duck"]}, ...]}, ...]}
 
 The sets are built by ``scripts/make_scenes.py``.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .gaussians import GaussianScene, load_ply
-from .vocabulary import Theme, Vocabulary
+from .vocabulary import Group, Vocabulary
 
 SCENES_DIR = Path(__file__).resolve().parent.parent / "assets" / "scenes"
 FIRST_SET = "toys"  # listed first
@@ -25,24 +29,41 @@ FIRST_SET = "toys"  # listed first
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One bundled object: its PLY, display name, caption and the texts that name it."""
+    """One bundled object (a variant of a family): its PLY, name, description and
+    the texts that name it alone."""
 
     path: Path
     name: str
-    caption: str
+    description: str
     aliases: tuple[str, ...]
 
 
 @dataclass(frozen=True)
+class Family:
+    """Variants that all answer one caption ("a rubber duck")."""
+
+    id: str
+    name: str
+    caption: str
+    aliases: tuple[str, ...]
+    variants: tuple[SceneObject, ...]
+
+
+@dataclass(frozen=True)
 class SceneSet:
-    """One bundled set of objects sharing a theme."""
+    """One bundled set of families sharing a theme."""
 
     id: str
     name: str
     prompt: str
     theme: str
     theme_aliases: tuple[str, ...]
-    objects: tuple[SceneObject, ...]
+    families: tuple[Family, ...]
+
+    @property
+    def objects(self) -> tuple[SceneObject, ...]:
+        """Every variant of every family, family by family."""
+        return tuple(v for f in self.families for v in f.variants)
 
     @property
     def names(self) -> list[str]:
@@ -52,15 +73,28 @@ class SceneSet:
     def paths(self) -> list[Path]:
         return [o.path for o in self.objects]
 
+    def originals(self) -> "SceneSet":
+        """This set with only the first variant of each family, named, described
+        and aliased as the family: the set's objects before they had variants (a
+        small prior for tests and the benchmarks' reference table)."""
+        families = tuple(replace(f, variants=(replace(f.variants[0], name=f.name, description=f.caption,
+                                                      aliases=f.aliases),)) for f in self.families)
+        return replace(self, families=families)
+
 
 def _read_set(folder: Path) -> SceneSet:
     meta_path = folder / "set.json"
     try:
         meta = json.loads(meta_path.read_text())
-        objects = tuple(SceneObject(folder / e["file"], e["name"], e.get("caption", e["name"]),
-                                    tuple(e.get("aliases", ()))) for e in meta["scenes"])
+        families = tuple(
+            Family(f["id"], f["name"], f["caption"], tuple(f.get("aliases", ())),
+                   tuple(SceneObject(folder / v["file"], v["name"], v.get("description", v["name"]),
+                                     tuple(v.get("aliases", ()))) for v in f["variants"]))
+            for f in meta["families"])
+        if not families or not all(f.variants for f in families):
+            raise ValueError("a set needs at least one family and every family a variant")
         return SceneSet(folder.name, meta["name"], meta["prompt"], meta.get("theme", meta["prompt"]),
-                        tuple(meta.get("theme_aliases", ())), objects)
+                        tuple(meta.get("theme_aliases", ())), families)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{meta_path}: not a valid scene set description ({type(exc).__name__}: {exc})") from None
 
@@ -72,10 +106,12 @@ def list_scene_sets(root: Path = SCENES_DIR) -> list[SceneSet]:
     return [_read_set(p) for p in folders]
 
 
-def find_scene_sets(set_ids: list[str] | None = None, root: Path = SCENES_DIR) -> list[SceneSet]:
-    """The sets ``set_ids`` in that order (None: every bundled set). ValueError
-    naming the available ids for an unknown one."""
-    sets = {s.id: s for s in list_scene_sets(root)}
+def find_scene_sets(set_ids: list[str] | None = None, root: Path = SCENES_DIR,
+                    originals: bool = False) -> list[SceneSet]:
+    """The sets ``set_ids`` in that order (None: every bundled set); ``originals``:
+    their ``SceneSet.originals()``. ValueError naming the available ids for an
+    unknown one."""
+    sets = {s.id: s.originals() if originals else s for s in list_scene_sets(root)}
     if set_ids is None:
         return list(sets.values())
     unknown = [i for i in set_ids if i not in sets]
@@ -86,18 +122,25 @@ def find_scene_sets(set_ids: list[str] | None = None, root: Path = SCENES_DIR) -
 
 
 def vocabulary(sets: list[SceneSet]) -> Vocabulary:
-    """The vocabulary of the objects of ``sets`` (in order), one theme per set."""
+    """The vocabulary of the variants of ``sets`` (in order): one family per
+    family, one theme per set."""
     objects = [o for s in sets for o in s.objects]
-    themes, start = [], 0
+    themes, families, start = [], [], 0
     for s in sets:
-        themes.append(Theme(s.theme, (s.prompt, *s.theme_aliases), tuple(range(start, start + len(s.objects)))))
-        start += len(s.objects)
-    return Vocabulary(tuple(o.name for o in objects), tuple(o.caption for o in objects),
-                      tuple(o.aliases for o in objects), tuple(themes))
+        set_start = start
+        for f in s.families:
+            members = tuple(range(start, start + len(f.variants)))
+            families.append(Group(f.name, (f.caption, *f.aliases), members))
+            start += len(f.variants)
+        themes.append(Group(s.theme, (s.prompt, *s.theme_aliases), tuple(range(set_start, start))))
+    return Vocabulary(tuple(o.name for o in objects), tuple(o.description for o in objects),
+                      tuple(o.aliases for o in objects), tuple(themes), tuple(families))
 
 
-def load_scene_set(set_id: str, root: Path = SCENES_DIR) -> tuple[SceneSet, list[GaussianScene]]:
-    """The set ``set_id`` and its scenes (CPU). ValueError naming the available
-    ids if there is no such set."""
-    (scene_set,) = find_scene_sets([set_id], root)
+def load_scene_set(set_id: str, root: Path = SCENES_DIR, originals: bool = False
+                   ) -> tuple[SceneSet, list[GaussianScene]]:
+    """The set ``set_id`` and the scenes of all its variants (CPU; ``originals``:
+    of its ``SceneSet.originals()``). ValueError naming the available ids if
+    there is no such set."""
+    (scene_set,) = find_scene_sets([set_id], root, originals)
     return scene_set, [load_ply(p) for p in scene_set.paths]

@@ -1,10 +1,17 @@
-"""The words the exact prior understands: objects with aliases, and themes.
+"""The words the exact prior understands: objects (variants) grouped into families,
+families grouped into themes.
 
-A prompt selects the *conditional set* of a finite prior: the objects it names
-(any alias, as whole words, plurals allowed), or — when it names no object — the
-objects of every theme it names ("a toy", "a plant in a pot"). A prompt that
-names nothing known selects nothing; the prior then refuses it with
-``Vocabulary.describe()``. Plain data, no torch.
+A prompt selects the *conditional set* of a finite prior:
+
+- the variants it names by their own words ("a pink duck": that variant alone);
+- every variant of each family it names ("a rubber duck": all the ducks), unless
+  it names some of that family's variants, which then stand for the family;
+- when it names no variant and no family, every variant of each theme it names
+  ("a toy", "a plant in a pot").
+
+Aliases match as whole words, plurals allowed. A prompt that names nothing known
+selects nothing; the prior then refuses it with ``Vocabulary.describe()``.
+Plain data, no torch.
 """
 from __future__ import annotations
 
@@ -32,59 +39,83 @@ def _mentions(text_words: tuple[str, ...], alias: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Theme:
-    """A named group of objects, e.g. "a toy" → snowman, mushroom, …"""
+class Group:
+    """A named group of objects: a family ("rubber duck" → its variants) or a
+    theme ("a toy" → the variants of snowman, mushroom, …)."""
 
-    name: str                   # shown to users, e.g. "a toy"
-    aliases: tuple[str, ...]    # texts that name it, e.g. ("toy", "a toy on a table")
+    name: str                   # shown to users, e.g. "rubber duck", "a toy"
+    aliases: tuple[str, ...]    # texts that name it, e.g. ("duck", "bath duck")
     members: tuple[int, ...]    # object indices
+
+    def named_in(self, text_words: tuple[str, ...]) -> bool:
+        return any(_mentions(text_words, a) for a in (self.name, *self.aliases))
 
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Per object (index k) a display name, a caption and aliases; themes over them."""
+    """Per object k a display name, a description and its own aliases (texts that
+    name it alone); families and themes over the objects. An object in no family
+    is a family of its own."""
 
     names: tuple[str, ...]
     captions: tuple[str, ...]
     aliases: tuple[tuple[str, ...], ...]
-    themes: tuple[Theme, ...] = ()
+    themes: tuple[Group, ...] = ()
+    families: tuple[Group, ...] = ()
 
     def __post_init__(self):
         n = len(self.names)
         if not (len(self.captions) == len(self.aliases) == n):
             raise ValueError(f"Vocabulary: {n} names, {len(self.captions)} captions, {len(self.aliases)} alias lists")
-        for theme in self.themes:
-            if not theme.members or not all(0 <= k < n for k in theme.members):
-                raise ValueError(f"Vocabulary: theme {theme.name!r} has members {theme.members} outside 0..{n - 1}")
+        for kind, groups in (("theme", self.themes), ("family", self.families)):
+            for group in groups:
+                if not group.members or not all(0 <= k < n for k in group.members):
+                    raise ValueError(f"Vocabulary: {kind} {group.name!r} has members {group.members} "
+                                     f"outside 0..{n - 1}")
+        in_families = [k for f in self.families for k in f.members]
+        if len(in_families) != len(set(in_families)):
+            raise ValueError("Vocabulary: an object belongs to more than one family")
 
     @classmethod
     def from_names(cls, names: list[str]) -> "Vocabulary":
-        """Objects known by their names alone (no captions beyond the name, no themes)."""
+        """Objects known by their names alone (no captions beyond the name, no families or themes)."""
         return cls(tuple(names), tuple(names), tuple((n,) for n in names))
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def family(self, k: int) -> str:
+        """The name of object ``k``'s family (its own name if it has none)."""
+        return next((f.name for f in self.families if k in f.members), self.names[k])
+
     def select(self, text: str) -> tuple[int, ...]:
-        """Indices of the objects ``text`` names; if it names none, the members of
-        the themes it names; () if it names nothing known."""
+        """Indices of the objects ``text`` selects (see the module doc); () if it
+        names nothing known."""
         text_words = words(text)
-        named = tuple(k for k, aliases in enumerate(self.aliases)
-                      if any(_mentions(text_words, a) for a in (self.names[k], *aliases)))
-        if named:
-            return named
-        return tuple(sorted({k for theme in self.themes
-                             if any(_mentions(text_words, a) for a in (theme.name, *theme.aliases))
-                             for k in theme.members}))
+        named = {k for k in range(len(self))
+                 if any(_mentions(text_words, a) for a in (self.names[k], *self.aliases[k]))}
+        for family in self.families:
+            if family.named_in(text_words) and not named.intersection(family.members):
+                named.update(family.members)
+        if not named:
+            named = {k for theme in self.themes if theme.named_in(text_words) for k in theme.members}
+        return tuple(sorted(named))
 
     def describe(self) -> str:
-        """One line listing what can be asked for, e.g. "snowman, mushroom (a toy); …"."""
-        grouped = set()
-        parts = []
-        for theme in self.themes:
-            parts.append(f"{', '.join(self.names[k] for k in theme.members)} (or the theme '{theme.name}')")
-            grouped.update(theme.members)
-        loose = [self.names[k] for k in range(len(self)) if k not in grouped]
+        """One line of what can be asked for, by family and theme, e.g.
+        "snowman, mushroom (or the theme 'a toy'); cactus (or …)"."""
+        family_of = {k: f.name for f in self.families for k in f.members}
+
+        def listing(members) -> str:
+            return ", ".join(dict.fromkeys(family_of.get(k, self.names[k]) for k in members))
+
+        parts = [f"{listing(theme.members)} (or the theme '{theme.name}')" for theme in self.themes]
+        grouped = {k for theme in self.themes for k in theme.members}
+        loose = [k for k in range(len(self)) if k not in grouped]
         if loose:
-            parts.append(", ".join(loose))
-        return "; ".join(parts)
+            parts.append(listing(loose))
+        sizes = sorted({len(f.members) for f in self.families})
+        text = "; ".join(parts)
+        if sizes and sizes[-1] > 1:
+            text += f" — each a family of {'–'.join(map(str, dict.fromkeys((sizes[0], sizes[-1]))))} variants"
+        return text
