@@ -66,7 +66,7 @@ def scene_extent(scene: GaussianScene) -> float:
 class NoDensify:
     """Densification off: the scene keeps its splats."""
 
-    def observe(self, step: int, outputs: list[RenderOutput]) -> None:
+    def observe(self, step: int, output: RenderOutput) -> None:
         pass
 
     def step(self, step: int, scene: GaussianScene, optimizer) -> GaussianScene:
@@ -75,11 +75,11 @@ class NoDensify:
 
 class Densifier:
     """gsplat DefaultStrategy semantics with a scene-relative growth threshold
-    (see the module doc). Call ``observe(outputs)`` after each successful backward
-    pass (the step's renders, their ``means2d`` gradients filled in) and
-    ``scene = step(step, scene, optimizer)`` after each optimiser step (0-based
-    step index); ``history`` records each round (counts, the share of the accumulated
-    gradient that the grown splats held, the extent)."""
+    (see the module doc). Call ``observe(step, output)`` after each successful
+    backward pass (the step's one render of all its views, its ``means2d``
+    gradient filled in) and ``scene = step(step, scene, optimizer)`` after each
+    optimiser step (0-based step index); ``history`` records each round (counts,
+    the share of the accumulated gradient that the grown splats held, the extent)."""
 
     def __init__(self, *, every: int, until_step: float, grad_ratio: float, split_scale: float,
                  prune_opacity: float, prune_scale: float, max_splats: int, reset_every: int = 0,
@@ -104,23 +104,26 @@ class Densifier:
                    prune_opacity=config.prune_opacity, prune_scale=config.prune_scale,
                    max_splats=config.max_splats, reset_every=config.opacity_reset_every, seed=seed)
 
-    def observe(self, step: int, outputs: list[RenderOutput]) -> None:
-        """Accumulate step ``step``'s view-space gradients (gsplat's normalisation:
-        pixels × (width/2, height/2) × number of views); nothing once the last
-        round is past."""
+    def observe(self, step: int, output: RenderOutput) -> None:
+        """Accumulate step ``step``'s view-space gradients from ``output``, the
+        step's render of C views (radii [C,N]; one camera's [N] counts as C = 1),
+        view by view: per splat the gradient norm where it was visible (gsplat's
+        normalisation: pixels × (width/2, height/2) × C) and the number of views
+        that saw it; nothing once the last round is past."""
         if step >= self.until_step:
             return
         with torch.no_grad():
-            n_views = len(outputs)
-            for o in outputs:
-                visible = o.radii.reshape(-1) > 0
-                if self.grad2d is None or len(self.grad2d) != len(visible):
-                    self.grad2d = torch.zeros(len(visible), device=visible.device)
-                    self.count = torch.zeros(len(visible), device=visible.device)
-                h, w = o.alpha.shape
-                g = o.means2d_grad_norm((w / 2 * n_views, h / 2 * n_views))
-                self.grad2d += torch.where(visible, g, torch.zeros_like(g))
-                self.count += visible.float()
+            n = output.radii.shape[-1]
+            visible = output.radii.reshape(-1, n) > 0                         # [C,N]
+            n_views = len(visible)
+            h, w = output.alpha.shape[-2:]
+            grads = output.means2d_grad_norm((w / 2 * n_views, h / 2 * n_views)).reshape(-1, n)
+            if self.grad2d is None or len(self.grad2d) != n:
+                self.grad2d = torch.zeros(n, device=visible.device)
+                self.count = torch.zeros(n, device=visible.device)
+            for seen, g in zip(visible, grads):   # in view order, as the per-view sums always were
+                self.grad2d += torch.where(seen, g, torch.zeros_like(g))
+                self.count += seen.float()
 
     def step(self, step: int, scene: GaussianScene, optimizer) -> GaussianScene:
         """After the optimiser step ``step`` (0-based): a densification round and/or

@@ -42,7 +42,7 @@ def test_only_the_splats_that_get_gradient_grow():
         opt.zero_grad(set_to_none=True)
         (half ** 2).sum().backward()
         assert out.means2d.grad[10:].abs().max() == 0 and out.means2d.grad[:10].abs().max() > 0
-        d.observe(0, [out])
+        d.observe(0, out)
     before = scene.means.detach().clone()
     new = d.step(0, scene, opt)
     grown = len(new) - len(scene)
@@ -52,6 +52,28 @@ def test_only_the_splats_that_get_gradient_grow():
     kept_b = new.means[(new.means[:, 0] > 0)]
     assert len(kept_b) == 90 and torch.equal(kept_b, before[10:])
     assert d.history[0]["grad_share"] > 0.9
+
+
+def test_a_batched_render_accumulates_the_per_view_statistics():
+    """observe on one render of C views = the per-view sums the loop used to make
+    from C single-camera renders (gsplat's normalisation: × (w/2, h/2) × C)."""
+    scene = two_clusters().requires_grad_(True)
+    cams = [orbit_camera(az, 10.0, 2.5, 20.0, 48, 40) for az in (0.0, 70.0, 200.0)]   # narrow: views miss splats
+    d = densifier()
+    want_grad, want_count = torch.zeros(len(scene)), torch.zeros(len(scene))
+    for step in range(2):   # two steps: the statistics add up across steps too
+        out = render(scene, cams)
+        (out.rgb[:, :, :24] ** 2).sum().backward()   # a loss on the left half of every view
+        d.observe(step, out)
+        for cam in cams:
+            one = render(scene, cam)
+            (one.rgb[:, :24] ** 2).sum().backward()
+            visible = one.radii > 0
+            g = (one.means2d.grad * torch.tensor([24.0 * 3, 20.0 * 3])).norm(dim=-1)
+            want_grad += torch.where(visible, g, torch.zeros_like(g))
+            want_count += visible.float()
+    assert torch.equal(d.count, want_count) and want_count.min() < want_count.max()
+    assert (d.grad2d - want_grad).abs().max() <= 1e-6 * want_grad.max() and want_grad.max() > 0
 
 
 def test_clone_or_split_is_relative_to_the_scene_extent():
@@ -108,7 +130,7 @@ def test_rounds_and_opacity_reset_follow_the_schedule():
 
 def test_exact_prior_growth_is_bounded_and_follows_the_gradient(monkeypatch):
     """A small version of the issue's measurement (README: 100 steps, every 25: 1000 → 1701)."""
-    _, scenes = load_scene_set("toys")
+    _, scenes = load_scene_set("toys", originals=True)
     prior = ExactPrior(scenes[:3])
     made = []
     original = Densifier.from_config

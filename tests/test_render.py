@@ -95,6 +95,71 @@ def test_nothing_visible_renders_background_and_backprops():
     assert torch.all(scene.means.grad == 0)
 
 
+def batch_scene(sh_degree=3):
+    """A small anisotropic scene with view-dependent colour."""
+    g = torch.Generator().manual_seed(4)
+    scene = init_scene(400, seed=3, radius=0.6, sh_degree=sh_degree, opacity=0.6)
+    scene.log_scales.data = torch.log(torch.rand(400, 3, generator=g) * 0.06 + 0.01)
+    scene.quats.data = torch.randn(400, 4, generator=g)
+    scene.sh.data[:, 1:] = 0.2 * torch.randn(scene.sh[:, 1:].shape, generator=g)
+    return scene.requires_grad_(True)
+
+
+BATCH_CAMERAS = [orbit_camera(10, 5, 2.5, 49, 40, 32), orbit_camera(130, 30, 2.2, 40, 40, 32),
+                 orbit_camera(-75, -20, 3.0, 55, 40, 32)]
+
+
+@pytest.mark.parametrize("sh_degree", [0, 3])
+def test_a_batch_renders_each_view_as_its_camera_alone(sh_degree):
+    scene, bg = batch_scene(sh_degree), (0.2, 0.5, 0.9)
+    out = render(scene, BATCH_CAMERAS, bg)
+    assert out.rgb.shape == (3, 32, 40, 3) and out.alpha.shape == out.depth.shape == (3, 32, 40)
+    assert out.means2d.shape == (3, 400, 2) and out.radii.shape == (3, 400)
+    for i, cam in enumerate(BATCH_CAMERAS):
+        one = render(scene, cam, bg)
+        for field in ("rgb", "alpha", "depth", "means2d", "radii"):
+            assert torch.equal(getattr(out, field)[i], getattr(one, field)), (i, field)
+    assert render(scene, tuple(BATCH_CAMERAS[:1]), bg).rgb.shape == (1, 32, 40, 3)
+
+
+def test_batch_gradients_are_the_sum_of_the_per_view_gradients():
+    scene = batch_scene()
+    params = list(scene.tensors().values())
+
+    def loss(out):
+        return out.rgb.square().sum() + out.depth.sum() + out.alpha.sum()
+
+    batched = render(scene, BATCH_CAMERAS)
+    got = torch.autograd.grad(loss(batched), params + [batched.means2d])
+    singles = [render(scene, cam) for cam in BATCH_CAMERAS]
+    per_view = [torch.autograd.grad(loss(o), params + [o.means2d]) for o in singles]
+    for j, name in enumerate(scene.tensors()):
+        want = sum(g[j] for g in per_view)
+        assert want.abs().max() > 0, name
+        assert (got[j] - want).abs().max() <= 1e-5 * want.abs().max(), name
+    for i in range(len(BATCH_CAMERAS)):
+        want = per_view[i][-1]
+        assert (got[-1][i] - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_means2d_grad_norm_is_per_view_for_a_batch():
+    scene = batch_scene()
+    out = render(scene, BATCH_CAMERAS)
+    assert out.means2d_grad_norm().shape == (3, 400) and not out.means2d_grad_norm().any()
+    out.rgb.sum().backward()
+    norm = out.means2d_grad_norm((2.0, 3.0))
+    g = out.means2d.grad
+    assert torch.allclose(norm, (g * torch.tensor([2.0, 3.0])).norm(dim=-1))
+
+
+def test_cameras_of_different_sizes_are_refused():
+    scene = batch_scene()
+    with pytest.raises(ValueError, match="40×32, 48×32"):
+        render(scene, [BATCH_CAMERAS[0], orbit_camera(0, 0, 2.5, 49, 48, 32)])
+    with pytest.raises(ValueError, match="empty"):
+        render(scene, [])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat's kernels")
 def test_cpu_path_matches_gsplat_kernels():
     for seed in range(3):
@@ -105,3 +170,15 @@ def test_cpu_path_matches_gsplat_kernels():
         gpu = render(scene.to("cuda"), cam)
         assert (cpu.rgb - gpu.rgb.cpu()).abs().max() < 1e-3
         assert (cpu.alpha - gpu.alpha.cpu()).abs().max() < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat's kernels")
+def test_gsplat_renders_a_batch_in_one_call_like_the_cpu_path():
+    scene = batch_scene()
+    cpu, gpu = render(scene, BATCH_CAMERAS), render(scene.to("cuda"), BATCH_CAMERAS)
+    assert gpu.rgb.shape == cpu.rgb.shape and gpu.means2d.shape == cpu.means2d.shape
+    assert gpu.radii.shape == cpu.radii.shape
+    assert (cpu.rgb - gpu.rgb.cpu()).abs().max() < 1e-3
+    assert (cpu.alpha - gpu.alpha.cpu()).abs().max() < 1e-3
+    gpu.rgb.sum().backward()
+    assert gpu.means2d_grad_norm().shape == (3, 400) and gpu.means2d_grad_norm().sum() > 0
