@@ -249,6 +249,7 @@ def build_demo() -> gr.Blocks:
     # the first run's references, rendered in the background; not a daemon, so a process that exits
     # at once waits for it (seconds) instead of being aborted in the middle of a torch op
     threading.Thread(target=rq.warm_up, name="cfd-warm-up").start()
+    RUNNER.workers.start(rq.parse_request().values())   # Compare's worker processes, warmed up the same way
     sd_problem = rq.sd_problem()
     prior = rq.exact_prior()
     d = rq.defaults("exact")
@@ -267,10 +268,12 @@ def build_demo() -> gr.Blocks:
                 backend = gr.Radio([("Exact prior (embedded, no weights)", "exact"), ("Stable Diffusion", "sd")],
                                    value="exact", label="Backend", interactive=sd_problem is None)
                 prior_note = gr.Markdown(f"**The exact prior knows:** {prior.vocabulary.describe()}. Name one "
-                                         "or more of them, or a theme; other prompts are refused.",
+                                         "or more of them (every variant of the family), a variant (e.g. 'a pink "
+                                         "duck'), or a theme; other prompts are refused.",
                                          elem_id="prior-note")
                 prompt = _field("prompt", d, lines=2, max_lines=4, info="Exact prior: the objects or theme to "
-                                "make (refused if it names none it knows). SD: any description.")
+                                "make; each seed lands on one of the family's variants (refused if it names "
+                                "none it knows). SD: any description.")
                 negative_prompt = _field("negative_prompt", d, info="Exact prior: objects to steer away from when "
                                          "CFG > 1 (empty: all objects). SD: the unconditional text.")
                 method = gr.Radio(methods_choices, value=d["method"], label="Method")
@@ -316,9 +319,10 @@ def build_demo() -> gr.Blocks:
                                                      columns=HISTORY_SIZE, height=170, allow_preview=False,
                                                      fit_columns=False, object_fit="contain", elem_id="history")
                     with gr.Tab("Compare seeds", id="compare"):
-                        gr.Markdown("The settings on the left for several seeds, per method: CFD lands on "
-                                    "different sharp objects, SDS tends to the same blurry average. One row per "
-                                    "method; click a result to reuse its seed.")
+                        gr.Markdown("The settings on the left for several seeds, per method: CFD's seeds "
+                                    "land on different sharp objects (e.g. different cacti for 'a cactus'), "
+                                    "SDS's tend to the same one. One row per method; the table counts the "
+                                    "different variants each method found; click a result to reuse its seed.")
                         with gr.Row():
                             n_seeds = gr.Dropdown(list(range(1, rq.max_seeds() + 1)), value=min(4, rq.max_seeds()),
                                                   label="Seeds", info="seed, seed+1, …", elem_id="n-seeds")

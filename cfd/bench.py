@@ -54,7 +54,22 @@ def bench_scene(n: int, seed: int = 0):
     return scene
 
 
+def _render_ms(render_all, repeats: int) -> tuple[float, float]:
+    """Median ms of ``render_all()`` (a list of RenderOutputs): without grad, and
+    with the backward of Σ (rgb + depth) over its outputs."""
+    def forward():
+        with torch.no_grad():
+            render_all()
+
+    def forward_backward():
+        sum(out.rgb.sum() + out.depth.sum() for out in render_all()).backward()
+
+    return _timeit(forward, repeats), _timeit(forward_backward, repeats)
+
+
 def bench_render(args) -> dict:
+    """One camera at several sizes; and the views of a step rendered in one
+    batched call vs a loop of single-camera calls (speedup = loop / batched)."""
     from .render import render
 
     device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) else args.device.replace("auto", "cpu")
@@ -62,26 +77,29 @@ def bench_render(args) -> dict:
     for n, res in [(5_000, 64), (20_000, 128), (20_000, 256), (50_000, 128)]:
         scene = bench_scene(n).to(device).requires_grad_(True)
         cam = orbit_camera(30, 20, RADIUS, FOV_DEG, res, res)
-
-        def forward():
-            with torch.no_grad():
-                render(scene, cam)
-
-        def forward_backward():
-            out = render(scene, cam)
-            (out.rgb.sum() + out.depth.sum()).backward()
-
-        fwd = _timeit(forward, args.repeats)
-        both = _timeit(forward_backward, args.repeats)
+        fwd, both = _render_ms(lambda: [render(scene, cam)], args.repeats)
         row = {"splats": n, "res": res, "forward_ms": round(fwd, 1), "backward_ms": round(both - fwd, 1),
                "forward_backward_ms": round(both, 1), "peak_rss_mb": round(_peak_rss_mb(), 1)}
         if device == "cuda":
             row["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         results.append(row)
         print(f"render {n:>6} splats {res:>4}²: fwd {fwd:7.1f} ms  fwd+bwd {both:7.1f} ms", file=sys.stderr)
+    batches = []
+    for n, res, views in [(2_000, 64, 4), (5_000, 64, 8)]:   # the exact prior's default step; 8 views
+        scene = bench_scene(n).to(device).requires_grad_(True)
+        cams = [orbit_camera(30 + 360 * i / views, 20, RADIUS, FOV_DEG, res, res) for i in range(views)]
+        fwd, both = _render_ms(lambda: [render(scene, cams)], args.repeats)
+        loop_fwd, loop_both = _render_ms(lambda: [render(scene, cam) for cam in cams], args.repeats)
+        batches.append({"splats": n, "res": res, "views": views,
+                        "batched_forward_ms": round(fwd, 1), "loop_forward_ms": round(loop_fwd, 1),
+                        "forward_speedup": round(loop_fwd / fwd, 2),
+                        "batched_forward_backward_ms": round(both, 1), "loop_forward_backward_ms": round(loop_both, 1),
+                        "forward_backward_speedup": round(loop_both / both, 2)})
+        print(f"render {n:>6} splats {res:>4}² × {views} views: batched fwd {fwd:7.1f} / fwd+bwd {both:7.1f} ms, "
+              f"loop {loop_fwd:7.1f} / {loop_both:7.1f} ms", file=sys.stderr)
     target = next(r for r in results if r["splats"] == 20_000 and r["res"] == 128)
     parity = _gsplat_parity() if torch.cuda.is_available() else None
-    return {"device": device, "runs": results, "gsplat_parity": parity,
+    return {"device": device, "runs": results, "batches": batches, "gsplat_parity": parity,
             "target": {"what": "forward+backward, 20k splats, 128², CPU", "limit_ms": 400,
                        "measured_ms": target["forward_backward_ms"],
                        "met": device != "cpu" or target["forward_backward_ms"] <= 400}}
@@ -94,8 +112,11 @@ def _method_spec(spec: str) -> tuple[str, str | None]:
 
 
 def bench_toy(args) -> dict:
-    """CFD vs SDS vs ablations on the exact prior (DESIGN.md §8): nearest-object
-    PSNR, chimeras (runs below ``--reach-db`` to every object), distinct objects."""
+    """CFD vs SDS vs ablations on the exact prior (README "Benchmarks"): per method
+    the nearest-variant PSNR, chimeras (runs below ``--reach-db`` to every
+    variant), distinct variants and families reached, runs whose nearest variant
+    the prompt selects, and the mean PSNR between two seeds' results (low: the
+    seeds made different objects, not one object with noise)."""
     from .distill import DistillConfig, distill
     from .gaussians import load_ply
     from .guidance.exact_prior import ExactPrior
@@ -108,8 +129,9 @@ def bench_toy(args) -> dict:
                            multiview=multiview)
     else:
         prior = ExactPrior.bundled(None if args.scene_set == "all" else args.scene_set.split(","),
-                                   multiview=multiview)
+                                   originals=args.originals, multiview=multiview)
     names = prior.names
+    selected = set(prior.condition(args.prompt).positive)
     methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
     runs, finals = [], {}
     for spec in methods:
@@ -124,11 +146,12 @@ def bench_toy(args) -> dict:
             near = nearest_reference(scene, prior, args.res)  # the project's one PSNR measure (cfd.framing)
             psnr = [near["psnr"][name] for name in prior.names]
             nearest = max(range(len(psnr)), key=psnr.__getitem__)
-            runs.append({"method": spec, "seed": seed, "psnr": psnr,
-                         "nearest": nearest, "nearest_name": names[nearest], "seconds": round(seconds, 2)})
+            runs.append({"method": spec, "seed": seed, "psnr": psnr, "nearest": nearest,
+                         "nearest_name": names[nearest], "nearest_family": near["nearest_family"],
+                         "seconds": round(seconds, 2)})
             finals[spec, seed] = scene
-            print(f"toy {spec:>10} seed {seed}: best {psnr[nearest]:5.1f} dB ({names[nearest]}) {seconds:5.1f} s",
-                  file=sys.stderr)
+            print(f"toy {spec:>10} seed {seed}: best {psnr[nearest]:5.1f} dB ({names[nearest]}, "
+                  f"{near['nearest_family']}) {seconds:5.1f} s", file=sys.stderr)
     summary = {}
     for spec in methods:
         rs = [r for r in runs if r["method"] == spec]
@@ -138,6 +161,9 @@ def bench_toy(args) -> dict:
         p = counts[counts > 0] / counts.sum()
         summary[spec] = {"mean_best_psnr": round(statistics.mean(best), 2),
                          "distinct_modes": len(set(reached)),
+                         "distinct_families": len({prior.vocabulary.family(k) for k in reached}),
+                         "in_prompt": sum(r["nearest"] in selected for r in rs),
+                         "mean_pairwise_psnr": _mean_pairwise_psnr([finals[spec, seed] for seed in seeds], args.res),
                          "chimeras": len(rs) - len(reached),
                          "mode_entropy": round(abs(float(-(p * p.log2()).sum())), 3),
                          "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
@@ -150,12 +176,29 @@ def bench_toy(args) -> dict:
     return {"config": config, "runs": runs, "summary": summary}
 
 
+def _mean_pairwise_psnr(scenes: list, res: int) -> float | None:
+    """Mean PSNR (dB) between the renders of every two of ``scenes`` over the PSNR
+    views at ``res`` (None for fewer than two scenes)."""
+    from .framing import psnr_cameras
+    from .render import render
+
+    if len(scenes) < 2:
+        return None
+    with torch.no_grad():
+        images = [render(s.detach(), psnr_cameras(res)).rgb for s in scenes]
+    psnr = [float(-10 * torch.log10((a - b).square().mean().clamp_min(1e-10)))
+            for i, a in enumerate(images) for b in images[i + 1:]]
+    return round(statistics.mean(psnr), 2)
+
+
 def _print_table(summary: dict, n_seeds: int, reach_db: float, prior: str, views: int) -> None:
-    print(f"\n| prior, views/step | method | mean nearest-object PSNR (dB) | chimeras (<{reach_db:g} dB) "
-          f"/ {n_seeds} | distinct objects reached | mode entropy (bits) | s / run |", file=sys.stderr)
-    print("|---|---|---|---|---|---|---|", file=sys.stderr)
+    print(f"\n| prior, views/step | method | mean nearest-variant PSNR (dB) | chimeras (<{reach_db:g} dB) "
+          f"/ {n_seeds} | distinct variants (families) | in the prompt's set | PSNR between seeds (dB) | "
+          f"mode entropy (bits) | s / run |", file=sys.stderr)
+    print("|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for method, s in summary.items():
-        print(f"| {prior}, {views} | {method} | {s['mean_best_psnr']:.1f} | {s['chimeras']} | {s['distinct_modes']} | "
+        print(f"| {prior}, {views} | {method} | {s['mean_best_psnr']:.1f} | {s['chimeras']} | {s['distinct_modes']} "
+              f"({s['distinct_families']}) | {s['in_prompt']}/{n_seeds} | {s['mean_pairwise_psnr']} | "
               f"{s['mode_entropy']:.2f} | {s['mean_seconds']:.1f} |", file=sys.stderr)
 
 
@@ -444,6 +487,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("toy", help="CFD vs SDS vs ablations on the exact prior (PSNR, diversity, time)")
     p.add_argument("--scenes", type=Path, nargs="*", help="reference PLYs (default: --scene-set)")
     p.add_argument("--scene-set", default="toys", help="bundled set id(s), comma-separated, or 'all'")
+    p.add_argument("--originals", action="store_true",
+                   help="only the first variant of each family (the objects before they had variants)")
     p.add_argument("--prior", choices=["single", "multiview"], default="multiview",
                    help="per-view posterior, or one object for all views of a step (joint)")
     p.add_argument("--views", type=int, default=4, help="views per step")

@@ -8,7 +8,8 @@ coordinates; ``K`` maps camera coordinates to pixels, pixel centres at
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Hashable
 
 import torch
 from torch import Tensor
@@ -23,12 +24,16 @@ class Camera:
     viewmat: [4, 4] float32 world→camera (OpenCV: x right, y down, z forward).
     K:       [3, 3] float32 pixel intrinsics.
     width, height: image size in pixels.
+    key:     what identifies the view for caches, whatever its resolution: a
+             pool's cameras carry (their ranges, their index); None = no name
+             (caches then key on the matrices).
     """
 
     viewmat: Tensor
     K: Tensor
     width: int
     height: int
+    key: Hashable | None = field(default=None, compare=False)
 
     def scaled(self, factor: float) -> "Camera":
         """The same view rendered at ``factor`` × the resolution."""
@@ -37,10 +42,10 @@ class Camera:
         K[0] *= width / self.width
         K[1] *= height / self.height
         K[2] = self.K[2]
-        return Camera(self.viewmat, K, width, height)
+        return Camera(self.viewmat, K, width, height, self.key)
 
     def to(self, device) -> "Camera":
-        return Camera(self.viewmat.to(device), self.K.to(device), self.width, self.height)
+        return Camera(self.viewmat.to(device), self.K.to(device), self.width, self.height, self.key)
 
     @property
     def device(self) -> torch.device:
@@ -149,10 +154,9 @@ def sample_cameras(n: int, width: int, height: int, generator: torch.Generator,
     """``n`` views drawn uniformly from ``ranges`` (elevation uniform in degrees),
     reproducibly from ``generator`` (a CPU torch.Generator)."""
     if ranges.pool > 0:
-        u = _pool_u(ranges)[torch.randint(ranges.pool, (n,), generator=generator)]
-    else:
-        u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
-    return _cameras(u, width, height, ranges)
+        index = torch.randint(ranges.pool, (n,), generator=generator)
+        return _cameras(_pool_u(ranges)[index], width, height, ranges, index.tolist())
+    return _cameras(torch.rand(n, 4, generator=generator, dtype=torch.float64), width, height, ranges)
 
 
 def pool_cameras(width: int, height: int, ranges: CameraRanges) -> list[Camera]:
@@ -160,19 +164,24 @@ def pool_cameras(width: int, height: int, ranges: CameraRanges) -> list[Camera]:
     ``sample_cameras`` draws from (e.g. to render a guidance's references ahead)."""
     if ranges.pool < 1:
         raise ValueError("pool_cameras: the ranges have no pool (pool=0 samples continuously)")
-    return _cameras(_pool_u(ranges), width, height, ranges)
+    return _cameras(_pool_u(ranges), width, height, ranges, list(range(ranges.pool)))
 
 
 def _pool_u(ranges: CameraRanges) -> Tensor:
     return torch.rand(ranges.pool, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
-def _cameras(u: Tensor, width: int, height: int, ranges: CameraRanges) -> list[Camera]:
-    """Cameras at the points ``u`` [n, 4] in [0, 1)⁴ of ``ranges`` (azimuth, elevation, radius, fov)."""
+def _cameras(u: Tensor, width: int, height: int, ranges: CameraRanges,
+             pool_index: list[int] | None = None) -> list[Camera]:
+    """Cameras at the points ``u`` [n, 4] in [0, 1)⁴ of ``ranges`` (azimuth, elevation,
+    radius, fov); ``pool_index``: their indices in ``ranges``' pool (their keys)."""
     def lerp(col: int, lo_hi: tuple[float, float]) -> list[float]:
         lo, hi = lo_hi
         return (lo + (hi - lo) * u[:, col]).tolist()
 
-    return [orbit_camera(a, e, r, f, width, height)
+    cams = [orbit_camera(a, e, r, f, width, height)
             for a, e, r, f in zip(lerp(0, ranges.azimuth), lerp(1, ranges.elevation),
                                   lerp(2, ranges.radius), lerp(3, ranges.fov))]
+    if pool_index is None:
+        return cams
+    return [Camera(c.viewmat, c.K, c.width, c.height, (ranges, i)) for c, i in zip(cams, pool_index)]

@@ -318,12 +318,12 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
         background = _background(config.background, bg_gen)
 
         with timer("render"):
-            outputs = [render(scene, cam, background) for cam in cameras]
-            rgb = torch.stack([o.rgb for o in outputs]).permute(0, 3, 1, 2)  # [B,3,H,W]
+            out = render(scene, cameras, background)                          # all views in one call
+            rgb = out.rgb.permute(0, 3, 1, 2)                                  # [B,3,H,W]
         with timer("encode"):
             x = guidance.encode(rgb)                                           # [B,C,h,w]
         with timer("noise"):
-            surfaces = _surfaces(scene, cameras, outputs, f, noise_ss, background) if noise.needs_surface else None
+            surfaces = _surfaces(scene, cameras, out, f, noise_ss, background) if noise.needs_surface else None
             eps = noise.sample(step, tuple(x.shape), surfaces).to(x.device)
         with timer("guidance"):
             x_t = alpha * x.detach() + sigma * eps
@@ -340,7 +340,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
             optimizer.param_groups[0]["lr"] *= means_decay   # group 0 is "means"
         with timer("densify"):
             if stepped:
-                densify.observe(step, outputs)         # view-space gradients of this step
+                densify.observe(step, out)             # view-space gradients of this step
             scene = densify.step(step, _current_scene(optimizer), optimizer)
 
         if callback is not None:
@@ -402,15 +402,15 @@ def _background(kind: str, generator: torch.Generator) -> tuple[float, float, fl
     return (1.0, 1.0, 1.0) if kind == "white" else (0.0, 0.0, 0.0)
 
 
-def _surfaces(scene, cameras, outputs, latent_factor: int, supersample: int, background) -> list[Surface]:
-    """Supersampled depth/alpha for the noise: the training render itself when it
-    is exactly ``supersample``× the noise resolution (SD), else an extra render."""
-    if latent_factor == supersample:
-        return [Surface(o.depth.detach(), o.alpha.detach(), c) for o, c in zip(outputs, cameras)]
-    with torch.no_grad():
-        cams = [c.scaled(supersample / latent_factor) for c in cameras]
-        return [Surface(o.depth, o.alpha, c) for o, c in
-                zip((render(scene.detach(), c, background) for c in cams), cams)]
+def _surfaces(scene, cameras, out, latent_factor: int, supersample: int, background) -> list[Surface]:
+    """Supersampled depth/alpha for the noise, one surface per view: the training
+    render ``out`` (all views) itself when it is exactly ``supersample``× the noise
+    resolution (SD), else one extra batched render."""
+    if latent_factor != supersample:
+        cameras = [c.scaled(supersample / latent_factor) for c in cameras]
+        with torch.no_grad():
+            out = render(scene.detach(), cameras, background)
+    return [Surface(d, a, c) for d, a, c in zip(out.depth.detach(), out.alpha.detach(), cameras)]
 
 
 def _current_scene(optimizer) -> GaussianScene:

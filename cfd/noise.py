@@ -228,12 +228,13 @@ def _channel_offsets(channels: int, device: torch.device) -> Tensor:
 
 
 @functools.cache
-def _pixel_keys(n_pixels: int, supersample: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """The constant index tensors of one noise grid, built once: the pixel of
-    each pixel-major sub-sample [M], its background cell [M] and each pixel's
-    orphan cell [n_pixels]."""
-    pixels = torch.arange(n_pixels * supersample ** 2, device=device) // supersample ** 2
-    return pixels, _TAG_BACKGROUND | pixels, _TAG_ORPHAN | torch.arange(n_pixels, device=device)
+def _pixel_keys(n_pixels: int, supersample: int, views: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The constant index tensors of ``views`` views of one noise grid, built once:
+    the pixel of each pixel-major sub-sample [M] (view v's pixels are v·n_pixels
+    + 0 … n_pixels − 1), its background cell [M] and each pixel's orphan cell
+    [n_pixels] (image-space cells: the same in every view)."""
+    pixels = torch.arange(views * n_pixels * supersample ** 2, device=device) // supersample ** 2
+    return pixels, _TAG_BACKGROUND | (pixels % n_pixels), _TAG_ORPHAN | torch.arange(n_pixels, device=device)
 
 
 # ------------------------------------------------------------ the noise
@@ -268,20 +269,27 @@ def _surface_points(depth: Tensor, camera: Camera, centre) -> Tensor:
     return torch.stack([origin[k] + depth * (R[0][k] * x + R[1][k] * y + R[2][k]) for k in range(3)], -1)
 
 
-def assign_cells(cells: Tensor, pixels: Tensor, n_pixels: int) -> tuple[Tensor, Tensor, Tensor]:
+def assign_cells(cells: Tensor, pixels: Tensor, n_pixels: int, view_pixels: int | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
     """Give every distinct cell of a view to exactly one pixel: the pixel
     holding most of the cell's sub-samples (ties: the lowest pixel index).
 
     cells [M] int64, pixels [M] long, non-decreasing: the cell and the pixel of
-    each sub-sample. Every shape is fixed (no host sync on CUDA) and every
-    reduction is on integers (deterministic). Returns, over the sub-samples
-    sorted by cell: the cells [M], ``first`` [M] (True at the first sub-sample
-    of each distinct cell) and the pixel that owns each sub-sample's cell [M].
+    each sub-sample, of ``n_pixels`` pixels in all; ``view_pixels``: pixels per
+    view when the sub-samples are of several views (pixel // view_pixels is the
+    view; a cell is owned once per view that sees it). Every shape is fixed (no
+    host sync on CUDA) and every reduction is on integers (deterministic).
+    Returns, over the sub-samples sorted by cell: the cells [M], ``first`` [M]
+    (True at the first sub-sample of each distinct cell of a view) and the pixel
+    that owns each sub-sample's cell [M].
     """
-    cells, order = torch.sort(cells, stable=True)  # stable: pixels stay sorted within a cell
+    cells, order = torch.sort(cells, stable=True)  # stable: pixels (and views) stay sorted within a cell
     pixels = pixels[order]
     first = torch.ones_like(cells, dtype=torch.bool)
     first[1:] = cells[1:] != cells[:-1]
+    if view_pixels is not None and view_pixels < n_pixels:
+        views = pixels // view_pixels
+        first[1:] |= views[1:] != views[:-1]
     new_pair = first.clone()
     new_pair[1:] |= pixels[1:] != pixels[:-1]
     cell_id, pair_id = first.cumsum(0) - 1, new_pair.cumsum(0) - 1
@@ -301,9 +309,22 @@ def noise_from_surface(depth: Tensor, alpha: Tensor, camera: Camera, seed: int, 
     Returns [C, H, W] float32 noise on depth's device, each pixel and channel
     N(0,1), independent within the view. ``cell_size``: world units (default:
     see ``default_cell_size``); ``centre``: of the cell parameterisation
-    (``method``, a key of CELL_METHODS).
+    (``method``, a key of CELL_METHODS). One view of ``noise_from_surfaces``.
     """
-    sH, sW = depth.shape
+    return noise_from_surfaces(depth[None], alpha[None], [camera], seed, supersample=supersample,
+                               channels=channels, cell_size=cell_size, centre=centre, method=method, step=step,
+                               gamma=gamma)[0]
+
+
+def noise_from_surfaces(depth: Tensor, alpha: Tensor, cameras: list[Camera], seed: int, *, supersample: int,
+                        channels: int = 4, cell_size: float | None = None, centre=(0.0, 0.0, 0.0),
+                        method: str = "shells", step: int = 0, gamma: float | GammaSchedule = 0.0) -> Tensor:
+    """``noise_from_surface`` of B views at once: depth, alpha [B, s·H, s·W] of
+    renders by ``cameras`` (B of them, all of one size) → [B, C, H, W]. Each view's
+    noise is exactly what it gets alone: cells are owned per view (the sort keeps
+    the views apart), image-space cells are the same in every view, and the sums
+    are integers."""
+    B, sH, sW = depth.shape
     s = supersample
     if sH % s or sW % s:
         raise ValueError(f"render size {sW}×{sH} is not a multiple of supersample={s}")
@@ -311,27 +332,28 @@ def noise_from_surface(depth: Tensor, alpha: Tensor, camera: Camera, seed: int, 
     n_pix = H * W
     dev = depth.device
     if cell_size is None:
-        cell_size = default_cell_size(camera.scaled(1 / s))
+        cell_size = default_cell_size(cameras[0].scaled(1 / s))
 
-    def pixel_major(x: Tensor) -> Tensor:  # [sH, sW, ...] → [H·W·s², ...]: sub-sample i lies in pixel i // s²
-        return x.reshape(H, s, W, s, *x.shape[2:]).transpose(1, 2).reshape(n_pix * s * s, *x.shape[2:])
+    def pixel_major(x: Tensor) -> Tensor:  # [B, sH, sW, ...] → [B·H·W·s², ...]: sub-sample i lies in pixel i // s²
+        return x.reshape(B, H, s, W, s, *x.shape[3:]).transpose(2, 3).reshape(B * n_pix * s * s, *x.shape[3:])
 
-    points = pixel_major(_surface_points(depth.detach().float(), camera, centre))
+    points = pixel_major(torch.stack([_surface_points(d.detach().float(), cam, centre)
+                                      for d, cam in zip(depth, cameras)]))
     hit = pixel_major(alpha.detach()) > SURFACE_ALPHA
-    pixels, background, orphans = _pixel_keys(n_pix, s, depth.device)
+    pixels, background, orphans = _pixel_keys(n_pix, s, B, depth.device)
     # sub-samples that miss the surface fall in their pixel's image-space background cell
     cells = torch.where(hit, CELL_METHODS[method](points, cell_size), background)
-    cells, first, owner = assign_cells(cells, pixels, n_pix)
+    cells, first, owner = assign_cells(cells, pixels, B * n_pix, n_pix)
     # a pixel that owns no cell (its sub-samples' cells went to neighbours) gets an image-space cell of its own:
     # its value is drawn in the same call as the cells'
     values = cell_values(torch.cat([cells, orphans]), seed, channels, step, gamma)
-    values, orphan = values[:len(cells)] * first[:, None], values[len(cells):]  # each distinct cell once
-    total = torch.zeros(n_pix, channels, dtype=torch.int64, device=dev).index_add_(
+    values, orphan = values[:len(cells)] * first[:, None], values[len(cells):]  # each distinct cell once per view
+    total = torch.zeros(B * n_pix, channels, dtype=torch.int64, device=dev).index_add_(
         0, owner, (values.double() * FIXED_POINT).round().long())
-    count = torch.zeros(n_pix, dtype=torch.int64, device=dev).index_add_(0, owner, first.long())
+    count = torch.zeros(B * n_pix, dtype=torch.int64, device=dev).index_add_(0, owner, first.long())
     mean = total.double() / FIXED_POINT / count.clamp_min(1).double().sqrt()[:, None]
-    noise = torch.where((count > 0)[:, None], mean, orphan.double())
-    return noise.float().T.reshape(channels, H, W).contiguous()
+    noise = torch.where((count > 0)[:, None], mean, orphan.double().repeat(B, 1))
+    return noise.float().reshape(B, H, W, channels).permute(0, 3, 1, 2).contiguous()
 
 
 def consistent_noise(scene: GaussianScene, camera: Camera, seed: int, channels: int = 4,
@@ -405,10 +427,10 @@ class SurfaceNoise(NoiseSource):
         self.gamma, self.method = gamma, method
 
     def sample(self, step, shape, surfaces=None):
-        return torch.stack([noise_from_surface(s.depth, s.alpha, s.camera, self.seed, supersample=self.supersample,
-                                               channels=shape[1], cell_size=self.cell_size, centre=self.centre,
-                                               method=self.method, step=step, gamma=self.gamma)
-                            for s in surfaces])
+        return noise_from_surfaces(torch.stack([s.depth for s in surfaces]), torch.stack([s.alpha for s in surfaces]),
+                                   [s.camera for s in surfaces], self.seed, supersample=self.supersample,
+                                   channels=shape[1], cell_size=self.cell_size, centre=self.centre,
+                                   method=self.method, step=step, gamma=self.gamma)
 
 
 def cross_view_correlation(noise_a: Tensor, noise_b: Tensor, camera_a: Camera, camera_b: Camera,

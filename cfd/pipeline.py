@@ -70,15 +70,16 @@ def config_dict(config: DistillConfig) -> dict:
 
 def nearest_reference(scene: GaussianScene, guidance, res: int) -> dict | None:
     """For a guidance with reference scenes (the exact prior's ``scene_psnr``), the
-    PSNR of ``scene`` to each reference and the nearest one; None otherwise.
-    The project's one PSNR measure (``cfd.framing``: PSNR_VIEWS orbit views at
+    PSNR of ``scene`` to each reference, the nearest one and its family; None
+    otherwise. The project's one PSNR measure (``cfd.framing``: PSNR_VIEWS orbit views at
     ``res``, the run's render resolution): the app, its seed comparison, the
     CLI's run.json and ``bench toy`` all report this number, with ``psnr_res``."""
     if not hasattr(guidance, "scene_psnr"):
         return None
     psnr = guidance.scene_psnr(scene, res)
     best = max(range(len(psnr)), key=psnr.__getitem__)
-    return {"nearest": guidance.names[best], "nearest_psnr": round(psnr[best], 3), "psnr_res": res,
+    return {"nearest": guidance.names[best], "nearest_family": guidance.vocabulary.family(best),
+            "nearest_psnr": round(psnr[best], 3), "psnr_res": res,
             "psnr": {name: round(p, 3) for name, p in zip(guidance.names, psnr)}}
 
 

@@ -597,9 +597,10 @@ def prepare(request: Request, allow_download: bool = False):
 
 def warm_up(request: Request | None = None) -> None:
     """Render ahead what the first run of ``request`` (default: the default
-    request) would render once per process: the exact prior's references from
-    every training view of its pool and from the PSNR views. For a server to call
-    in the background at start; nothing for SD."""
+    request) would render once per process: the exact prior's references of the
+    objects its condition weighs from every training view of its pool, and every
+    object from the PSNR views. For a server to call in the background at start;
+    nothing for SD."""
     import torch
 
     from .cameras import pool_cameras
@@ -610,9 +611,11 @@ def warm_up(request: Request | None = None) -> None:
         return
     prior, config = exact_prior(request.scenes), request.config()
     size = config.res // prior.latent_factor
+    cond = prior.condition(config.prompt, config.negative_prompt, config.guidance_scale)
     with run_threads(prior, config), torch.no_grad():
         if config.cameras.pool:
-            prior.reference_images(pool_cameras(config.res, config.res, config.cameras), size, size)
+            prior.reference_images(pool_cameras(config.res, config.res, config.cameras), size, size,
+                                   cond.support(len(prior.scenes)))
         prior.scene_psnr(prior.scenes[0], config.res)
 
 

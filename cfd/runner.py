@@ -32,10 +32,12 @@ import numpy as np
 
 from .distill import NonFiniteGradient
 from .export import to_uint8
-from .request import BACKEND_NAMES, RES_RANGE, Request, RequestError
 from .guidance.base import GuidanceUnavailable
+from .request import BACKEND_NAMES, RES_RANGE, Request, RequestError
+from .workers import WorkerPool
 
 RUN_TTL_S = 3600           # folders older than this that no active run owns are swept
+STOP_FILE = ".stop"        # in a run's folder: its work (in this process or a worker) stops
 COMPARE_FRAMES, COMPARE_RES = 24, 128   # each compared seed's orbit loop (GIF)
 RESULT_PREVIEW_RES = 256
 
@@ -53,11 +55,13 @@ class Step:
     preview: np.ndarray | None = None     # uint8 [H,W,3] every preview_every steps
     job: int = 0
     jobs: int = 1
+    steps_done: int | None = None         # over every job, when jobs run side by side
 
     @property
     def fraction(self) -> tuple[int, int]:
         """(done, total) steps over every job."""
-        return self.job * self.steps + self.step, self.jobs * self.steps
+        done = self.job * self.steps + self.step if self.steps_done is None else self.steps_done
+        return done, self.jobs * self.steps
 
 
 @dataclass
@@ -87,9 +91,10 @@ class Item:
 
     request: Request
     gif: Path                 # orbit loop
-    near: dict | None         # nearest reference (exact prior): nearest, nearest_psnr, psnr
+    near: dict | None         # nearest reference (exact prior): nearest, nearest_family, nearest_psnr, psnr
     seconds: float
     n_splats: int
+    fingerprint: str = ""     # hash of the final scene's parameters (``scene_fingerprint``)
 
     @property
     def caption(self) -> str:
@@ -97,8 +102,8 @@ class Item:
 
 
 def caption(request: Request, near: dict | None) -> str:
-    """Short, so a gallery tile shows it whole: "cfd · seed 3 · rocket 27.1 dB"
-    (``near``: a dict with the nearest object and its PSNR, e.g. run.json's summary)."""
+    """Short, so a gallery tile shows it whole: "cfd · seed 3 · pink duck 27.1 dB"
+    (``near``: a dict with the nearest variant and its PSNR, e.g. run.json's summary)."""
     if near and "nearest" in near:
         return f"{request.label()} · {near['nearest']} {near['nearest_psnr']:.1f} dB"
     return request.label()
@@ -126,8 +131,8 @@ class Done:
     @property
     def status(self) -> str:
         s = self.summary
-        near = (f" · nearest object: **{s['nearest']}** ({s['nearest_psnr']:.1f} dB at {s['psnr_res']} px)"
-                if "nearest" in s else "")
+        near = (f" · nearest variant: **{s['nearest']}** ({s['nearest_family']}, {s['nearest_psnr']:.1f} dB at "
+                f"{s['psnr_res']} px)" if "nearest" in s else "")
         return f"**Done** in {s['timings_s']['total']:.1f} s · {self.request.label()} · {s['n_splats']} splats{near}"
 
     @property
@@ -213,6 +218,15 @@ class Run:
         self.job, self.jobs = 0, 1
         self._finished = False
 
+    def cancel(self) -> None:
+        """Ask the work to stop at its next step, in this process and in workers
+        (``STOP_FILE`` in the run's folder)."""
+        self.stop.set()
+        try:
+            (self.folder / STOP_FILE).touch()
+        except OSError:
+            pass
+
     def step_callback(self, info) -> bool:
         """``distill`` callback: forward progress (and the preview); True = stop."""
         img = to_uint8(info.preview) if info.preview is not None else None
@@ -254,7 +268,7 @@ class Run:
         if self._finished:
             return
         self._finished = True
-        self.stop.set()
+        self.cancel()
 
         def wait_and_clean():
             if self.thread is not None:
@@ -273,11 +287,12 @@ class Run:
 class Runner:
     """Owns the active runs: their folders under ``root``, Stop per session, the sweep."""
 
-    def __init__(self, root: Path | str | None = None, ttl_s: float = RUN_TTL_S):
+    def __init__(self, root: Path | str | None = None, ttl_s: float = RUN_TTL_S, workers: int | None = None):
         root = root or os.environ.get("CFD_RUNS_DIR") or Path(tempfile.gettempdir()) / "cfd-app"
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
+        self.workers = WorkerPool(default_workers() if workers is None else workers)
         self._runs: dict[str, set[Run]] = {}
         self._lock = threading.Lock()
 
@@ -315,7 +330,7 @@ class Runner:
             return 0
         runs = self.runs(session)
         for run in runs:
-            run.stop.set()
+            run.cancel()
         return len(runs)
 
     def sweep(self) -> list[Path]:
@@ -377,36 +392,30 @@ class Runner:
     def compare(self, base: Request, methods: list[str], n_seeds: int, guidance,
                 session: str | None = None) -> Iterator:
         """``base`` for seeds seed … seed + n_seeds − 1 with each method: Step
-        events, an Item per finished run (orbit GIF, nearest object), then
-        Compared or Cancelled."""
-        from .distill import distill, run_threads
-        from .export import orbit_frames, write_gif
-        from .pipeline import nearest_reference
-
+        events, an Item per finished run (orbit GIF, nearest variant), then
+        Compared or Cancelled. On the exact prior on a CPU the runs go side by
+        side to the worker processes (``self.workers``), one per core, each run
+        exactly what it gives alone; elsewhere one after another in a thread."""
         jobs = [replace(base, method=m, seed=base.seed + k) for m in methods for k in range(n_seeds)]
         run = self.open(session)
         run.jobs = len(jobs)
         started = time.perf_counter()
+        side_by_side = self.workers.size > 1 and len(jobs) > 1 and base.backend == "exact" \
+            and str(getattr(guidance, "device", "cpu")) == "cpu"
 
-        def work(run: Run):
+        def in_turn(run: Run):
             items = []
             for i, job in enumerate(jobs):
                 run.job = i
-                t0 = time.perf_counter()
-                config = job.config()
-                scene = distill(guidance, config, callback=run.step_callback)
-                if run.stop.is_set():
+                result = compare_job(job, guidance, run.folder / _gif_name(job), run.step_callback, run.stop.is_set)
+                if result is None:
                     return None
-                with run_threads(guidance, config):
-                    gif = write_gif(orbit_frames(scene, n_frames=COMPARE_FRAMES, res=COMPARE_RES),
-                                    run.folder / f"{job.method}-seed{job.seed}.gif")
-                    near = nearest_reference(scene, guidance, config.res)
-                items.append(Item(job, gif, near, time.perf_counter() - t0, len(scene)))
+                items.append(_item(job, result))
                 run.emit(items[-1])
             return items
 
         try:
-            run.start(work)
+            run.start(lambda run: self._side_by_side(run, jobs) if side_by_side else in_turn(run))
             items = yield from self._events(run, base)
             if items is None:
                 yield Cancelled(run.job * base.steps, len(jobs) * base.steps)
@@ -415,23 +424,126 @@ class Runner:
         finally:
             run.finish()
 
+    def _side_by_side(self, run: Run, jobs: list[Request]) -> list[Item] | None:
+        """``jobs`` in the worker processes; their events forwarded to ``run``; the
+        Items in job order, or None once stopped. A failed job stops the others."""
+        steps = [0] * len(jobs)
+        items: list[Item | None] = [None] * len(jobs)
+        errors: list[dict] = []
+        left = threading.Semaphore(0)
+
+        def handler(i: int, job: Request):
+            def on_event(event: dict) -> None:
+                if event["event"] == "step":
+                    steps[i] = event["step"]
+                    run.emit(Step(event["step"], event["steps"], event["t"], event["n_splats"], None, i, len(jobs),
+                                  sum(steps)))
+                    return
+                if event["event"] == "error":
+                    errors.append(event)
+                    run.cancel()
+                elif event["result"] is not None:
+                    items[i] = _item(job, event["result"])
+                    run.emit(items[i])
+                left.release()
+            return on_event
+
+        for i, job in enumerate(jobs):
+            self.workers.submit({"job": i, "values": job.values(), "gif": str(run.folder / _gif_name(job)),
+                                 "stop_file": str(run.folder / STOP_FILE)}, handler(i, job))
+        for _ in jobs:
+            left.acquire()
+        if errors:
+            raise _raised(errors[0])
+        return None if run.stop.is_set() else items
+
+
+def default_workers() -> int:
+    """Worker processes for side-by-side runs: $CFD_WORKERS, else one per core
+    (1 = every run in the app's own process)."""
+    return int(os.environ.get("CFD_WORKERS") or os.cpu_count() or 1)
+
+
+def _gif_name(job: Request) -> str:
+    return f"{job.method}-seed{job.seed}.gif"
+
+
+def _item(job: Request, result: dict) -> Item:
+    return Item(job, Path(result["gif"]), result["near"], result["seconds"], result["n_splats"],
+                result["fingerprint"])
+
+
+_RAISED = {"RequestError": RequestError, "GuidanceUnavailable": GuidanceUnavailable,
+           "NonFiniteGradient": NonFiniteGradient, "ValueError": ValueError}
+
+
+def _raised(event: dict) -> BaseException:
+    """The exception a worker's error event stands for (a bug's traceback goes to the log)."""
+    kind = _RAISED.get(event["type"])
+    if kind is not None:
+        return kind(event["message"])
+    print(event.get("traceback") or "", file=sys.stderr)
+    return RuntimeError(f"{event['type']}: {event['message']}")
+
+
+def scene_fingerprint(scene) -> str:
+    """A short hash of every parameter of ``scene`` (bit-level identity of two runs)."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in (scene.means, scene.log_scales, scene.quats, scene.opacity_logits, scene.sh):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def compare_job(request: Request, guidance, gif: Path, step_callback: Callable, should_stop: Callable[[], bool]
+                ) -> dict | None:
+    """One run of a seed comparison (in a thread or a worker process): distil
+    ``request``, write its orbit GIF to ``gif``, measure its nearest variant.
+    Returns plain data (gif, near, seconds, n_splats, fingerprint), or None if
+    stopped."""
+    from .distill import distill, run_threads
+    from .export import orbit_frames, write_gif
+    from .pipeline import nearest_reference
+
+    t0 = time.perf_counter()
+    config = request.config()
+    scene = distill(guidance, config, callback=step_callback)
+    if should_stop():
+        return None
+    with run_threads(guidance, config):
+        write_gif(orbit_frames(scene, n_frames=COMPARE_FRAMES, res=COMPARE_RES), gif)
+        near = nearest_reference(scene, guidance, config.res)
+    return {"gif": str(gif), "near": near, "seconds": time.perf_counter() - t0, "n_splats": len(scene),
+            "fingerprint": scene_fingerprint(scene)}
+
 
 def compare_table(items: list[Item]) -> str:
-    """Markdown table of a comparison and, on the exact prior, its diversity."""
+    """Markdown table of a comparison and, on the exact prior, its diversity: per
+    method how many different variants (and families) its seeds reached, and
+    how sharp they were."""
     if not items:
         return ""
     res = next((it.near["psnr_res"] for it in items if it.near), None)
     psnr_head = f"PSNR at {res} px (dB)" if res else "PSNR (dB)"
-    lines = [f"| method | seed | nearest object | {psnr_head} | splats | seconds |", "|---|---|---|---|---|---|"]
+    lines = [f"| method | seed | nearest variant | family | {psnr_head} | splats | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    reached: dict[str, list[dict]] = {}
     for it in items:
-        near, psnr = (it.near["nearest"], f"{it.near['nearest_psnr']:.1f}") if it.near else ("–", "–")
-        lines.append(f"| {it.request.method} | {it.request.seed} | {near} | {psnr} | {it.n_splats} | "
+        near = it.near or {}
+        cells = (near.get("nearest", "–"), near.get("nearest_family", "–"),
+                 f"{near['nearest_psnr']:.1f}" if near else "–")
+        lines.append(f"| {it.request.method} | {it.request.seed} | {' | '.join(cells)} | {it.n_splats} | "
                      f"{it.seconds:.1f} |")
-    reached: dict[str, list[str]] = {}
-    for it in items:
-        if it.near:
-            reached.setdefault(it.request.method, []).append(it.near["nearest"])
+        if near:
+            reached.setdefault(it.request.method, []).append(near)
     if reached:
-        lines += ["", "Diversity: " + "; ".join(f"**{m}** reached {len(set(v))} distinct object(s) over "
-                                                f"{len(v)} seed(s)" for m, v in reached.items())]
+        def story(method: str, nears: list[dict]) -> str:
+            variants, families = {n["nearest"] for n in nears}, {n["nearest_family"] for n in nears}
+            psnr = sum(n["nearest_psnr"] for n in nears) / len(nears)
+            return (f"**{method}** found {len(variants)} different variant(s) of {len(families)} famil"
+                    f"{'y' if len(families) == 1 else 'ies'} over {len(nears)} seed(s), {psnr:.1f} dB on average")
+        prompt = items[0].request.prompt
+        lines += ["", (f'For "{prompt}": ' if prompt else "") + "; ".join(story(m, v) for m, v in reached.items())
+                  + ". Different variants are different objects; PSNR says how sharply each seed reached its own."]
     return "\n".join(lines)

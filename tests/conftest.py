@@ -66,4 +66,5 @@ def served_app(runs: Path, **env):
         yield app, url
     finally:
         demo.close()
+        app.RUNNER.workers.close()
         mp.undo()

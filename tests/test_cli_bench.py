@@ -15,7 +15,7 @@ def test_generate_writes_every_artefact(tmp_path):
         assert (out / name).stat().st_size > 0, name
     run = json.loads((out / "run.json").read_text())
     assert run["seed"] == 3 and run["method"] == "cfd" and run["steps_done"] == 12
-    assert run["prompt"] == "a rubber duck" and run["views"] == 4 and run["nearest"] == "rubber duck"
+    assert run["prompt"] == "a rubber duck" and run["views"] == 4 and run["nearest_family"] == "rubber duck"
     assert {"x", "f_dc_0", "opacity", "rot_3"} <= {p.name for p in PlyData.read(str(out / "scene.ply"))["vertex"].properties}
 
 
@@ -34,7 +34,8 @@ def test_generate_refuses_bad_input(tmp_path, capsys):
 def test_bench_toy_json_contract(tmp_path):
     out = tmp_path / "toy.json"
     assert bench_main(["toy", "--methods", "cfd,sds:lambda", "--seeds", "0-1", "--steps", "6", "--res", "16",
-                       "--views", "2", "--prior", "multiview", "--prompt", "a toy", "--json", str(out)]) == 0
+                       "--views", "2", "--prior", "multiview", "--prompt", "a toy", "--originals",
+                       "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert set(data) >= {"config", "runs", "summary"}
     assert len(data["runs"]) == 4
@@ -42,8 +43,8 @@ def test_bench_toy_json_contract(tmp_path):
         assert set(run) >= {"method", "seed", "psnr", "nearest", "seconds"} and len(run["psnr"]) == 4  # the toys
     assert (data["config"]["prior"], data["config"]["views"], data["config"]["prompt"]) == ("multiview", 2, "a toy")
     for method in ("cfd", "sds:lambda"):
-        assert set(data["summary"][method]) == {"mean_best_psnr", "distinct_modes", "chimeras", "mode_entropy",
-                                                "mean_seconds"}
+        assert set(data["summary"][method]) == {"mean_best_psnr", "distinct_modes", "distinct_families", "in_prompt",
+                                                "mean_pairwise_psnr", "chimeras", "mode_entropy", "mean_seconds"}
 
 
 def test_generate_sd_preset_on_the_tiny_pipeline(tmp_path, tiny_sd_model):

@@ -9,7 +9,7 @@ from cfd.scenes import load_scene_set
 
 @pytest.fixture(scope="module")
 def prior():
-    _, scenes = load_scene_set("toys")
+    _, scenes = load_scene_set("toys", originals=True)
     return ExactPrior(scenes[:3])
 
 
@@ -91,7 +91,7 @@ def test_cfd_seeds_reach_different_objects_where_sds_seeds_do_not():
     seeds reach different objects where SDS's all reach the same one, and CFD is at
     least as sharp. (Measured: CFD 36.9 / 36.2 / 36.3 dB on cactus, cactus,
     sunflower; SDS 35.4 / 32.5 / 34.7 dB, tulips every time.)"""
-    joint = ExactPrior.from_scene_set("garden", multiview=True)
+    joint = ExactPrior.from_scene_set("garden", originals=True, multiview=True)
     best, nearest = {}, {}
     for method in ("cfd", "sds"):
         psnr = [joint.scene_psnr(distill(joint, DistillConfig(method=method, seed=seed, steps=300, res=32,
@@ -104,7 +104,7 @@ def test_cfd_seeds_reach_different_objects_where_sds_seeds_do_not():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_distill_runs_on_cuda():
-    _, scenes = load_scene_set("toys")
+    _, scenes = load_scene_set("toys", originals=True)
     gpu_prior = ExactPrior(scenes[:2]).to("cuda")
     for method in ("cfd", "cfd-sde", "sds"):
         scene = distill(gpu_prior, small(method=method, steps=3, densify_every=1, densify_grad_ratio=0.0))

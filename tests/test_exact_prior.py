@@ -13,7 +13,7 @@ RES = 24
 
 @pytest.fixture(scope="module")
 def prior() -> ExactPrior:
-    return ExactPrior.from_scene_set(FIRST_SET, supersample=1)  # single-view posterior
+    return ExactPrior.from_scene_set(FIRST_SET, originals=True, supersample=1)  # single-view posterior
 
 
 def cameras(n: int, seed: int = 0, res: int = RES):
@@ -43,7 +43,7 @@ def test_it_is_a_pixel_space_guidance_on_sd_schedule(prior):
     assert isinstance(prior, Guidance)
     assert (prior.channels, prior.latent_factor, len(prior.scenes)) == (3, 1, len(prior.names))
     assert prior.device == torch.device("cpu")
-    assert prior.names == load_scene_set(FIRST_SET)[0].names
+    assert prior.names == load_scene_set(FIRST_SET, originals=True)[0].names
     assert torch.equal(prior.alphas_cumprod, NoiseSchedule.stable_diffusion().alphas_cumprod)
     rgb = torch.rand(2, 3, 8, 8, requires_grad=True)
     x = prior.encode(rgb)
@@ -119,7 +119,7 @@ def test_bad_inputs_are_refused(prior):
 
 
 def test_supersampled_prior_box_filters_renders_and_references():
-    coarse = ExactPrior.from_scene_set(FIRST_SET, supersample=2)
+    coarse = ExactPrior.from_scene_set(FIRST_SET, originals=True, supersample=2)
     assert coarse.latent_factor == 2
     cam = cameras(1, res=2 * RES)[0]
     fine = torch.stack([render(s, cam, coarse.background).rgb.permute(2, 0, 1) for s in coarse.scenes])
@@ -206,7 +206,7 @@ def test_cfg_is_the_exact_conditional_and_unconditional_denoisers(prior, multivi
 def test_cfg_against_a_negative_prompt_stays_finite_where_the_object_is_another():
     """The unconditional prior keeps every object possible, so ε_u stays bounded
     when x is clearly another object than the negative prompt's (at t → 0)."""
-    prior = ExactPrior.from_scene_set(FIRST_SET, supersample=1, multiview=True)
+    prior = ExactPrior.from_scene_set(FIRST_SET, originals=True, supersample=1, multiview=True)
     idx = {n: k for k, n in enumerate(prior.names)}
     cams = cameras(2, seed=4)
     snowman = torch.stack([plain_reference(prior, idx["snowman"], c) for c in cams])
@@ -216,7 +216,7 @@ def test_cfg_against_a_negative_prompt_stays_finite_where_the_object_is_another(
 
 
 def test_prompts_select_objects_and_themes():
-    prior = ExactPrior.bundled()
+    prior = ExactPrior.bundled(originals=True)
     idx = {n: k for k, n in enumerate(prior.names)}
     toys = tuple(idx[n] for n in ("snowman", "mushroom", "rubber duck", "rocket"))
     plants = tuple(idx[n] for n in ("cactus", "potted tree", "sunflower", "tulips"))
@@ -238,19 +238,63 @@ def test_unknown_prompt_is_refused_with_what_the_prior_knows():
         prior.condition("a corgi wearing a beret")
     message = str(info.value)
     assert "'a corgi wearing a beret'" in message and "Stable Diffusion" in message
-    for name in prior.names + ["a toy", "a potted plant"]:
+    for name in [f.name for f in prior.vocabulary.families] + ["a toy", "a potted plant"]:
         assert name in message
     with pytest.raises(ValueError, match="guidance_scale must be ≥ 1"):
         prior.condition("a duck", guidance_scale=0.5)
 
 
 def test_vocabulary_matches_whole_words_and_plurals():
-    from cfd.vocabulary import Theme, Vocabulary, words
+    from cfd.vocabulary import Group, Vocabulary, words
 
     assert words("Two DUCKS, three boxes & a glass") == ("two", "duck", "three", "box", "a", "glass")
     v = Vocabulary(("cat", "rocket ship"), ("a cat", "a rocket ship"), (("kitten",), ("rocket",)),
-                   (Theme("a pet", ("pet",), (0,)),))
+                   (Group("a pet", ("pet",), (0,)),))
     assert v.select("a kitten") == (0,) and v.select("rockets") == (1,) and v.select("a pet") == (0,)
     assert v.select("a category") == () and v.select("a catapult") == ()   # whole words only
     with pytest.raises(ValueError, match="theme"):
-        Vocabulary(("cat",), ("a cat",), ((),), (Theme("x", (), (3,)),))
+        Vocabulary(("cat",), ("a cat",), ((),), (Group("x", (), (3,)),))
+
+
+def test_a_family_prompt_is_a_mixture_of_its_variants_and_a_variant_prompt_selects_it_alone():
+    from cfd.vocabulary import Group, Vocabulary
+
+    v = Vocabulary(("tabby", "black cat", "red rocket"), ("a tabby cat", "a black cat", "a red rocket"),
+                   (("tabby",), ("black cat",), ()),
+                   (Group("a thing", ("thing",), (0, 1, 2)),),
+                   (Group("cat", ("a cat", "kitty"), (0, 1)), Group("rocket", (), (2,))))
+    assert v.select("a cat") == (0, 1) and v.select("two kitty cats") == (0, 1)      # the family: every variant
+    assert v.select("a black cat") == (1,) and v.select("a tabby") == (0,)        # a variant's own words
+    assert v.select("a black cat and a rocket") == (1, 2)                         # a variant and a family
+    assert v.select("a thing") == (0, 1, 2) and v.select("a dog") == ()
+    assert (v.family(0), v.family(2)) == ("cat", "rocket")
+    assert "cat, rocket (or the theme 'a thing')" in v.describe()
+    with pytest.raises(ValueError, match="more than one family"):
+        Vocabulary(("a",), ("a",), ((),), (), (Group("f", (), (0,)), Group("g", (), (0,))))
+
+
+def test_the_summary_names_the_nearest_variant_and_its_family():
+    from cfd.pipeline import nearest_reference
+
+    prior = ExactPrior.bundled(["toys"])
+    k = prior.names.index("pink duck")
+    near = nearest_reference(prior.scenes[k], prior, 32)
+    assert (near["nearest"], near["nearest_family"]) == ("pink duck", "rubber duck")
+    assert near["nearest_psnr"] >= 99 and sorted(near["psnr"], key=near["psnr"].get)[-2] != "pink duck"
+
+
+def test_at_cfg_1_only_the_prompts_variants_are_rendered_and_weighed():
+    """CFG 1 weighs the conditional set alone (every other weight is exactly 0): the
+    references of the other objects are never rendered, and ε̂ equals the full
+    posterior's."""
+    prior = ExactPrior.bundled(["toys"], multiview=True)
+    cond = prior.condition("a rocket")
+    assert cond.support(len(prior.scenes)) == cond.positive and len(cond.positive) >= 6
+    cams = cameras(3, seed=2, res=2 * RES)
+    x_t = torch.randn(3, 3, RES, RES, generator=torch.Generator().manual_seed(0))
+    eps = prior.predict_noise(x_t, 400, cams, cond)
+    rendered = {k for images, done in prior._cache.values() for k, d in enumerate(done) if d}
+    assert rendered == set(cond.positive)
+    full = prior.condition("a rocket", guidance_scale=1.0 + 1e-9)       # CFG ≠ 1 weighs every object
+    assert full.support(len(prior.scenes)) == tuple(range(len(prior.scenes)))
+    torch.testing.assert_close(prior.predict_noise(x_t, 400, cams, full), eps, atol=1e-5, rtol=1e-5)

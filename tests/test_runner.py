@@ -50,3 +50,61 @@ def test_a_run_stopped_by_non_finite_gradients_is_an_expected_failure_with_advic
     assert problem.expected and problem.title == "Run stopped"
     assert "lower guidance scale" in problem.message and "Nothing was saved" in problem.message
     assert "Traceback" not in capfd.readouterr().err   # not logged as a bug
+
+
+def _compare(runner: Runner, base, n_seeds: int) -> tuple[list, list]:
+    from cfd.request import prepare
+    from cfd.runner import Item, Step
+
+    events = list(runner.compare(base, ["cfd", "sds"], n_seeds, prepare(base), session="s"))
+    items = [e for e in events if isinstance(e, Item)]
+    return sorted(items, key=lambda it: (it.request.method, it.request.seed)), [e for e in events if isinstance(e, Step)]
+
+
+def test_compare_side_by_side_in_worker_processes_gives_each_run_exactly_as_alone(tmp_path):
+    """Two worker processes run a comparison's runs at once; each run's scene is
+    bit for bit the scene the same request gives in the app's own process."""
+    from cfd.request import parse_request
+
+    base = parse_request(prompt="a cactus", seed=3, steps=12, res=16, views=2)
+    alone, _ = _compare(Runner(tmp_path / "alone", workers=1), base, 2)
+    pool = Runner(tmp_path / "pool", workers=2)
+    try:
+        side, steps = _compare(pool, base, 2)
+    finally:
+        pool.workers.close()
+    assert len(alone) == len(side) == 4
+    assert [it.fingerprint for it in side] == [it.fingerprint for it in alone]
+    assert [it.near for it in side] == [it.near for it in alone]
+    assert all(it.gif.name.endswith(".gif") for it in side)
+    fractions = [s.fraction for s in steps]
+    assert fractions[-1] == (4 * 12, 4 * 12) and len(steps) == 4 * 12   # every step of every run, counted once
+
+
+def test_a_failing_worker_job_comes_back_as_its_own_kind_of_error(tmp_path):
+    """An error in a worker process is raised in the app's process as the same
+    kind of exception (here a refused prompt: a user error, not a bug)."""
+    import threading
+
+    from cfd.request import RequestError, parse_request
+    from cfd.runner import _raised, failure
+    from cfd.workers import WorkerPool
+
+    pool = WorkerPool(1)
+    values = {**parse_request(prompt="a cactus", steps=10, res=16, views=1).values(), "prompt": "a giraffe"}
+    events, finished = [], threading.Event()
+
+    def on_event(event):
+        events.append(event)
+        if event["event"] in ("done", "error"):
+            finished.set()
+
+    pool.submit({"job": 0, "values": values, "gif": str(tmp_path / "x.gif"), "stop_file": str(tmp_path / "stop")},
+                on_event)
+    try:
+        assert finished.wait(120)
+    finally:
+        pool.close()
+    error = _raised(events[-1])
+    assert isinstance(error, RequestError) and "giraffe" in str(error)
+    assert failure(error).expected and failure(error).title == "Invalid input"

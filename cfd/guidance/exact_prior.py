@@ -9,13 +9,18 @@ and prior weights π over the objects, the exact (posterior-mean) ε-prediction 
     w = softmax_k(log π_k + ℓ_k),   ℓ_k = −‖x_t − α_t X_k(c)‖² / (2 σ_t²),
 
 with the softmax taken through log-sum-exp in float64, so it stays exact and
-finite at the smallest σ_t.
+finite at the smallest σ_t. At CFG 1 every object outside the conditional set
+has weight exactly 0, so only that set's references are rendered and weighed
+(``ExactCondition.support``): a run's cost grows with what its prompt names,
+not with the size of the prior.
 
 Text and CFG, as SD uses them: the prompt selects the conditional set (the
-objects it names, or a theme's objects, ``cfd.vocabulary``): π_c is uniform over
-it. The unconditional prior π_u is uniform over every object; a negative prompt
-moves ``NEGATIVE_EMPHASIS`` (90 %) of its mass onto the objects it names, as SD's
-negative text makes its images likely without making others impossible. Then
+variants it names, every variant of the families it names, or a theme's
+variants, ``cfd.vocabulary``): π_c is uniform over it, so a family prompt is a
+mixture with one mode per variant. The unconditional prior π_u is uniform over
+every object; a negative prompt moves ``NEGATIVE_EMPHASIS`` (90 %) of its mass
+onto the objects it names, as SD's negative text makes its images likely
+without making others impossible. Then
 ε̂ = ε*_{π_u} + s (ε*_{π_c} − ε*_{π_u}). (Restricting π_u to the named objects —
 the literal "their mixture" — makes CFG diverge: once x is another object, that
 prior cannot explain it and ε*_u grows without bound as σ_t → 0; measured 8 dB
@@ -62,6 +67,12 @@ class ExactCondition:
     guidance_scale: float
     positive: tuple[int, ...]
     negative: tuple[int, ...]
+
+    def support(self, n_objects: int) -> tuple[int, ...]:
+        """The objects whose references this condition's ε̂ can weigh: the
+        conditional set alone at CFG 1 (ε̂ = ε*_c; every other weight is exactly
+        0), every object otherwise (ε*_u weighs them all)."""
+        return self.positive if self.guidance_scale == 1 else tuple(range(n_objects))
 
     def log_priors(self, n_objects: int, device="cpu") -> tuple[Tensor, Tensor]:
         """log prior weights [K] float64 on ``device`` of the conditional and the
@@ -115,15 +126,18 @@ class ExactPrior:
         self.name = name
         self.schedule = NoiseSchedule.stable_diffusion()
         self.alphas_cumprod = self.schedule.alphas_cumprod
-        self.cache_bytes = 256 * 2**20   # memoised reference renders, see reference_images
+        self.cache_bytes = 512 * 2**20   # memoised reference renders, see reference_images
         self._cache: dict = {}
         self._cached_bytes = 0
+        self._psnr_cache: dict = {}
 
     @classmethod
-    def bundled(cls, set_ids: list[str] | None = None, **kwargs) -> "ExactPrior":
-        """The prior over the objects of the bundled sets ``set_ids`` (None: all of
-        them, the app's and CLI's default), with their captions, aliases and themes."""
-        sets = find_scene_sets(set_ids)
+    def bundled(cls, set_ids: list[str] | None = None, originals: bool = False, **kwargs) -> "ExactPrior":
+        """The prior over every variant of the bundled sets ``set_ids`` (None: all of
+        them, the app's and CLI's default), with their families, aliases and
+        themes; ``originals``: over each family's first variant only
+        (``SceneSet.originals``)."""
+        sets = find_scene_sets(set_ids, originals=originals)
         scenes = [load_ply(p) for s in sets for p in s.paths]
         kwargs.setdefault("name", "Exact prior: " + ", ".join(s.name for s in sets))
         return cls(scenes, vocabulary=vocabulary(sets), **kwargs)
@@ -141,7 +155,7 @@ class ExactPrior:
     def to(self, device) -> "ExactPrior":
         """Move the reference scenes (renders then run on ``device``); returns self."""
         self.scenes = [s.to(device) for s in self.scenes]
-        self._cache, self._cached_bytes = {}, 0
+        self._cache, self._cached_bytes, self._psnr_cache = {}, 0, {}
         return self
 
     def encode(self, rgb: Tensor) -> Tensor:
@@ -156,32 +170,60 @@ class ExactPrior:
         return torch.nn.functional.interpolate(rgb, scale_factor=f, mode="nearest") if f > 1 else rgb
 
     @torch.no_grad()
-    def reference_images(self, cameras: list[Camera], width: int, height: int) -> Tensor:
-        """X_k(c) [B,K,3,height,width] float32 in [-1,1]: every scene from every camera,
-        rendered at f× width × height and box-filtered (the camera's aspect ratio
-        must match).
+    def reference_images(self, cameras: list[Camera], width: int, height: int,
+                         objects: tuple[int, ...] | None = None) -> Tensor:
+        """X_k(c) [B,K',3,height,width] float32 in [-1,1]: the scenes ``objects`` (None:
+        all K) from every camera, rendered at f× width × height and box-filtered (the
+        camera's aspect ratio must match).
 
-        Renders are memoised per exact camera (up to ``cache_bytes``), so a
-        training distribution over a finite pool of views (``CameraRanges.pool``)
-        renders each reference view once per prior, not once per step."""
-        views = []
+        Renders are kept per view (``Camera.key``, else the camera's matrices) and
+        object, in the layout the posterior reads ([K,3,h,w] per view), up to
+        ``cache_bytes``: a training distribution over a finite pool of views
+        (``CameraRanges.pool``) renders each reference view of each object it
+        needs once per prior, and only the objects a run's condition can weigh
+        (``ExactCondition.support``). Missing renders are made one object at a
+        time for all the views that lack it (one batched render call)."""
+        objects = tuple(range(len(self.scenes))) if objects is None else tuple(objects)
         f = self.latent_factor
-        for cam in cameras:
-            if (cam.width, cam.height) != (f * width, f * height):
-                cam = cam.scaled(f * width / cam.width)
-                if cam.height != f * height:
-                    raise ValueError(f"ExactPrior: camera aspect {cam.width}x{cam.height} does not match "
-                                     f"the image size {width}x{height}")
-            key = (cam.viewmat.cpu().numpy().tobytes(), cam.K.cpu().numpy().tobytes(), width, height)
-            view = self._cache.get(key)
-            if view is None:
-                view = self.encode(torch.stack([render(s, cam, self.background).rgb.permute(2, 0, 1)
-                                                for s in self.scenes]))
-                if self._cached_bytes + view.nbytes <= self.cache_bytes:
-                    self._cache[key] = view
-                    self._cached_bytes += view.nbytes
-            views.append(view)
-        return torch.stack(views)
+        cams = [self._scaled(cam, f * width, f * height) for cam in cameras]
+        views = [self._view_entry(cam, width, height) for cam in cams]
+        missing: dict[int, list[int]] = {}
+        for i, (images, done) in enumerate(views):
+            for k in objects:
+                if not done[k]:
+                    missing.setdefault(k, []).append(i)
+        for k, rows in missing.items():
+            rgb = render(self.scenes[k], [cams[i] for i in rows], self.background).rgb
+            for i, image in zip(rows, self.encode(rgb.permute(0, 3, 1, 2))):
+                views[i][0][k] = image
+                views[i][1][k] = True
+        index = torch.tensor(objects, device=self.device)
+        return torch.stack([images.index_select(0, index) for images, _ in views])
+
+    @staticmethod
+    def _scaled(cam: Camera, width: int, height: int) -> Camera:
+        if (cam.width, cam.height) == (width, height):
+            return cam
+        scaled = cam.scaled(width / cam.width)
+        if scaled.height != height:
+            raise ValueError(f"ExactPrior: camera aspect {cam.width}x{cam.height} does not match "
+                             f"the image size {width}x{height}")
+        return scaled
+
+    def _view_entry(self, cam: Camera, width: int, height: int) -> tuple[Tensor, Tensor]:
+        """(images [K,3,height,width], rendered [K] bool) of one view: the cached entry,
+        or a new one (cached while the cache has room)."""
+        view = cam.key if cam.key is not None else (cam.viewmat.cpu().numpy().tobytes(),
+                                                   cam.K.cpu().numpy().tobytes())
+        key = (view, width, height)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = (torch.zeros(len(self.scenes), 3, height, width, device=self.device),
+                     [False] * len(self.scenes))
+            if self._cached_bytes + entry[0].nbytes <= self.cache_bytes:
+                self._cache[key] = entry
+                self._cached_bytes += entry[0].nbytes
+        return entry
 
     @torch.no_grad()
     def scene_psnr(self, scene: GaussianScene, res: int, n_views: int = PSNR_VIEWS) -> list[float]:
@@ -192,14 +234,17 @@ class ExactPrior:
         references' renders are memoised per (res, n_views)."""
         cams = psnr_cameras(res, n_views)
         key = ("psnr", res, n_views)
-        refs = self._cache.get(key)
+        refs = self._psnr_cache.get(key)
         if refs is None:
-            refs = torch.stack([torch.stack([render(ref, c, self.background).rgb for c in cams])
-                                for ref in self.scenes])  # [K,V,H,W,3]
-            self._cache[key] = refs
-        ours = torch.stack([render(scene.detach().to(self.device), c, self.background).rgb for c in cams])
+            refs = torch.stack([render(ref, cams, self.background).rgb for ref in self.scenes])  # [K,V,H,W,3]
+            self._psnr_cache[key] = refs
+        ours = render(scene.detach().to(self.device), cams, self.background).rgb
         mse = (ours[None] - refs).square().mean(dim=(1, 2, 3, 4))
         return [float(v) for v in -10 * torch.log10(mse.clamp_min(1e-10))]
+
+    def cache_size(self) -> int:
+        """Bytes held by the reference renders (training views and PSNR views)."""
+        return self._cached_bytes + sum(r.nbytes for r in self._psnr_cache.values())
 
     # -- text and CFG
 
@@ -214,10 +259,11 @@ class ExactPrior:
         everything = tuple(range(len(self.scenes)))
         positive = self.vocabulary.select(prompt) if prompt else everything
         if not positive:
+            v = self.vocabulary
+            example = v.families[0].name if v.families else v.names[0]
             raise ValueError(f"The embedded exact prior does not know {prompt!r}. It knows only these objects: "
-                             f"{self.vocabulary.describe()}. Name one of them (e.g. "
-                             f"'{self.vocabulary.captions[0]}'); free text needs Stable Diffusion "
-                             "(backend 'sd', with its weights).")
+                             f"{v.describe()}. Name one of them (e.g. 'a {example}'); free text needs "
+                             "Stable Diffusion (backend 'sd', with its weights).")
         return ExactCondition(prompt, negative_prompt, scale, positive, self.vocabulary.select(negative_prompt))
 
     # -- the posterior
@@ -239,12 +285,13 @@ class ExactPrior:
         """Posterior weights [B,K]: softmax of ``logits`` [B,K] + ``log_prior`` [K]."""
         return (logits + log_prior).softmax(dim=1)
 
-    def _posterior(self, x_t: Tensor, t: int, cameras: list[Camera]) -> tuple[Tensor, Tensor, Tensor, float, float]:
-        """(x_t, refs, ℓ) in float64 on x_t's device, and α_t, σ_t."""
+    def _posterior(self, x_t: Tensor, t: int, cameras: list[Camera], objects: tuple[int, ...]
+                   ) -> tuple[Tensor, Tensor, Tensor, float, float]:
+        """(x_t, refs of ``objects``, ℓ over them) in float64 on x_t's device, and α_t, σ_t."""
         self._check(x_t, cameras)
         alpha, sigma = float(self.schedule.alpha(int(t))), float(self.schedule.sigma(int(t)))
         x = x_t.detach().double()
-        refs = self.reference_images(cameras, x_t.shape[3], x_t.shape[2]).to(x.device, torch.float64)
+        refs = self.reference_images(cameras, x_t.shape[3], x_t.shape[2], objects).to(x.device, torch.float64)
         return x, refs, self._log_likelihoods(x, refs, alpha, sigma), alpha, sigma
 
     @torch.no_grad()
@@ -252,17 +299,20 @@ class ExactPrior:
                           cond: ExactCondition | None = None) -> Tensor:
         """p(object k | x_t, c, prompt) [B,K] float32 (``cond``: None = unconditional)."""
         cond = cond or self.condition()
-        logits = self._posterior(x_t, t, cameras)[2]
+        logits = self._posterior(x_t, t, cameras, tuple(range(len(self.scenes))))[2]
         return self._weights(logits, cond.log_priors(len(self.scenes), logits.device)[0]).float()
 
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera],
                       cond: ExactCondition | None = None) -> Tensor:
         """ε̂ = ε*_u + s(ε*_c − ε*_u) [B,3,H,W] float32 on x_t's device; x_t [B,3,H,W],
-        one camera per item; ``cond`` from ``condition`` (None = unconditional)."""
+        one camera per item; ``cond`` from ``condition`` (None = unconditional).
+        Only the condition's support (``ExactCondition.support``) is weighed."""
         cond = cond or self.condition()
-        x, refs, logits, alpha, sigma = self._posterior(x_t, t, cameras)
-        log_prior_c, log_prior_u = cond.log_priors(len(self.scenes), x.device)
+        objects = cond.support(len(self.scenes))
+        x, refs, logits, alpha, sigma = self._posterior(x_t, t, cameras, objects)
+        index = torch.tensor(objects, device=x.device)
+        log_prior_c, log_prior_u = (p.index_select(0, index) for p in cond.log_priors(len(self.scenes), x.device))
 
         def mean(log_prior):  # posterior-mean clean image [B,3,H,W] under one prior over the objects
             return torch.einsum("bk,bkchw->bchw", self._weights(logits, log_prior), refs)
