@@ -172,8 +172,8 @@ def _compare(values, progress, request):
     total = len(methods) * n_seeds
     yield gr.Gallery(value=[], columns=n_seeds), "", f"**Running** {total} runs …", []
     for event in _events(RUNNER.compare(base, methods, n_seeds, guidance, _session(request)), progress):
-        if isinstance(event, Item):
-            items.append(event)
+        if isinstance(event, Item):   # runs finish in any order side by side: shown in method, seed order
+            items = sorted([*items, event], key=lambda i: (methods.index(i.request.method), i.request.seed))
             status = f"**Running** · {len(items)}/{total} done …"
         elif isinstance(event, Compared):
             status = (f"**Done** · {len(items)} runs in {event.seconds:.0f} s — click a result, then *Use seed …* "

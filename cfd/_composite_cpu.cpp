@@ -15,17 +15,17 @@
 //             inclusion would bring the transmittance to T_i (1 − α_i) ≤ t_min
 //   out     = Σ_i w_i f_i,  w_i = α_i T_i
 //
-// A pixel visits only the splats whose ellipse α ≥ alpha_min can reach it (each
-// splat's column span per tile row), which changes no result. The forward saves
-// per pixel the final transmittance and how many of the tile's splats it walked
-// (up to its last contributing one); the backward walks those back to front,
-// recovering T_i = T_{i+1} / (1 − α_i) (gsplat's rasterize_to_pixels backward).
-// Tiles run in parallel; the backward writes each
-// (tile, splat) pair's gradient into its own row of a pair buffer and sums the
-// rows per splat serially in pair order, so results are bit-identical for any
-// number of threads.
+// A splat visits only the pixels of its tile in the bounding box of its ellipse
+// α ≥ alpha_min, which changes no result. The forward saves per pixel the final
+// transmittance and how many of the tile's splats it walked (up to its last
+// contributing one); the backward walks those back to front, recovering
+// T_i = T_{i+1} / (1 − α_i) (gsplat's rasterize_to_pixels backward). Tiles run in
+// parallel; the backward writes each (tile, splat) pair's gradient into its own
+// row of a pair buffer and sums the rows per splat serially in pair order, so
+// results are bit-identical for any number of threads.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -87,7 +87,7 @@ inline float alpha_at(const TileSplat& s, float col, float row, const Thresholds
 inline int32_t ceil_within(double x, int32_t lo, int32_t hi) {
   if (!(x > lo)) return lo;
   if (x >= hi) return hi;
-  const int32_t i = int32_t(x);  // truncation: ⌊x⌋ for x ≥ 0, 0 = ⌈x⌉ on (−1, 0)
+  const int32_t i = int32_t(x);  // truncates: ⌊x⌋ for x ≥ 0, ⌈x⌉ for x < 0
   return i + (double(i) < x);
 }
 
@@ -95,46 +95,34 @@ inline int32_t ceil_within(double x, int32_t lo, int32_t hi) {
 inline int32_t floor_within(double x, int32_t lo, int32_t hi) {
   if (!(x < hi)) return hi;
   if (x <= lo) return lo;
-  const int32_t i = int32_t(x);  // truncation: ⌊x⌋ for x ≥ 0, 0 = ⌈x⌉ on (−1, 0)
+  const int32_t i = int32_t(x);  // truncates: ⌊x⌋ for x ≥ 0, ⌈x⌉ for x < 0
   return i - (double(i) > x);
 }
 
-// Per row r of a tile (rows × cols of its pixels lie in the image): the columns
-// lo[r] … hi[r] (none if lo > hi) outside which splat s has power > power_cut,
-// so that alpha_at is 0 there and the pixel skips the splat. For a fixed row,
-// power is a quadratic in d_x, ½a d_x² + (b d_y) d_x + ½c d_y², ≤ cut between
-// the roots d_x = (−b d_y ± √disc) / a, disc = 2a·cut − (ac − b²) d_y², and rows
-// with disc < 0 miss the splat. Solved in double for a quadratic with a, c
-// lowered by δ(a + |b|), δ(c + |b|), which lies below the true power by at least
-// δ (½a d_x² + ½c d_y² + |b d_x d_y|): far more than the float rounding of the
-// power (< 1e-6 of those terms), so a skipped pixel is one alpha_at would skip.
-void row_spans(const TileSplat& s, int64_t rows, int64_t cols, int32_t* lo, int32_t* hi) {
+// The pixels of a tile that splat s may reach: columns c0 … c1 of rows r0 … r1
+// (empty if c0 > c1 or r0 > r1); outside it the power exceeds power_cut, alpha_at
+// is 0 and a pixel can skip the splat.
+struct Box {
+  int32_t c0, c1, r0, r1;
+};
+
+// The Box of splat s in a tile whose first rows × cols pixels lie in the image.
+// power ≤ cut is an ellipse (a, c > 0, det = ac − b² > 0) inside |d_x| ≤
+// √(2c·cut / det), |d_y| ≤ √(2a·cut / det). Solved in double for a quadratic
+// with a, c lowered by δ(a + |b|), δ(c + |b|), which lies below the true power by
+// at least δ (½a d_x² + ½c d_y² + |b d_x d_y|): far more than the float rounding
+// of the power (< 1e-6 of those terms), so a pixel outside the box is one that
+// alpha_at skips.
+Box reach_box(const TileSplat& s, int64_t rows, int64_t cols) {
   constexpr double delta = 1e-5;
   const double b = s.b, a = s.a - delta * (s.a + std::abs(b)), c = s.c - delta * (s.c + std::abs(b));
   const double cut = s.power_cut, det = a * c - b * b;
-  int64_t r0 = 0, r1 = rows - 1;  // the rows that may meet the splat
-  if (!(a > 0)) {  // not convex in d_x: no bound, walk every pixel
-    std::fill(lo, lo + rows, 0);
-    std::fill(hi, hi + rows, int32_t(cols - 1));
-    return;
-  }
-  if (det > 0) {  // an ellipse: |d_y| ≤ √(2a·cut / det)
-    const double reach = cut > 0 ? std::sqrt(2.0 * a * cut / det) : -1.0;
-    r0 = ceil_within(-reach - s.oy, 0, int32_t(rows));
-    r1 = floor_within(reach - s.oy, -1, int32_t(rows - 1));
-  }
-  const double inv_a = 1.0 / a;
-  for (int64_t r = 0; r < rows; ++r) {
-    const double dy = double(s.oy) + double(r), disc = 2.0 * a * cut - det * dy * dy;
-    if (r < r0 || r > r1 || !(disc >= 0)) {
-      lo[r] = 1;
-      hi[r] = 0;
-      continue;
-    }
-    const double centre = -b * dy * inv_a - s.ox, half = std::sqrt(disc) * inv_a;  // in columns
-    lo[r] = ceil_within(centre - half, 0, int32_t(cols));
-    hi[r] = floor_within(centre + half, -1, int32_t(cols - 1));
-  }
+  if (!(a > 0 && c > 0 && det > 0)) return {0, int32_t(cols - 1), 0, int32_t(rows - 1)};  // no bound
+  if (!(cut >= 0)) return {1, 0, 1, 0};  // nowhere reaches alpha_min
+  const double reach_x = std::sqrt(2.0 * c * cut / det), reach_y = std::sqrt(2.0 * a * cut / det);
+  // pixel column col has d_x = ox + col
+  return {ceil_within(-reach_x - s.ox, 0, int32_t(cols)), floor_within(reach_x - s.ox, -1, int32_t(cols - 1)),
+          ceil_within(-reach_y - s.oy, 0, int32_t(rows)), floor_within(reach_y - s.oy, -1, int32_t(rows - 1))};
 }
 
 void check(const at::Tensor& x, at::ScalarType type, int64_t dim, const char* name) {
@@ -179,12 +167,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_forward(
   int32_t* used_p = n_used.data_ptr<int32_t>();
   const float log_alpha_min = std::log(th.alpha_min);
 
-  // Per tile, splat by splat in depth order, each pixel of the splat's row spans
-  // that has not stopped yet: the same operations per pixel, in the same order, as
-  // a pixel walking the tile's splats front to back (gsplat), minus the skipped ones.
+  // Per tile, splat by splat in depth order, the pixels of the splat's box that
+  // have not stopped yet: the same operations per pixel, in the same order, as a
+  // pixel walking the tile's splats front to back (gsplat), minus skipped ones.
   at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<TileSplat> splats;
-    std::vector<int32_t> lo(tile_size), hi(tile_size);
     std::vector<uint8_t> stopped(n_pix);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = start[t], K = start[t + 1] - first, px0 = geo.x_of(t), py0 = geo.y_of(t);
@@ -199,9 +186,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_forward(
       for (int64_t k = 0; k < K && n_stopped < rows * cols; ++k) {
         const TileSplat& s = splats[k];
         const float* f = feat + pairs[first + k] * F;
-        row_spans(s, rows, cols, lo.data(), hi.data());
-        for (int64_t row = 0; row < rows; ++row) {
-          for (int64_t col = lo[row]; col <= hi[row]; ++col) {
+        const Box box = reach_box(s, rows, cols);
+        for (int64_t row = box.r0; row <= box.r1; ++row) {
+          for (int64_t col = box.c0; col <= box.c1; ++col) {
             const int64_t pix = row * tile_size + col;
             if (stopped[pix]) continue;
             float dx, dy;
@@ -241,9 +228,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
   const Thresholds th{float(alpha_min), float(alpha_max), float(t_min)};
   const int64_t n_tiles = tile_start.size(0) - 1, n_pix = tile_size * tile_size;
   const int64_t M = features.size(0), F = features.size(1), P = tile_splats.size(0);
-  // per (tile, splat) pair: d/df [P,F]; d/dm_x, d/dm_y, d/da, d/db, d/dc, d/dlog o [P,6]
-  at::Tensor pair_f = at::zeros({P, F}, features.options());
-  at::Tensor pair_g = at::zeros({P, 6}, features.options());
+  // per (tile, splat) pair: dL/df [P,F]; dL/d(m_x, m_y, a, b, c, log o) [P,6]
+  at::Tensor pair_f = at::empty({P, F}, features.options());
+  at::Tensor pair_g = at::empty({P, 6}, features.options());
   const int64_t* start = tile_start.data_ptr<int64_t>();
   const int64_t* pairs = tile_splats.data_ptr<int64_t>();
   const float* feat = features.data_ptr<float>();
@@ -257,12 +244,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
   float* pg_p = pair_g.data_ptr<float>();
   const float log_alpha_min = std::log(th.alpha_min);
 
-  // Per tile, splat by splat back to front over the pixels of its row spans that
-  // it contributed to: each pixel sees the reverse of its forward walk.
+  // Per tile, splat by splat back to front over the pixels of its box that it
+  // contributed to: each pixel sees the reverse of its forward walk.
   at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<TileSplat> splats;
-    std::vector<int32_t> lo(tile_size), hi(tile_size), used(n_pix);
-    std::vector<float> T(n_pix), behind(n_pix);
+    std::vector<int32_t> used(n_pix);
+    std::vector<float> T(n_pix), behind(n_pix), df(F);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = start[t], K = start[t + 1] - first, px0 = geo.x_of(t), py0 = geo.y_of(t);
       const int64_t rows = std::min(tile_size, height - py0), cols = std::min(tile_size, width - px0);
@@ -279,40 +266,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
       for (int64_t k = K - 1; k >= 0; --k) {
         const TileSplat& s = splats[k];
         const float* f = feat + pairs[first + k] * F;
-        float* pf = pf_p + (first + k) * F;
-        float* pg = pg_p + (first + k) * 6;
-        row_spans(s, rows, cols, lo.data(), hi.data());
-        for (int64_t row = 0; row < rows; ++row) {
-          for (int64_t col = lo[row]; col <= hi[row]; ++col) {
+        std::fill(df.begin(), df.end(), 0.0f);  // this pair's dL/df
+        float dg[6] = {};                       // and dL/d(m_x, m_y, a, b, c, log o)
+        const Box box = reach_box(s, rows, cols);
+        for (int64_t row = box.r0; row <= box.r1; ++row) {
+          for (int64_t col = box.c0; col <= box.c1; ++col) {
             const int64_t pix = row * tile_size + col;
             if (k >= used[pix]) continue;
             float dx, dy;
             const float alpha = alpha_at(s, float(col), float(row), th, dx, dy);
             if (alpha == 0.0f) continue;
-            const float keep = 1.0f - alpha;
-            T[pix] /= keep;
+            const float inv_keep = 1.0f / (1.0f - alpha);
+            T[pix] *= inv_keep;
             const float w = alpha * T[pix];
             const float* g = g_tile + pix * F;
             float v = 0.0f;
             for (int64_t j = 0; j < F; ++j) {
               v += f[j] * g[j];
-              pf[j] += w * g[j];  // dL/df_i = w_i g
+              df[j] += w * g[j];  // dL/df_i = w_i g
             }
             // dL/dα_i = v_i T_i − Σ_{j>i} w_j v_j / (1 − α_i); α clamped at alpha_max
             // has no gradient. G = dL/dlog o_i = α_i dL/dα_i = −dL/dpower_i, and
             // dpower/dm = −(a d_x + b d_y, b d_x + c d_y), dpower/d(a, b, c) = (½d_x², d_x d_y, ½d_y²).
             if (alpha < th.alpha_max) {
-              const float G = alpha * (v * T[pix] - behind[pix] / keep);
-              pg[0] += G * (s.a * dx + s.b * dy);
-              pg[1] += G * (s.b * dx + s.c * dy);
-              pg[2] -= G * 0.5f * dx * dx;
-              pg[3] -= G * dx * dy;
-              pg[4] -= G * 0.5f * dy * dy;
-              pg[5] += G;
+              const float G = alpha * (v * T[pix] - behind[pix] * inv_keep);
+              dg[0] += G * (s.a * dx + s.b * dy);
+              dg[1] += G * (s.b * dx + s.c * dy);
+              dg[2] -= G * 0.5f * dx * dx;
+              dg[3] -= G * dx * dy;
+              dg[4] -= G * 0.5f * dy * dy;
+              dg[5] += G;
             }
             behind[pix] += w * v;
           }
         }
+        std::copy(df.begin(), df.end(), pf_p + (first + k) * F);
+        std::copy(dg, dg + 6, pg_p + (first + k) * 6);
       }
     }
   });

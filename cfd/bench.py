@@ -388,18 +388,41 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _exact_prior(objects: int | None, **kwargs):
+    """The exact prior over every bundled variant, or over the first ``objects`` of
+    them (cycling through them again past their number: a cost measure)."""
+    from .guidance.exact_prior import ExactPrior
+
+    prior = ExactPrior.bundled(**kwargs)
+    if objects is None:
+        return prior
+    pick = [k % len(prior.scenes) for k in range(objects)]
+    return ExactPrior([prior.scenes[k] for k in pick], names=[f"{prior.names[k]} {i}" for i, k in enumerate(pick)],
+                      **kwargs)
+
+
+def _render_references(prior, config) -> None:
+    """Render the references a run of ``config`` weighs from every view of its pool
+    (as the app's warm-up does), so the timed steps measure the posterior alone."""
+    from .cameras import pool_cameras
+
+    size = config.res // prior.latent_factor
+    cond = prior.condition(config.prompt, config.negative_prompt, config.guidance_scale)
+    prior.reference_images(pool_cameras(config.res, config.res, config.cameras), size, size,
+                           cond.support(len(prior.scenes)))
+
+
 def bench_speed(args) -> dict:
     """Per-step time of the whole loop, broken down by phase."""
     from .distill import DistillConfig, distill
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.backend == "exact":
-        from .guidance.exact_prior import ExactPrior
-
-        guidance = ExactPrior.bundled(multiview=args.batch_views > 1).to(device)
+        guidance = _exact_prior(args.objects, multiview=args.batch_views > 1).to(device)
         config = DistillConfig(method=args.method, steps=args.steps + args.warmup, res=args.res,
-                               batch_views=args.batch_views, prompt="a toy",
+                               batch_views=args.batch_views, prompt=args.prompt, guidance_scale=args.guidance_scale,
                                densify_every=max(1, (args.steps + args.warmup) // 10) if args.densify else 0)
+        _render_references(guidance, config)
     else:
         from .guidance.stable_diffusion import build_random_sd21
 
@@ -440,7 +463,11 @@ def bench_speed(args) -> dict:
               "peak_rss_mb": round(_peak_rss_mb(), 1),
               # densification (--densify): (step, splats) at every change; steps skipped for a NaN/Inf gradient
               "densify_every": config.densify_every, "splat_curve": splats, "skipped_steps": skipped["steps"]}
-    if args.backend != "exact":
+    if args.backend == "exact":
+        result.update(objects=len(guidance.scenes), prompt=args.prompt, guidance_scale=args.guidance_scale,
+                      weighed=len(guidance.condition(args.prompt, None, args.guidance_scale).support(
+                          len(guidance.scenes))))
+    else:
         latents = torch.randn(1, guidance.channels, args.res // guidance.latent_factor,
                               args.res // guidance.latent_factor, device=device)
         with torch.no_grad():
@@ -509,6 +536,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-views", type=int, default=1)
+    p.add_argument("--prompt", default="a toy", help="exact: the prompt (its variants are weighed at CFG 1)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="exact: CFG (≠ 1 weighs every object)")
+    p.add_argument("--objects", type=int, default=None,
+                   help="exact: the prior over this many objects (bundled variants, cycled), e.g. 8 or 64; "
+                        "with --prompt '' (every object weighed)")
     p.add_argument("--splats", type=int, default=5000, help="initial splats (sd-random)")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16",
                    help="UNet/VAE dtype on CUDA (CPU always runs fp32)")

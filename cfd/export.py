@@ -156,14 +156,24 @@ def orbit_frames(scene: GaussianScene, n_frames: int = 48, res: int = 256, eleva
     Returns float [F, res, res, 3] in [0,1] on the CPU, without grad.
     ``progress(done, total)`` is called after each frame.
     """
-    frames = []
     cams = _orbit_cameras(n_frames, res, elevation_deg, radius, fov_deg)
+    frames = []
+    for done, out in _batched_renders(scene, cams, background):
+        frames.append(out.rgb.clamp(0, 1).cpu())
+        if progress is not None:
+            progress(done, len(cams))
+    return torch.cat(frames)
+
+
+RENDER_BATCH = 8   # cameras per render call of the exports
+
+
+def _batched_renders(scene: GaussianScene, cams: list[Camera], background=BACKGROUND):
+    """(frames done, RenderOutput of the next ≤ RENDER_BATCH cameras) along ``cams``, without grad."""
     with torch.no_grad():
-        for i, cam in enumerate(cams):
-            frames.append(render(scene, cam, background).rgb.clamp(0, 1).cpu())
-            if progress is not None:
-                progress(i + 1, len(cams))
-    return torch.stack(frames)
+        for i in range(0, len(cams), RENDER_BATCH):
+            chunk = cams[i:i + RENDER_BATCH]
+            yield i + len(chunk), render(scene, chunk, background)
 
 
 def orbit_video(scene: GaussianScene, path, n_frames: int = 48, res: int = 256, elevation_deg: float = ELEVATION_DEG,
@@ -222,20 +232,20 @@ def noise_frames(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, 
     the noise. Returns float [F, display_res, W + display_res, 3] in [0,1], on
     the CPU; ``progress(done, total)`` is called after each frame.
     """
-    cams = _orbit_cameras(n_frames, res, ELEVATION_DEG, RADIUS, FOV_DEG)
+    cams = [cam.scaled(supersample) for cam in _orbit_cameras(n_frames, res, ELEVATION_DEG, RADIUS, FOV_DEG)]
     frames = []
     with torch.no_grad():
-        for k, cam in enumerate(cams):
-            cam_ss = cam.scaled(supersample)
-            out = render(scene, cam_ss)
-            surfaces = [Surface(out.depth, out.alpha, cam_ss)] if source.needs_surface else None
-            step = round(k * (steps - 1) / max(n_frames - 1, 1))
-            noise = source.sample(step, (1, channels, res, res), surfaces)[0].cpu()
-            on_object = torch.nn.functional.avg_pool2d((out.alpha > SURFACE_ALPHA).float()[None], supersample)[0]
-            img = noise_to_display(noise, on_object.cpu() > 0.5, display_res)
-            frames.append(img if renders is None else torch.cat([renders[k], img], dim=1))
+        for done, out in _batched_renders(scene, cams):
+            for depth, alpha, cam_ss in zip(out.depth, out.alpha, cams[len(frames):done]):
+                k = len(frames)
+                surfaces = [Surface(depth, alpha, cam_ss)] if source.needs_surface else None
+                step = round(k * (steps - 1) / max(n_frames - 1, 1))
+                noise = source.sample(step, (1, channels, res, res), surfaces)[0].cpu()
+                on_object = torch.nn.functional.avg_pool2d((alpha > SURFACE_ALPHA).float()[None], supersample)[0]
+                img = noise_to_display(noise, on_object.cpu() > 0.5, display_res)
+                frames.append(img if renders is None else torch.cat([renders[k], img], dim=1))
             if progress is not None:
-                progress(k + 1, len(cams))
+                progress(done, len(cams))
     return torch.stack(frames)
 
 

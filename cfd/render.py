@@ -52,7 +52,7 @@ ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
 EXTENT_SIGMAS = 3.33
-# the compositor's per-bucket temporaries [B, K, ts, ts] hold at most this many floats
+# the pure-torch compositor's per-bucket temporaries [B, K, ts, ts] hold at most this many floats
 # (2 MiB: cache-sized; measured 5–10 % faster than unbounded buckets on 20k splats at 128²
 # and on 8 views of 5k splats at 64²)
 BUCKET_ELEMENTS = 1 << 19
@@ -264,10 +264,11 @@ def composite(features: Tensor, means2d: Tensor, conics: Tensor, opacities: Tens
     [..., H, W, F]. Differentiable in features, means2d, conics and opacities
     (hand-written backward). All images share one tile intersection and one
     compositor pass: image v's splats are splats v·N … v·N + N − 1 of one list.
-    Runs the C++ kernel when it is available (``cpu_kernel``), else the
-    pure-torch compositor of ``composite_torch``.
+    Runs the C++ kernel on float32 CPU tensors when it is available
+    (``cpu_kernel``), else the pure-torch compositor of ``composite_torch``.
     """
-    function = _CompositeCpp if cpu_kernel() is not None else _Composite
+    cpp = features.device.type == "cpu" and features.dtype == torch.float32 and cpu_kernel() is not None
+    function = _CompositeCpp if cpp else _Composite
     return _composite(function, features, means2d, conics, opacities, depths, radii, width, height, tile_size)
 
 
@@ -330,27 +331,36 @@ def _intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int,
     n = means2d.shape[0]
     tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
     per_view = tiles_x * tiles_y
-    idx = torch.nonzero(radii[:, 0] > 0)[:, 0]
-    idx = idx[torch.argsort(depths[idx], stable=True)]  # front to back
-    m, r = means2d[idx], radii[idx]
+    vis = torch.nonzero(radii[:, 0] > 0)[:, 0]
+    m, r = means2d[vis], radii[vis]
     lo = torch.floor((m - r) / tile_size).clamp_min(0).long()
     hi = torch.ceil((m + r) / tile_size).long()
     hi[:, 0].clamp_(max=tiles_x)
     hi[:, 1].clamp_(max=tiles_y)
-    span = (hi - lo).clamp_min(0)
-    count = span[:, 0] * span[:, 1]
-    owner = torch.repeat_interleave(torch.arange(len(idx)), count)
-    k = torch.arange(int(count.sum())) - (torch.cumsum(count, 0) - count)[owner]
-    sx = span[owner, 0]
-    first = idx // (n // views) * per_view  # the first tile of each splat's view
-    tile = first[owner] + (lo[owner, 1] + k // sx) * tiles_x + lo[owner, 0] + k % sx
-    order = torch.argsort(tile, stable=True)  # keeps depth order within a tile
+    span_x, span_y = (hi - lo).clamp_min(0).unbind(-1)
+    count = span_x * span_y
+    corner = vis // (n // views) * per_view + lo[:, 1] * tiles_x + lo[:, 0]  # the first tile of each box
+    owner = torch.repeat_interleave(count)  # [P] the visible splat of each pair
+
+    def per_pair(x: Tensor) -> Tensor:  # per visible splat → per pair; index_select: 3× faster than x[owner]
+        return x.index_select(0, owner)
+
+    k = torch.arange(len(owner)) - per_pair(torch.cumsum(count, 0) - count)  # the pair's place in its box
+    sx = per_pair(span_x)
+    row = k // sx
+    tile = per_pair(corner) + row * tiles_x + k - row * sx
+    # one stable sort of gsplat's keys tile << 32 | depth: a float's bits, negatives'
+    # magnitude bits flipped, order like the floats as int32; + 2³¹ makes them ≥ 0
+    bits = depths[vis].contiguous().view(torch.int32).long()
+    depth_key = (bits ^ (bits >> 31 & 0x7FFFFFFF)) + 2**31
+    order = torch.argsort(tile << 32 | per_pair(depth_key), stable=True)  # equal depths keep splat order
     per_tile = torch.bincount(tile, minlength=views * per_view)
     tile_start = torch.cat([per_tile.new_zeros(1), torch.cumsum(per_tile, 0)])
-    return _Intersections(tile_start, idx[owner[order]], tiles_x, tiles_y, tile_size, width, height)
+    return _Intersections(tile_start, per_pair(vis).index_select(0, order), tiles_x, tiles_y, tile_size,
+                          width, height)
 
 
-# ------------------------------------------------- the C++ compositor
+# ------------------------------------------------------------ C++ compositor
 
 _KERNEL_SOURCE = Path(__file__).with_name("_composite_cpu.cpp")
 _kernel_lock = threading.Lock()
@@ -378,25 +388,25 @@ def _build_cpu_kernel():
     if shutil.which("ninja") is None:  # pip's ninja is on PATH only in an activated venv
         try:
             import ninja
-            os.environ["PATH"] += os.pathsep + ninja.BIN_DIR
+            os.environ["PATH"] = os.pathsep.join(filter(None, [os.environ.get("PATH"), ninja.BIN_DIR]))
         except ImportError:
             pass
     try:
         cpp_extension.load("cfd_composite_cpu", [str(_KERNEL_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
                            extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
     except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as err:
-        warnings.warn(f"cfd.render: the C++ CPU compositor did not build ({_first_lines(err)}); "
+        warnings.warn(f"cfd.render: the C++ CPU compositor did not build ({_build_error(err)}); "
                       "compositing with pure torch (several times slower)", RuntimeWarning)
         return None
     return torch.ops.cfd_composite_cpu
 
 
-def _first_lines(err: Exception) -> str:
-    """A build error in one line: its message's first line and the compiler's first
-    error line, if any."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-    error = next((line for line in lines[1:] if "error" in line.lower()), None)
-    return " … ".join([lines[0][:200]] + ([error[:300]] if error else []))
+def _build_error(err: Exception) -> str:
+    """A failed build in one line: the compiler's or the shell's first complaint (a
+    line with "error" or "not found"), else the message's first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = next((line for line in lines[1:] if "error" in line.lower() or "not found" in line), None)
+    return (cause or (lines[0] if lines else type(err).__name__))[:300]
 
 
 class _CompositeCpp(torch.autograd.Function):
@@ -422,7 +432,7 @@ class _CompositeCpp(torch.autograd.Function):
         return grad_f, grad_m, grad_c, grad_logo / opacities, None
 
 
-# ------------------------------------------- the pure-torch compositor
+# ----------------------------------------------------- pure-torch compositor
 
 @dataclass
 class _Bucket:

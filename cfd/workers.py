@@ -11,7 +11,8 @@ Protocol (JSON lines): the pool writes one job per line to a worker's stdin,
 ``{"job": id, "values": request values, "gif": path, "stop_file": path}``; the
 worker answers on stdout with ``{"job": id, "event": "step", "step", "steps", "t",
 "n_splats"}`` lines, then one ``{"event": "done", "result": {...}}`` (see
-``runner.compare_job``) or ``{"event": "error", "type", "message", "traceback"}``.
+``runner.compare_job``) or ``{"event": "error", "type", "message", "traceback"}``;
+its first line, once warmed up, is ``{"event": "ready"}``.
 A job stops at its next step once its ``stop_file`` exists, so Stop needs no
 shared memory. A worker runs with one torch thread, so a job's result is bit for
 bit what the same request gives alone with the runs' default of one thread.
@@ -42,6 +43,7 @@ class WorkerPool:
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._ready = threading.Semaphore(0)
 
     def start(self, warm_values: dict | None = None) -> None:
         """Start the workers now (they also start on the first ``submit``), each
@@ -53,6 +55,15 @@ class WorkerPool:
                 thread = threading.Thread(target=self._serve, name=f"cfd-worker-{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every worker has started and warmed up (False on timeout)."""
+        self.start()
+        acquired = [self._ready.acquire(timeout=timeout) for _ in range(self.size)]
+        for ok in acquired:
+            if ok:
+                self._ready.release()
+        return all(acquired)
 
     def submit(self, job: dict, on_event: EventHandler) -> None:
         """Queue ``job`` (``values``, ``gif``, ``stop_file``); ``on_event(event)`` gets its
@@ -69,17 +80,19 @@ class WorkerPool:
             if proc.poll() is None:
                 proc.kill()
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self) -> subprocess.Popen | None:
+        """A new worker process, once it says it is ready (None if it died first)."""
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         proc = subprocess.Popen([sys.executable, "-m", "cfd.workers", json.dumps(self.warm_values)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         self._procs.append(proc)
-        return proc
+        return proc if proc.stdout.readline() else None   # its {"event": "ready"} once warmed up
 
     def _serve(self) -> None:
         proc = self._spawn()
+        self._ready.release()
         while True:
             item = self._jobs.get()
             if item is None:
@@ -88,6 +101,8 @@ class WorkerPool:
             if proc is None or proc.poll() is not None:
                 proc = self._spawn()
             try:
+                if proc is None:
+                    raise OSError("the worker process ended before it was ready")
                 proc.stdin.write(json.dumps(job) + "\n")
                 proc.stdin.flush()
                 for line in proc.stdout:
@@ -115,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     out = sys.stdout
     sys.stdout = sys.stderr
     torch.set_num_threads(1)
-    warm = json.loads(argv[0]) if argv and argv[0] != "null" else None
+    warm = json.loads(argv[0]) if argv else None
     if warm is not None:
         try:
             rq.warm_up(rq.parse_request(warm))
@@ -126,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         out.write(json.dumps(event) + "\n")
         out.flush()
 
+    send({"event": "ready"})
     for line in sys.stdin:
         job = json.loads(line)
         stop_file = Path(job["stop_file"])

@@ -2,6 +2,7 @@
 
     python scripts/make_scenes.py                   # writes assets/scenes/<set>/<family>_<k>.ply + set.json
     python scripts/make_scenes.py --preview P.png   # also a 4-azimuth preview grid, one row per variant
+    python scripts/make_scenes.py --gallery P.png   # also a grid of one view, a row per family (the README figure)
     python scripts/make_scenes.py --check           # builds in memory, prints each family's pairwise PSNR
                                                     # matrix; exit 1 if a pair is above MAX_PAIR_PSNR
 
@@ -967,22 +968,25 @@ def check(built: dict[str, dict[str, list[GaussianScene]]], limit: float = MAX_P
 
 
 def preview(sets: dict[str, dict[str, list[GaussianScene]]], path: Path, size: int = 96,
-            azimuths=(0, 90, 180, 270), elevation: float = 15.0) -> None:
-    """PNG grid: one row per variant (all families), one column per azimuth, at the training radius/fov."""
+            azimuths=(0, 90, 180, 270), elevation: float = 15.0, per_family: bool = False) -> None:
+    """PNG grid at the training radius/fov: one row per variant (all families), one
+    column per azimuth; ``per_family``: one row per family, one column per
+    variant, each from ``azimuths[0]``."""
     from PIL import Image
 
     from cfd.cameras import CameraRanges, orbit_camera
     from cfd.render import render
 
     ranges = CameraRanges()
+    cams = [orbit_camera(a, elevation, ranges.eval_radius, ranges.eval_fov, size, size) for a in azimuths]
     rows = []
     with torch.no_grad():
         for families in sets.values():
             for scenes in families.values():
-                for scene in scenes:
-                    tiles = [render(scene, orbit_camera(a, elevation, ranges.eval_radius, ranges.eval_fov, size,
-                                                        size)).rgb for a in azimuths]
-                    rows.append(torch.cat(tiles, dim=1))
+                if per_family:
+                    rows.append(torch.cat([render(scene, cams[0]).rgb for scene in scenes], dim=1))
+                else:
+                    rows += [torch.cat(list(render(scene, cams).rgb), dim=1) for scene in scenes]
     grid = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().byte().numpy()
     Image.fromarray(grid).save(path)
 
@@ -990,7 +994,9 @@ def preview(sets: dict[str, dict[str, list[GaussianScene]]], path: Path, size: i
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=SCENES_DIR, help="output folder (default: assets/scenes)")
-    parser.add_argument("--preview", type=Path, help="also write a preview PNG grid here")
+    parser.add_argument("--preview", type=Path, help="also write a preview PNG grid here (a row per variant)")
+    parser.add_argument("--gallery", type=Path,
+                        help="also write a PNG grid here: a row per family, a column per variant (the README's)")
     parser.add_argument("--check", action="store_true",
                         help=f"build in memory (write nothing but the preview), print each family's pairwise PSNR; "
                              f"exit 1 if a pair is above {MAX_PAIR_PSNR:.0f} dB or an alias is ambiguous")
@@ -1002,6 +1008,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.preview:
         preview(sets, args.preview)
         print(f"preview: {args.preview}")
+    if args.gallery:
+        preview(sets, args.gallery, size=128, azimuths=(30,), per_family=True)
+        print(f"gallery: {args.gallery}")
     if args.check and not check(sets):
         sys.exit(1)
 

@@ -1,10 +1,13 @@
-"""Wall time of the app's default run through its API (gradio_client), with the
-breakdown from run.json: `.venv/bin/python scripts/time_default_run.py [N]`.
+"""Wall time of the app's default run and default seed comparison through its
+API (gradio_client), with the breakdown from run.json:
+`.venv/bin/python scripts/time_default_run.py [N] [M]`.
 
 Starts the app on a free local port (exact prior, no SD weights), waits for its
-start-up warm-up (the exact prior's reference renders, request.warm_up), calls
-/generate with no parameters (every value its backend's default) N times and
-prints one JSON line per run.
+start-up warm-up (the exact prior's reference renders, request.warm_up, and the
+Compare worker processes), calls /generate with no parameters (every value its
+backend's default) N times (default 2), then /compare with no parameters (4
+seeds × cfd and sds, with their GIFs) M times (default 0), and prints one JSON
+line per call.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(n: int = 2) -> None:
+def main(n: int = 2, m: int = 0) -> None:
     runs = Path(tempfile.mkdtemp(prefix="cfd-time-"))
     os.environ.setdefault("CFD_RUNS_DIR", str(runs))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,6 +39,7 @@ def main(n: int = 2) -> None:
     for thread in threading.enumerate():
         if thread.name == "cfd-warm-up":
             thread.join()
+    app.RUNNER.workers.wait_ready()
     print(json.dumps({"warm_up_s_after_launch": round(time.perf_counter() - t0, 2)}), flush=True)
     client = Client(url, verbose=False, download_files=str(runs / "downloads"))
     try:
@@ -48,10 +52,16 @@ def main(n: int = 2) -> None:
                                                                   "guidance_scale")},
                               "nearest": summary.get("nearest"), "nearest_psnr": summary.get("nearest_psnr"),
                               "load_avg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}), flush=True)
+        for i in range(m):
+            t0 = time.perf_counter()
+            gallery, table, status = client.predict(api_name="/compare")
+            print(json.dumps({"compare": i, "api_wall_s": round(time.perf_counter() - t0, 2), "runs": len(gallery),
+                              "status": status, "load_avg_1min": round(os.getloadavg()[0], 2)}), flush=True)
+            print(table, flush=True)
     finally:
         client.close()
         app.demo.close()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
+    main(*(int(a) for a in sys.argv[1:3]))

@@ -1,11 +1,36 @@
 import math
+import os
+import shutil
+import warnings
 
 import pytest
 import torch
+from torch.utils import cpp_extension
 
 from cfd.cameras import orbit_camera
 from cfd.gaussians import init_scene, make_scene
-from cfd.render import composite, composite_reference, project, render
+from cfd.render import (T_MIN, _build_cpu_kernel, composite, composite_reference, composite_torch, cpu_kernel,
+                        project, render)
+
+
+@pytest.fixture
+def cpp(monkeypatch):
+    """The C++ compositor in use (``CFD_CPU_KERNEL`` unset). Skips where there is no
+    C++ compiler; where there is one, the kernel must build."""
+    monkeypatch.delenv("CFD_CPU_KERNEL", raising=False)
+    if cpu_kernel() is None:
+        if shutil.which(os.environ.get("CXX", "c++")) is None:
+            pytest.skip("no C++ compiler: the pure-torch compositor stands in")
+        pytest.fail("the C++ compositor did not build: see the warning")
+
+
+@pytest.fixture(params=["cpp", "torch"])
+def compositor(request):
+    """``composite`` by the C++ kernel, or ``composite_torch``."""
+    if request.param == "torch":
+        return composite_torch
+    request.getfixturevalue("cpp")
+    return composite
 
 
 def one_splat(pos, scale=0.02, color=(1.0, 0.0, 0.0), opacity=0.5):
@@ -67,7 +92,7 @@ def test_gradients_reach_every_parameter():
 
 
 @pytest.mark.parametrize("tile_size", [4, 8, 16])
-def test_tiled_compositor_matches_dense_reference(tile_size):
+def test_tiled_compositor_matches_dense_reference(tile_size, compositor):
     g = torch.Generator().manual_seed(2)
     scene = init_scene(300, seed=0, radius=0.6, opacity=0.7)
     scene.log_scales.data = torch.log(torch.rand(300, 3, generator=g) * 0.08 + 0.01)
@@ -77,7 +102,7 @@ def test_tiled_compositor_matches_dense_reference(tile_size):
     feats = torch.rand(300, 5, generator=g)
     inputs = [t.detach().clone().requires_grad_(True) for t in (feats, means2d, conics, scene.opacities)]
     ref_inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
-    out = composite(*inputs, depths.detach(), radii, 37, 29, tile_size)
+    out = compositor(*inputs, depths.detach(), radii, 37, 29, tile_size)
     ref = composite_reference(*ref_inputs, depths.detach(), radii, 37, 29)
     assert (out - ref).abs().max() < 1e-5
     weights = torch.randn(out.shape, generator=g)
@@ -158,6 +183,142 @@ def test_cameras_of_different_sizes_are_refused():
         render(scene, [BATCH_CAMERAS[0], orbit_camera(0, 0, 2.5, 49, 48, 32)])
     with pytest.raises(ValueError, match="empty"):
         render(scene, [])
+
+
+EDGE_CAMERA = orbit_camera(0, 0, 2.5, 49, 37, 29)  # 37×29: partial tiles on the right and bottom
+
+
+def edge_scene():
+    """Small random splats and two large ones hanging over EDGE_CAMERA's right and
+    bottom edges."""
+    edges = make_scene(torch.tensor([[0.9, 0.1, 0.0], [-0.2, -0.8, 0.1]]), torch.tensor([[0.25, 0.1, 0.2]] * 2),
+                       torch.tensor([[0.9, 0.2, 0.1], [0.1, 0.8, 0.3]]), torch.tensor([0.8, 0.6]))
+    return type(edges).cat([init_scene(100, seed=5, radius=0.6, opacity=0.5), edges]).requires_grad_(True)
+
+
+def opaque_stack():
+    """30 near-opaque anisotropic splats one behind the other on EDGE_CAMERA's axis:
+    its centre pixels stop after two or three of them."""
+    g = torch.Generator().manual_seed(8)
+    z = torch.linspace(0.3, -0.3, 30)
+    means = torch.stack([0.02 * torch.sin(7 * z), 0.02 * torch.cos(5 * z), z], -1)
+    return make_scene(means, torch.tensor([[0.15, 0.08, 0.1]]).expand(30, 3), torch.rand(30, 3, generator=g),
+                      torch.full((30,), 0.99), torch.randn(30, 4, generator=g)).requires_grad_(True)
+
+
+AGREEMENT_CASES = {
+    "one camera, SH 0": lambda: (batch_scene(0), BATCH_CAMERAS[0]),
+    "3 cameras, SH 3": lambda: (batch_scene(3), BATCH_CAMERAS),
+    "splats partly off-screen": lambda: (edge_scene(), EDGE_CAMERA),
+    "opaque stack": lambda: (opaque_stack(), EDGE_CAMERA),
+}
+
+
+def rendered(scene, cameras, kernel, monkeypatch):
+    """rgb, alpha and alpha·depth by the ``kernel`` ("cpp" or "torch") compositor,
+    and the gradients of a random loss w.r.t. the scene's tensors and means2d."""
+    if kernel == "torch":
+        monkeypatch.setenv("CFD_CPU_KERNEL", "torch")
+    else:
+        monkeypatch.delenv("CFD_CPU_KERNEL", raising=False)
+    out = render(scene, cameras, (0.2, 0.5, 0.9))
+    g = torch.Generator().manual_seed(7)
+    loss = sum((x * torch.randn(x.shape, generator=g)).sum() for x in (out.rgb, out.alpha, out.depth))
+    grads = torch.autograd.grad(loss, list(scene.tensors().values()) + [out.means2d])
+    return [out.rgb, out.alpha, out.alpha * out.depth], grads
+
+
+@pytest.mark.parametrize("case", AGREEMENT_CASES)
+def test_cpp_compositor_agrees_with_the_torch_compositor(case, cpp, monkeypatch):
+    scene, cameras = AGREEMENT_CASES[case]()
+    if case == "splats partly off-screen":
+        means2d, _, _, radii = project(scene, cameras)
+        x, y, r = means2d[-2:, 0], means2d[-1, 1], radii[-2:].amax(-1)
+        assert x[0] < 37 < x[0] + r[0] and y < 29 < y + r[1]
+    images, grads = rendered(scene, cameras, "cpp", monkeypatch)
+    ref_images, ref_grads = rendered(scene, cameras, "torch", monkeypatch)
+    for got, want in zip(images, ref_images):
+        assert (got - want).abs().max() < 1e-5
+    for got, want in zip(grads, ref_grads):
+        assert want.abs().max() > 0
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_an_opaque_stack_stops_early_like_the_dense_reference(compositor):
+    scene = opaque_stack()
+    means2d, conics, depths, radii = project(scene, EDGE_CAMERA)
+    feats = torch.rand(30, 5, generator=torch.Generator().manual_seed(9))
+    feats[:, 4] = 1  # composites to alpha
+    inputs = [t.detach().clone().requires_grad_(True) for t in (feats, means2d, conics, scene.opacities)]
+    ref_inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = compositor(*inputs, depths.detach(), radii, 37, 29)
+    ref = composite_reference(*ref_inputs, depths.detach(), radii, 37, 29)
+    assert out[..., 4].max() < 1 - T_MIN / 2  # Σ w = 1 − final T, and T stops above T_MIN (30 layers: 1 − 1e-60)
+    assert (out - ref).abs().max() < 1e-5
+    grads = torch.autograd.grad(out.sum(), inputs)
+    ref_grads = torch.autograd.grad(ref.sum(), ref_inputs)
+    for got, want in zip(grads, ref_grads):
+        assert (got - want).abs().max() < 1e-4 * max(1.0, want.abs().max().item())
+
+
+def test_cpp_compositor_is_bit_identical_across_runs_and_thread_counts(cpp):
+    scene = batch_scene()
+    means2d, conics, depths, radii = project(scene, BATCH_CAMERAS)
+    g = torch.Generator().manual_seed(6)
+    feats = torch.rand(3, 400, 5, generator=g)
+    inputs = [t.detach().clone().requires_grad_(True)
+              for t in (feats, means2d, conics, scene.opacities.expand_as(depths))]
+    weights = torch.randn(3, 32, 40, 5, generator=g)
+
+    def run(threads):
+        torch.set_num_threads(threads)
+        out = composite(*inputs, depths.detach(), radii, 40, 32)
+        return [out, *torch.autograd.grad((out * weights).sum(), inputs)]
+
+    threads = torch.get_num_threads()
+    try:
+        first, again, two = run(1), run(1), run(2)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, again, two):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def composite_inputs():
+    """(features, means2d, conics, opacities, depths, radii, width, height) of a small scene."""
+    scene = batch_scene()
+    means2d, conics, depths, radii = project(scene, BATCH_CAMERAS[0])
+    feats = torch.rand(400, 5, generator=torch.Generator().manual_seed(3))
+    return feats, means2d.detach(), conics.detach(), scene.opacities.detach(), depths.detach(), radii, 40, 32
+
+
+def test_cfd_cpu_kernel_torch_forces_the_torch_compositor(monkeypatch):
+    monkeypatch.setenv("CFD_CPU_KERNEL", "torch")
+    assert cpu_kernel() is None
+    args = composite_inputs()
+    assert torch.equal(composite(*args), composite_torch(*args))
+    monkeypatch.setenv("CFD_CPU_KERNEL", "cuda")
+    with pytest.raises(ValueError, match="CFD_CPU_KERNEL='cuda'"):
+        composite(*args)
+
+
+def test_a_failed_build_warns_once_and_falls_back_to_torch(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension 'cfd_composite_cpu'\nc++: fatal error: no such compiler")
+
+    monkeypatch.delenv("CFD_CPU_KERNEL", raising=False)
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    _build_cpu_kernel.cache_clear()
+    try:
+        args = composite_inputs()
+        with pytest.warns(RuntimeWarning, match="did not build .*no such compiler"):
+            out = composite(*args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.equal(composite(*args), out)
+        assert torch.equal(out, composite_torch(*args))
+    finally:
+        _build_cpu_kernel.cache_clear()  # the next caller builds (loads) the real kernel
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat's kernels")

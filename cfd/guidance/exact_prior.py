@@ -8,8 +8,8 @@ and prior weights π over the objects, the exact (posterior-mean) ε-prediction 
     ε*_π(x_t, t, c) = (x_t − α_t Σ_k w_k X_k(c)) / σ_t,
     w = softmax_k(log π_k + ℓ_k),   ℓ_k = −‖x_t − α_t X_k(c)‖² / (2 σ_t²),
 
-with the softmax taken through log-sum-exp in float64, so it stays exact and
-finite at the smallest σ_t. At CFG 1 every object outside the conditional set
+with the log-likelihoods summed and the softmax taken (log-sum-exp) in float64,
+so the weights stay exact and finite at the smallest σ_t; images stay float32. At CFG 1 every object outside the conditional set
 has weight exactly 0, so only that set's references are rendered and weighed
 (``ExactCondition.support``): a run's cost grows with what its prompt names,
 not with the size of the prior.
@@ -275,9 +275,12 @@ class ExactPrior:
             raise ValueError(f"ExactPrior: {len(cameras)} cameras for a batch of {x_t.shape[0]}")
 
     def _log_likelihoods(self, x: Tensor, refs: Tensor, alpha: float, sigma: float) -> Tensor:
-        """ℓ [B,K] float64 from x [B,3,H,W] and refs [B,K,3,H,W]; with ``multiview``
-        each row is the sum over the B views (one object for all views)."""
-        logits = -(x[:, None] - alpha * refs).square().sum(dim=(2, 3, 4)) / (2 * sigma ** 2)
+        """ℓ [B,K] float64 from x [B,3,H,W] and refs [B,K,3,H,W] float32: squared
+        distances summed in float64 (they are divided by 2σ² ≈ 0.03 at the smallest t,
+        so the sums keep every digit); with ``multiview`` each row is the sum over
+        the B views (one object for all views)."""
+        distance = (x[:, None] - alpha * refs).square_().flatten(2).sum(dim=2, dtype=torch.float64)
+        logits = -distance / (2 * sigma ** 2)
         return logits.sum(dim=0, keepdim=True).expand_as(logits) if self.multiview else logits
 
     @staticmethod
@@ -287,11 +290,11 @@ class ExactPrior:
 
     def _posterior(self, x_t: Tensor, t: int, cameras: list[Camera], objects: tuple[int, ...]
                    ) -> tuple[Tensor, Tensor, Tensor, float, float]:
-        """(x_t, refs of ``objects``, ℓ over them) in float64 on x_t's device, and α_t, σ_t."""
+        """(x_t, refs of ``objects`` float32 on x_t's device, ℓ over them float64), α_t, σ_t."""
         self._check(x_t, cameras)
         alpha, sigma = float(self.schedule.alpha(int(t))), float(self.schedule.sigma(int(t)))
-        x = x_t.detach().double()
-        refs = self.reference_images(cameras, x_t.shape[3], x_t.shape[2], objects).to(x.device, torch.float64)
+        x = x_t.detach().float()
+        refs = self.reference_images(cameras, x_t.shape[3], x_t.shape[2], objects).to(x.device)
         return x, refs, self._log_likelihoods(x, refs, alpha, sigma), alpha, sigma
 
     @torch.no_grad()
@@ -315,10 +318,11 @@ class ExactPrior:
         log_prior_c, log_prior_u = (p.index_select(0, index) for p in cond.log_priors(len(self.scenes), x.device))
 
         def mean(log_prior):  # posterior-mean clean image [B,3,H,W] under one prior over the objects
-            return torch.einsum("bk,bkchw->bchw", self._weights(logits, log_prior), refs)
+            weights = self._weights(logits, log_prior).float()
+            return torch.bmm(weights[:, None], refs.flatten(2)).reshape(x.shape)
 
         x0 = mean(log_prior_c)
         if cond.guidance_scale != 1:
             x0_u = mean(log_prior_u)
             x0 = x0_u + cond.guidance_scale * (x0 - x0_u)
-        return ((x - alpha * x0) / sigma).float()
+        return (x - alpha * x0) / sigma
