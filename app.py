@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -27,6 +28,7 @@ except ImportError:  # pragma: no cover - depends on the host
 
 EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 HISTORY_SIZE = 6
+PROGRESS_EVERY_S = 0.25
 RUNNER: Runner      # built with the demo (its root honours CFD_RUNS_DIR then)
 # gsplat.js (Model3D's splat viewer) paints its canvas black whatever clear_color says;
 # gallery captions wrap instead of being cut
@@ -56,10 +58,16 @@ def _prepared(values: dict, compare: bool = False):
 
 
 def _events(events, progress):
-    """The runner's events, with gr.Progress fed; Failure becomes gr.Error."""
+    """The runner's events, with gr.Progress fed; Failure becomes gr.Error. Steps
+    without a preview pass at most every PROGRESS_EVERY_S (each update costs the
+    server's thread time that the run needs)."""
+    shown = 0.0
     try:
         for event in events:
             if isinstance(event, Step):
+                if event.preview is None and time.monotonic() - shown < PROGRESS_EVERY_S:
+                    continue
+                shown = time.monotonic()
                 progress(event.fraction, desc=f"Distilling · t = {event.t}"
                          + (f" · run {event.job + 1}/{event.jobs}" if event.jobs > 1 else ""))
             elif isinstance(event, Stage):

@@ -97,8 +97,12 @@ class DistillConfig:
     max_nonfinite_in_a_row: int = 3
     preview_every: int = 0         # steps between preview renders for the callback (0 = off)
     preview_res: int = 128
-    # torch intra-op threads while distilling on CPU (None: leave torch's setting).
-    # The loop is many small ops; one thread measured fastest on our 2-core machines
+    # torch intra-op threads while distilling on CPU (None: leave torch's setting). A run
+    # gives the same scene bit for bit at any thread count (the C++ compositor reduces in
+    # a fixed order; tested). One: 2 threads were no faster through the app on our 2-core
+    # machines (default run 13.6–16.1 s against 12.6–16.0 s), and two processes of 2
+    # threads each (a Generate beside Compare's workers, two benchmarks) oversubscribe
+    # the cores and slowed runs up to 5×
     cpu_threads: int | None = 1
 
     def __post_init__(self):

@@ -599,13 +599,15 @@ def warm_up(request: Request | None = None) -> None:
     """Render ahead what the first run of ``request`` (default: the default
     request) would render once per process: the exact prior's references of the
     objects its condition weighs from every training view of its pool, and every
-    object from the PSNR views. For a server to call in the background at start;
-    nothing for SD."""
+    object from the PSNR views; and import what the exports need
+    (``export.preload``). For a server to call in the background at start."""
     import torch
 
     from .cameras import pool_cameras
     from .distill import run_threads
+    from .export import preload
 
+    preload()
     request = request or parse_request()
     if request.backend != "exact":
         return

@@ -38,6 +38,7 @@ from .workers import WorkerPool
 
 RUN_TTL_S = 3600           # folders older than this that no active run owns are swept
 STOP_FILE = ".stop"        # in a run's folder: its work (in this process or a worker) stops
+STEP_EVENTS_EVERY_S = 0.2  # a run's progress events without a preview, at most this often
 COMPARE_FRAMES, COMPARE_RES = 24, 128   # each compared seed's orbit loop (GIF)
 RESULT_PREVIEW_RES = 256
 
@@ -217,6 +218,7 @@ class Run:
         self.thread: threading.Thread | None = None
         self.job, self.jobs = 0, 1
         self._finished = False
+        self._last_step = 0.0
 
     def cancel(self) -> None:
         """Ask the work to stop at its next step, in this process and in workers
@@ -228,9 +230,15 @@ class Run:
             pass
 
     def step_callback(self, info) -> bool:
-        """``distill`` callback: forward progress (and the preview); True = stop."""
-        img = to_uint8(info.preview) if info.preview is not None else None
-        self.events.put(Step(info.step, info.steps, info.t, info.n_splats, img, self.job, self.jobs))
+        """``distill`` callback: forward progress (and the preview) at most every
+        ``STEP_EVENTS_EVERY_S`` but always with a preview and at the last step (each
+        event wakes the consumer, whose thread competes with the run's for the
+        interpreter); True = stop."""
+        now = time.monotonic()
+        if info.preview is not None or info.step == info.steps or now - self._last_step >= STEP_EVENTS_EVERY_S:
+            self._last_step = now
+            img = to_uint8(info.preview) if info.preview is not None else None
+            self.events.put(Step(info.step, info.steps, info.t, info.n_splats, img, self.job, self.jobs))
         return self.stop.is_set()
 
     def stage_progress(self, stage: str, done: int, total: int) -> None:
@@ -496,18 +504,19 @@ def scene_fingerprint(scene) -> str:
     return digest.hexdigest()
 
 
-def compare_job(request: Request, guidance, gif: Path, step_callback: Callable, should_stop: Callable[[], bool]
-                ) -> dict | None:
+def compare_job(request: Request, guidance, gif: Path, step_callback: Callable, should_stop: Callable[[], bool],
+                cpu_threads: int | None = None) -> dict | None:
     """One run of a seed comparison (in a thread or a worker process): distil
     ``request``, write its orbit GIF to ``gif``, measure its nearest variant.
-    Returns plain data (gif, near, seconds, n_splats, fingerprint), or None if
-    stopped."""
+    ``cpu_threads``: instead of the config's (a worker beside others takes one;
+    the scene is the same at any thread count). Returns plain data (gif, near,
+    seconds, n_splats, fingerprint), or None if stopped."""
     from .distill import distill, run_threads
     from .export import orbit_frames, write_gif
     from .pipeline import nearest_reference
 
     t0 = time.perf_counter()
-    config = request.config()
+    config = request.config() if cpu_threads is None else replace(request.config(), cpu_threads=cpu_threads)
     scene = distill(guidance, config, callback=step_callback)
     if should_stop():
         return None

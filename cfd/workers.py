@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             request = rq.parse_request(job["values"])
-            result = compare_job(request, rq.prepare(request), Path(job["gif"]), step, stop_file.exists)
+            result = compare_job(request, rq.prepare(request), Path(job["gif"]), step, stop_file.exists, cpu_threads=1)
             send({"job": job["job"], "event": "done", "result": result})
         except Exception as exc:  # noqa: BLE001 - handed to the pool, which re-raises it for the consumer
             send({"job": job["job"], "event": "error", "type": type(exc).__name__, "message": str(exc),

@@ -1,19 +1,20 @@
 """Wall time of the app's default run and default seed comparison through its
 API (gradio_client), with the breakdown from run.json:
-`.venv/bin/python scripts/time_default_run.py [N] [M]`.
+`.venv/bin/python scripts/time_default_run.py [N [M]]`.
 
 Starts the app on a free local port (exact prior, no SD weights), waits for its
 start-up warm-up (the exact prior's reference renders, request.warm_up, and the
 Compare worker processes), calls /generate with no parameters (every value its
 backend's default) N times (default 2), then /compare with no parameters (4
 seeds × cfd and sds, with their GIFs) M times (default 0), and prints one JSON
-line per call.
+line per call. The client runs in a process of its own, as a user's does.
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,12 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(n: int = 2, m: int = 0) -> None:
+def serve(n: int, m: int) -> None:
+    """Start the app here, wait for its warm-up, then time it from a client in
+    another process (as a user's browser is: the client's polling threads must
+    not share this process's interpreter with the run)."""
     runs = Path(tempfile.mkdtemp(prefix="cfd-time-"))
     os.environ.setdefault("CFD_RUNS_DIR", str(runs))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import app
-    from gradio_client import Client
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,7 +44,18 @@ def main(n: int = 2, m: int = 0) -> None:
             thread.join()
     app.RUNNER.workers.wait_ready()
     print(json.dumps({"warm_up_s_after_launch": round(time.perf_counter() - t0, 2)}), flush=True)
-    client = Client(url, verbose=False, download_files=str(runs / "downloads"))
+    try:
+        subprocess.run([sys.executable, __file__, "--client", url, str(n), str(m), str(runs / "downloads")],
+                       check=True)
+    finally:
+        app.demo.close()
+        app.RUNNER.workers.close()
+
+
+def client(url: str, n: int, m: int, downloads: str) -> None:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, download_files=downloads)
     try:
         for i in range(n):
             t0 = time.perf_counter()
@@ -60,8 +74,10 @@ def main(n: int = 2, m: int = 0) -> None:
             print(table, flush=True)
     finally:
         client.close()
-        app.demo.close()
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    if sys.argv[1:2] == ["--client"]:
+        client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    else:
+        serve(*(int(a) for a in sys.argv[1:3]))

@@ -40,6 +40,16 @@ def test_same_seed_same_scene_bit_for_bit(prior):
     assert not torch.equal(a.means, c.means)
 
 
+def test_the_scene_is_the_same_at_any_thread_count():
+    """One or two intra-op threads give the same scene bit for bit (the C++
+    compositor reduces in a fixed order), so Compare's single-threaded workers and
+    a run alone agree whatever threads each uses."""
+    prior = ExactPrior.from_scene_set("toys", originals=True, multiview=True)
+    one, two = (distill(prior, DistillConfig(steps=12, res=32, batch_views=3, seed=5, cpu_threads=n)) for n in (1, 2))
+    for name, t in one.tensors().items():
+        assert torch.equal(t, getattr(two, name)), name
+
+
 def test_callback_can_stop_and_sees_previews(prior):
     infos = []
 

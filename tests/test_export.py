@@ -278,7 +278,7 @@ def test_glb_is_outward_facing_with_positive_volume(tmp_path, which):
     if which == "ball":
         scene = _solid_ball()
     else:
-        scene = load_ply(next(o.path for s in find_scene_sets() for o in s.objects if o.name == which))
+        scene = load_ply(next(o.path for s in find_scene_sets(originals=True) for o in s.objects if o.name == which))
     export_glb(scene, tmp_path / "m.glb", resolution=64)
     mesh = trimesh.load(str(tmp_path / "m.glb"), force="mesh")
     assert mesh.is_watertight
