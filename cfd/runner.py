@@ -553,6 +553,7 @@ def compare_table(items: list[Item]) -> str:
             return (f"**{method}** found {len(variants)} different variant(s) of {len(families)} famil"
                     f"{'y' if len(families) == 1 else 'ies'} over {len(nears)} seed(s), {psnr:.1f} dB on average")
         prompt = items[0].request.prompt
-        lines += ["", (f'For "{prompt}": ' if prompt else "") + "; ".join(story(m, v) for m, v in reached.items())
+        lines += ["", "**Diversity** — " + (f'for "{prompt}": ' if prompt else "")
+                  + "; ".join(story(m, v) for m, v in reached.items())
                   + ". Different variants are different objects; PSNR says how sharply each seed reached its own."]
     return "\n".join(lines)
