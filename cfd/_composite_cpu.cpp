@@ -131,15 +131,56 @@ void check(const at::Tensor& x, at::ScalarType type, int64_t dim, const char* na
               " of shape ", x.sizes());
 }
 
-void check_inputs(const at::Tensor& tile_start, const at::Tensor& tile_splats, const at::Tensor& features,
-                  const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& log_opacities) {
-  check(tile_start, at::kLong, 1, "tile_start");
-  check(tile_splats, at::kLong, 1, "tile_splats");
-  check(features, at::kFloat, 2, "features");
-  check(means2d, at::kFloat, 2, "means2d");
-  check(conics, at::kFloat, 2, "conics");
-  check(log_opacities, at::kFloat, 1, "log_opacities");
-}
+// What both passes read: the intersections and the splats, checked, with the
+// tile layout and thresholds.
+struct Inputs {
+  Geometry geo;
+  Thresholds th;
+  int64_t n_tiles, n_pix, M, F;
+  const int64_t *start, *pairs;
+  const float *feat, *means, *conic, *log_o;
+  float log_alpha_min;
+
+  Inputs(const at::Tensor& tile_start, const at::Tensor& tile_splats, const at::Tensor& features,
+         const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& log_opacities, int64_t tile_size,
+         int64_t tiles_x, int64_t tiles_y, int64_t width, int64_t height, double alpha_min, double alpha_max,
+         double t_min)
+      : geo{tile_size, tiles_x, tiles_x * tiles_y, width, height},
+        th{float(alpha_min), float(alpha_max), float(t_min)} {
+    check(tile_start, at::kLong, 1, "tile_start");
+    check(tile_splats, at::kLong, 1, "tile_splats");
+    check(features, at::kFloat, 2, "features");
+    check(means2d, at::kFloat, 2, "means2d");
+    check(conics, at::kFloat, 2, "conics");
+    check(log_opacities, at::kFloat, 1, "log_opacities");
+    n_tiles = tile_start.size(0) - 1;
+    n_pix = tile_size * tile_size;
+    M = features.size(0);
+    F = features.size(1);
+    start = tile_start.data_ptr<int64_t>();
+    pairs = tile_splats.data_ptr<int64_t>();
+    feat = features.data_ptr<float>();
+    means = means2d.data_ptr<float>();
+    conic = conics.data_ptr<float>();
+    log_o = log_opacities.data_ptr<float>();
+    log_alpha_min = std::log(th.alpha_min);
+  }
+};
+
+// Tile t: its first pair, its number of splats K and its rows × cols pixels
+// inside the image; its splats gathered into ``splats`` in its pixel frame.
+struct Tile {
+  int64_t first, K, rows, cols;
+
+  Tile(const Inputs& in, int64_t t, std::vector<TileSplat>& splats)
+      : first(in.start[t]), K(in.start[t + 1] - in.start[t]) {
+    const int64_t px0 = in.geo.x_of(t), py0 = in.geo.y_of(t);
+    rows = std::min(in.geo.ts, in.geo.height - py0);
+    cols = std::min(in.geo.ts, in.geo.width - px0);
+    gather(splats, in.pairs, first, first + K, float(px0) + 0.5f, float(py0) + 0.5f, in.means, in.conic,
+           in.log_o, in.log_alpha_min);
+  }
+};
 
 // out [n_tiles, ts², F] (0 outside the image), final T [n_tiles, ts²], and the
 // number of the tile's splats each pixel walked, up to its last contributing one
@@ -149,23 +190,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_forward(
     const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& log_opacities, int64_t tile_size,
     int64_t tiles_x, int64_t tiles_y, int64_t width, int64_t height, double alpha_min, double alpha_max,
     double t_min) {
-  check_inputs(tile_start, tile_splats, features, means2d, conics, log_opacities);
-  const Geometry geo{tile_size, tiles_x, tiles_x * tiles_y, width, height};
-  const Thresholds th{float(alpha_min), float(alpha_max), float(t_min)};
-  const int64_t n_tiles = tile_start.size(0) - 1, n_pix = tile_size * tile_size, F = features.size(1);
+  const Inputs in(tile_start, tile_splats, features, means2d, conics, log_opacities, tile_size, tiles_x, tiles_y,
+                  width, height, alpha_min, alpha_max, t_min);
+  const int64_t n_tiles = in.n_tiles, n_pix = in.n_pix, F = in.F;
+  const int64_t* pairs = in.pairs;
+  const float* feat = in.feat;
+  const Thresholds& th = in.th;
   at::Tensor out = at::zeros({n_tiles, n_pix, F}, features.options());
   at::Tensor final_T = at::ones({n_tiles, n_pix}, features.options());
   at::Tensor n_used = at::zeros({n_tiles, n_pix}, features.options().dtype(at::kInt));
-  const int64_t* start = tile_start.data_ptr<int64_t>();
-  const int64_t* pairs = tile_splats.data_ptr<int64_t>();
-  const float* feat = features.data_ptr<float>();
-  const float* means = means2d.data_ptr<float>();
-  const float* conic = conics.data_ptr<float>();
-  const float* log_o = log_opacities.data_ptr<float>();
   float* out_p = out.data_ptr<float>();
   float* T_p = final_T.data_ptr<float>();
   int32_t* used_p = n_used.data_ptr<int32_t>();
-  const float log_alpha_min = std::log(th.alpha_min);
 
   // Per tile, splat by splat in depth order, the pixels of the splat's box that
   // have not stopped yet: the same operations per pixel, in the same order, as a
@@ -174,10 +210,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_forward(
     std::vector<TileSplat> splats;
     std::vector<uint8_t> stopped(n_pix);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t first = start[t], K = start[t + 1] - first, px0 = geo.x_of(t), py0 = geo.y_of(t);
-      const int64_t rows = std::min(tile_size, height - py0), cols = std::min(tile_size, width - px0);
-      gather(splats, pairs, first, first + K, float(px0) + 0.5f, float(py0) + 0.5f, means, conic, log_o,
-             log_alpha_min);
+      const Tile tile(in, t, splats);
+      const int64_t first = tile.first, K = tile.K, rows = tile.rows, cols = tile.cols;
       float* acc = out_p + t * n_pix * F;  // this tile's Σ w f, T and walk lengths
       float* T = T_p + t * n_pix;
       int32_t* used = used_p + t * n_pix;
@@ -220,29 +254,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
     const at::Tensor& grad_out, const at::Tensor& final_T, const at::Tensor& n_used, int64_t tile_size,
     int64_t tiles_x, int64_t tiles_y, int64_t width, int64_t height, double alpha_min, double alpha_max,
     double t_min) {
-  check_inputs(tile_start, tile_splats, features, means2d, conics, log_opacities);
+  const Inputs in(tile_start, tile_splats, features, means2d, conics, log_opacities, tile_size, tiles_x, tiles_y,
+                  width, height, alpha_min, alpha_max, t_min);
   check(grad_out, at::kFloat, 3, "grad_out");
   check(final_T, at::kFloat, 2, "final_T");
   check(n_used, at::kInt, 2, "n_used");
-  const Geometry geo{tile_size, tiles_x, tiles_x * tiles_y, width, height};
-  const Thresholds th{float(alpha_min), float(alpha_max), float(t_min)};
-  const int64_t n_tiles = tile_start.size(0) - 1, n_pix = tile_size * tile_size;
-  const int64_t M = features.size(0), F = features.size(1), P = tile_splats.size(0);
+  const int64_t n_tiles = in.n_tiles, n_pix = in.n_pix, M = in.M, F = in.F, P = tile_splats.size(0);
+  const int64_t* pairs = in.pairs;
+  const float* feat = in.feat;
+  const Thresholds& th = in.th;
   // per (tile, splat) pair: dL/df [P,F]; dL/d(m_x, m_y, a, b, c, log o) [P,6]
   at::Tensor pair_f = at::empty({P, F}, features.options());
   at::Tensor pair_g = at::empty({P, 6}, features.options());
-  const int64_t* start = tile_start.data_ptr<int64_t>();
-  const int64_t* pairs = tile_splats.data_ptr<int64_t>();
-  const float* feat = features.data_ptr<float>();
-  const float* means = means2d.data_ptr<float>();
-  const float* conic = conics.data_ptr<float>();
-  const float* log_o = log_opacities.data_ptr<float>();
   const float* g_p = grad_out.data_ptr<float>();
   const float* T_p = final_T.data_ptr<float>();
   const int32_t* used_p = n_used.data_ptr<int32_t>();
   float* pf_p = pair_f.data_ptr<float>();
   float* pg_p = pair_g.data_ptr<float>();
-  const float log_alpha_min = std::log(th.alpha_min);
 
   // Per tile, splat by splat back to front over the pixels of its box that it
   // contributed to: each pixel sees the reverse of its forward walk.
@@ -251,10 +279,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
     std::vector<int32_t> used(n_pix);
     std::vector<float> T(n_pix), behind(n_pix), df(F);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t first = start[t], K = start[t + 1] - first, px0 = geo.x_of(t), py0 = geo.y_of(t);
-      const int64_t rows = std::min(tile_size, height - py0), cols = std::min(tile_size, width - px0);
-      gather(splats, pairs, first, first + K, float(px0) + 0.5f, float(py0) + 0.5f, means, conic, log_o,
-             log_alpha_min);
+      const Tile tile(in, t, splats);
+      const int64_t first = tile.first, K = tile.K, rows = tile.rows, cols = tile.cols;
       const float* g_tile = g_p + t * n_pix * F;
       for (int64_t pix = 0; pix < n_pix; ++pix) {
         const float* g = g_tile + pix * F;
