@@ -9,10 +9,10 @@ and prior weights π over the objects, the exact (posterior-mean) ε-prediction 
     w = softmax_k(log π_k + ℓ_k),   ℓ_k = −‖x_t − α_t X_k(c)‖² / (2 σ_t²),
 
 with the log-likelihoods summed and the softmax taken (log-sum-exp) in float64,
-so the weights stay exact and finite at the smallest σ_t; images stay float32. At CFG 1 every object outside the conditional set
-has weight exactly 0, so only that set's references are rendered and weighed
-(``ExactCondition.support``): a run's cost grows with what its prompt names,
-not with the size of the prior.
+so the weights stay exact and finite at the smallest σ_t; images stay float32.
+At CFG 1 every object outside the conditional set has weight exactly 0, so only
+that set's references are rendered and weighed (``ExactCondition.support``): a
+run's cost grows with what its prompt names, not with the size of the prior.
 
 Text and CFG, as SD uses them: the prompt selects the conditional set (the
 variants it names, every variant of the families it names, or a theme's
@@ -210,8 +210,8 @@ class ExactPrior:
                              f"the image size {width}x{height}")
         return scaled
 
-    def _view_entry(self, cam: Camera, width: int, height: int) -> tuple[Tensor, Tensor]:
-        """(images [K,3,height,width], rendered [K] bool) of one view: the cached entry,
+    def _view_entry(self, cam: Camera, width: int, height: int) -> tuple[Tensor, list[bool]]:
+        """(images [K,3,height,width], rendered: K flags) of one view: the cached entry,
         or a new one (cached while the cache has room)."""
         view = cam.key if cam.key is not None else (cam.viewmat.cpu().numpy().tobytes(),
                                                    cam.K.cpu().numpy().tobytes())
