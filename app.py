@@ -30,6 +30,7 @@ EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 HISTORY_SIZE = 6
 PROGRESS_EVERY_S = 0.25
 RUNNER: Runner      # built with the demo (its root honours CFD_RUNS_DIR then)
+PRIOR_NOTES: dict[str, str] = {}   # per backend: what its prompts can name (filled by build_demo)
 # gsplat.js (Model3D's splat viewer) paints its canvas black whatever clear_color says;
 # gallery captions wrap instead of being cut
 CSS = """#model3d canvas { background: #ffffff !important; }
@@ -221,12 +222,14 @@ def stop(history, status_text, compare_text, request: gr.Request = None):
 
 
 def on_backend(backend, prompt):
-    """Switching backend resets the backend-dependent settings to its defaults."""
+    """Switching backend resets the backend-dependent settings to its defaults (and
+    a prompt left at another backend's default to this one's)."""
     b = backend if backend in rq.BACKENDS else "exact"
-    d, other = rq.defaults(b), rq.defaults("sd" if b == "exact" else "exact")
-    new_prompt = d["prompt"] if prompt in ("", other["prompt"]) else gr.skip()
+    d = rq.defaults(b)
+    new_prompt = d["prompt"] if prompt in ("", *(rq.defaults(o)["prompt"] for o in rq.BACKENDS)) else gr.skip()
     return (gr.Dropdown(choices=rq.res_choices(b), value=d["res"]), d["steps"], d["views"], d["guidance_scale"],
-            d["negative_prompt"], d["t_end"], d["densify_every"], new_prompt, gr.Markdown(visible=b == "exact"))
+            d["negative_prompt"], d["t_end"], d["densify_every"], new_prompt,
+            gr.Markdown(PRIOR_NOTES[b], visible=bool(PRIOR_NOTES[b])))
 
 
 # ------------------------------------------------------------------ layout
@@ -258,8 +261,16 @@ def build_demo() -> gr.Blocks:
     # at once waits for it (seconds) instead of being aborted in the middle of a torch op
     threading.Thread(target=rq.warm_up, name="cfd-warm-up").start()
     RUNNER.workers.start(rq.parse_request().values())   # Compare's worker processes, warmed up the same way
-    sd_problem = rq.sd_problem()
+    sd_problem, tiny_problem = rq.sd_problem(), rq.tiny_sd_problem()
     prior = rq.exact_prior()
+    families = prior.vocabulary.describe()
+    PRIOR_NOTES.update({
+        "exact": f"**The exact prior knows:** {families}. Name one or more of them (every variant of the family), "
+                 "a variant (e.g. 'a pink duck'), or a theme; other prompts are refused.",
+        "tiny-sd": f"**tiny-sd** is a miniature Stable Diffusion trained on this app's objects ({families}); it runs "
+                   "the whole SD path (text encoder, VAE, UNet) on a CPU. Free text beyond these objects will not "
+                   "work. Its model card: `assets/models/tiny-sd/README.md`.",
+        "sd": ""})
     d = rq.defaults("exact")
     concurrency = int(os.environ.get("CFD_CONCURRENCY", "1"))
     methods_choices = [(label, m) for m, label in rq.METHOD_LABELS.items()]
@@ -269,16 +280,18 @@ def build_demo() -> gr.Blocks:
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 gr.Markdown("**Backend: exact prior** (embedded, no weights) — Stable Diffusion is not available "
-                            f"here.\n\n<details><summary>Why, and how to enable it</summary>\n\n{sd_problem}"
+                            "here" + ("" if tiny_problem else "; tiny-sd, a miniature trained on the bundled "
+                                      "objects, runs its code path on a CPU") +
+                            f".\n\n<details><summary>Why, and how to enable it</summary>\n\n{sd_problem}"
                             "\n\n</details>" if sd_problem else
                             "**Backends:** Stable Diffusion weights found; the exact prior is also available.",
                             elem_id="backend-note")
-                backend = gr.Radio([("Exact prior (embedded, no weights)", "exact"), ("Stable Diffusion", "sd")],
-                                   value="exact", label="Backend", interactive=sd_problem is None)
-                prior_note = gr.Markdown(f"**The exact prior knows:** {prior.vocabulary.describe()}. Name one "
-                                         "or more of them (every variant of the family), a variant (e.g. 'a pink "
-                                         "duck'), or a theme; other prompts are refused.",
-                                         elem_id="prior-note")
+                choices = [("Exact prior (embedded, no weights)", "exact")]
+                choices += [] if tiny_problem else [("tiny-sd (miniature SD, CPU)", "tiny-sd")]
+                choices += [] if sd_problem else [("Stable Diffusion", "sd")]
+                backend = gr.Radio(choices, value="exact", label="Backend", interactive=len(choices) > 1,
+                                   elem_id="backend")
+                prior_note = gr.Markdown(PRIOR_NOTES["exact"], elem_id="prior-note")
                 prompt = _field("prompt", d, lines=2, max_lines=4, info="Exact prior: the objects or theme to "
                                 "make; each seed lands on one of the family's variants (refused if it names "
                                 "none it knows). SD: any description.")
@@ -345,6 +358,9 @@ def build_demo() -> gr.Blocks:
 
         gr.Examples(_examples("exact"), [prompt, backend, method, seed], elem_id="examples-exact",
                     label="Examples (exact prior: no weights, CPU-quick)")
+        if tiny_problem is None and _examples("tiny-sd"):
+            gr.Examples(_examples("tiny-sd"), [prompt, backend, method, seed], elem_id="examples-tiny-sd",
+                        label="Examples: tiny-sd (the SD path on a CPU, about a minute)")
         if sd_problem is None and _examples("sd"):
             gr.Examples(_examples("sd"), [prompt, backend, method, seed], label="Examples: Stable Diffusion",
                         elem_id="examples-sd")

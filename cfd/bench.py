@@ -176,6 +176,72 @@ def bench_toy(args) -> dict:
     return {"config": config, "runs": runs, "summary": summary}
 
 
+ASYMMETRIC_FAMILIES = ("rubber_duck", "rocket", "snowman")   # a front and a back that differ: Janus shows
+
+
+def bench_recipe(args) -> dict:
+    """One SD recipe on tiny-sd judged against the bundled ground truth (README
+    "tiny-sd"): per method over prompts × seeds, whether the nearest bundled
+    variant is in the prompt's family, its PSNR (``nearest_reference``), the view
+    agreement with it (``cfd.measures.view_agreement``; against Janus faces) and
+    the distinct variants over seeds. The recipe: the backend's defaults with
+    ``--set name=value`` request values, ``--config field=value`` DistillConfig
+    fields, ``--camera-input off``, ``--view-suffix off``."""
+    from .distill import DistillConfig, distill
+    from .measures import view_agreement
+    from .pipeline import nearest_reference
+    from .request import parse_request, parse_seeds, prepare
+
+    overrides = dict(item.split("=", 1) for item in args.set)
+    configured = {k: type(getattr(DistillConfig(), k))(v) for k, v in (i.split("=", 1) for i in args.config)}
+    prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
+    methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
+    guidance = prepare(parse_request(backend=args.backend, prompt=prompts[0]))
+    guidance.camera_input, guidance.view_dependent = args.camera_input == "on", args.view_suffix == "on"
+    refs = guidance.references
+    runs = []
+    for method in methods:
+        for prompt in prompts:
+            family_of_prompt = set(refs.condition(prompt).positive)
+            for seed in seeds:
+                request = parse_request(backend=args.backend, prompt=prompt, seed=seed, method=method, **overrides)
+                config = request.config(**configured)
+                t0 = time.perf_counter()
+                scene = distill(guidance, config)
+                seconds = time.perf_counter() - t0
+                near = nearest_reference(scene, guidance, config.res)
+                k = refs.names.index(near["nearest"])
+                family = refs.vocabulary.family(k)
+                agreement = view_agreement(scene, refs.scenes[k], config.res)
+                runs.append({"method": method, "prompt": prompt, "seed": seed, "nearest": near["nearest"],
+                             "family": family, "in_family": k in family_of_prompt,
+                             "psnr": near["nearest_psnr"], "view_agreement": agreement,
+                             "seconds": round(seconds, 2)})
+                print(f"recipe {method:>8} {prompt!r} seed {seed}: {near['nearest_psnr']:5.2f} dB "
+                      f"({near['nearest']}, {family}) agreement {agreement:.2f} {seconds:5.1f} s", file=sys.stderr)
+    summary = {}
+    for method in methods:
+        rs = [r for r in runs if r["method"] == method]
+        asym = [r["view_agreement"] for r in rs if r["family"] in ASYMMETRIC_FAMILIES and r["in_family"]]
+        summary[method] = {
+            "in_family": sum(r["in_family"] for r in rs), "runs": len(rs),
+            "mean_psnr": round(statistics.mean(r["psnr"] for r in rs), 2),
+            "view_agreement": round(statistics.mean(r["view_agreement"] for r in rs), 3),
+            "view_agreement_asymmetric": round(statistics.mean(asym), 3) if asym else None,
+            "distinct_variants_per_prompt": round(statistics.mean(
+                len({r["nearest"] for r in rs if r["prompt"] == p}) for p in prompts), 2),
+            "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
+        print(f"| {args.label or 'defaults'} | {method} | {summary[method]['in_family']}/{len(rs)} | "
+              f"{summary[method]['mean_psnr']:.2f} | {summary[method]['view_agreement_asymmetric']} | "
+              f"{summary[method]['distinct_variants_per_prompt']} | {summary[method]['mean_seconds']:.1f} |",
+              file=sys.stderr)
+    config = {"backend": args.backend, "prompts": prompts, "methods": methods, "seeds": seeds, "set": overrides,
+              "config": configured,
+              "camera_input": args.camera_input, "view_suffix": args.view_suffix, "label": args.label,
+              "psnr": {"res": "the run's res", "views": PSNR_VIEWS}}
+    return {"config": config, "runs": runs, "summary": summary}
+
+
 def _mean_pairwise_psnr(scenes: list, res: int) -> float | None:
     """Mean PSNR (dB) between the renders of every two of ``scenes`` over the PSNR
     views at ``res`` (None for fewer than two scenes)."""
@@ -496,7 +562,10 @@ def _gsplat_parity() -> dict:
     return {"scenes": diffs, "max_rgb": max(d["rgb"] for d in diffs), "limit": 1e-3}
 
 
-COMMANDS = {"render": bench_render, "noise": bench_noise, "toy": bench_toy, "speed": bench_speed}
+COMMANDS = {"render": bench_render, "noise": bench_noise, "toy": bench_toy, "speed": bench_speed,
+            "recipe": bench_recipe}
+FAMILY_PROMPTS = ("a snowman,a mushroom,a rubber duck,a toy rocket,a cactus in a pot,a small tree in a pot,"
+                  "sunflowers in a pot,tulips in a pot")
 
 
 def main(argv=None) -> int:
@@ -528,6 +597,19 @@ def main(argv=None) -> int:
     p.add_argument("--res", type=int, default=32)
     p.add_argument("--reach-db", type=float, default=25.0, help="PSNR at which a run counts as reaching its scene")
     p.add_argument("--figure", type=Path, help="write a PNG grid of final renders (method × seed)")
+    p.add_argument("--json", type=Path)
+    p = sub.add_parser("recipe", help="an SD recipe on tiny-sd against the bundled ground truth")
+    p.add_argument("--backend", choices=["tiny-sd"], default="tiny-sd")
+    p.add_argument("--prompts", default=FAMILY_PROMPTS, help="comma-separated (default: the 8 family captions)")
+    p.add_argument("--methods", default="cfd,sds")
+    p.add_argument("--seeds", default="0-1")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a request value, e.g. guidance_scale=30, t_end=212, views=1, lr_scale=0.5")
+    p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a DistillConfig field beyond the request's, e.g. loss_space=pixel, lr_sh=0.01")
+    p.add_argument("--camera-input", choices=["on", "off"], default="on")
+    p.add_argument("--view-suffix", choices=["on", "off"], default="on")
+    p.add_argument("--label", default="", help="the recipe's name in the printed table row")
     p.add_argument("--json", type=Path)
     p = sub.add_parser("speed", help="per-step time breakdown of the loop")
     p.add_argument("--backend", choices=["exact", "sd-random"], default="exact")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Hashable, Sequence
 
 import torch
 from torch import Tensor
@@ -127,6 +127,22 @@ def orbit(n_frames: int, elevation_deg: float, radius: float, fov_deg: float,
             for k in range(n_frames)]
 
 
+CAMERA_FEATURES = 4   # camera_features' columns
+
+
+def camera_features(cameras: Sequence[Camera]) -> Tensor:
+    """[B, 4] float32 per camera: elevation (radians), sin and cos of the azimuth
+    (0 = front, on +z) and the distance to the origin in units of the default
+    orbit radius. What a camera-conditioned model (tiny-sd's UNet,
+    ``class_embed_type="projection"``) takes beside the timestep."""
+    rows = []
+    for cam in cameras:
+        azimuth, elevation = math.radians(cam.azimuth_deg), math.radians(cam.elevation_deg)
+        radius = float(cam.position.norm()) / RADIUS
+        rows.append((elevation, math.sin(azimuth), math.cos(azimuth), radius))
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 @dataclass(frozen=True)
 class CameraRanges:
     """The training distribution of views (degrees and world units): uniform in
@@ -152,9 +168,12 @@ class CameraRanges:
 def sample_cameras(n: int, width: int, height: int, generator: torch.Generator,
                    ranges: CameraRanges = CameraRanges()) -> list[Camera]:
     """``n`` views drawn uniformly from ``ranges`` (elevation uniform in degrees),
-    reproducibly from ``generator`` (a CPU torch.Generator)."""
+    reproducibly from ``generator`` (a CPU torch.Generator). From a pool, the
+    views are drawn without replacement (distinct while n ≤ pool: a joint
+    multi-view posterior must not count one view twice)."""
     if ranges.pool > 0:
-        index = torch.randint(ranges.pool, (n,), generator=generator)
+        index = torch.cat([torch.randperm(ranges.pool, generator=generator)
+                           for _ in range(-(-n // ranges.pool))])[:n]
         return _cameras(_pool_u(ranges)[index], width, height, ranges, index.tolist())
     return _cameras(torch.rand(n, 4, generator=generator, dtype=torch.float64), width, height, ranges)
 

@@ -57,6 +57,10 @@ class DistillConfig:
     t_range: tuple = (20, 980)     # SDS: t ~ U[t_min, t_max]
     weighting: str | None = None   # w(t): "lambda" (σ_t/α_t) | "sigma2" (σ_t², DreamFusion);
                                    # None: sigma2 for sds, lambda for the others
+    # where the update reaches the render: "latent" (½‖x − sg(x − g)‖², back through the
+    # encoder) or "pixel" (the update decoded, D(x − g) − D(x), applied to the render:
+    # no encoder gradient); see pixel_target
+    loss_space: str = "latent"
     # cfd-sde refresh rate: a constant γ per step of this run, or knots ((progress, γ), …)
     # of a schedule whose γ are per step of a gamma_reference_steps-long run (None: of
     # this run); see schedule.GammaSchedule
@@ -68,10 +72,11 @@ class DistillConfig:
     # reference renders are memoised (for_stable_diffusion samples continuously)
     cameras: CameraRanges = CameraRanges(pool=64)
     background: str = "white"      # white | black | random (per step)
-    # initial scene: a ball of grey splats; init_seed=None uses the run's seed
+    # initial scene: a ball of grey splats drawn from init_seed (None: the run's seed,
+    # so seeds also start from different balls; measured +1–2 distinct variants over 8 seeds)
     init_splats: int = 2000
     init_radius: float = 0.5
-    init_seed: int | None = 0
+    init_seed: int | None = None
     # Adam, per parameter group; the means' lr decays exponentially to lr_means_final.
     # (Tuned on the exact prior with 4 views per step: 1.5× the 1-view rates measured
     # +0.7 dB on the toys and the pattern set; 2000 splats another +0.6 dB.)
@@ -115,6 +120,8 @@ class DistillConfig:
             problems.append(f"res={self.res} must be in 8..2048")
         if self.weighting not in (None, *WEIGHTINGS):
             problems.append(f"weighting {self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+        if self.loss_space not in LOSS_SPACES:
+            problems.append(f"loss_space {self.loss_space!r} must be one of {', '.join(LOSS_SPACES)}")
         if self.background not in ("white", "black", "random"):
             problems.append(f"background {self.background!r} must be white, black or random")
         try:
@@ -141,7 +148,22 @@ class DistillConfig:
                              gamma=AUTHORS_SD_GAMMA_KNOTS, gamma_reference_steps=AUTHORS_SD_STEPS,
                              init_splats=5000, densify_every=max(1, steps // 10), background="random",
                              lr_means=1e-3, lr_means_final=2e-5, lr_sh=1e-2, lr_opacity=5e-2,
-                             lr_log_scales=5e-3, lr_quats=5e-3, preview_every=50)
+                             lr_log_scales=5e-3, lr_quats=5e-3, preview_every=50, cpu_threads=None)
+        return replace(base, **overrides)
+
+    @property
+    def initial_seed(self) -> int:
+        """The seed of the initial splats: ``init_seed``, or the run's seed if None."""
+        return self.seed if self.init_seed is None else self.init_seed
+
+    @staticmethod
+    def for_tiny_sd(**overrides) -> "DistillConfig":
+        """Defaults for tiny-sd (``cfd.guidance.tiny_sd``), measured on it (README
+        "tiny-sd"): 64² renders (16² latents) on white as it was trained, views
+        drawn continuously from its training distribution, t annealed 980 → 20,
+        the exact prior's splat count and learning rates, no densification."""
+        base = DistillConfig(res=64, steps=300, cameras=CameraRanges(), batch_views=4, preview_every=10,
+                             cpu_threads=None)
         return replace(base, **overrides)
 
     def gamma_schedule(self) -> GammaSchedule:
@@ -200,6 +222,19 @@ WEIGHTINGS = {
 def weighting(config: "DistillConfig"):
     """w(schedule, t) of ``config`` (DreamFusion's σ_t² for sds unless overridden)."""
     return WEIGHTINGS[config.weighting or ("sigma2" if config.method == "sds" else "lambda")]
+
+
+LOSS_SPACES = ("latent", "pixel")
+
+
+def pixel_target(guidance, rgb: Tensor, x: Tensor, grad: Tensor) -> Tensor:
+    """The render's target [B,3,H,W] when the update ``grad`` of the diffusion image
+    ``x`` (both [B,C,h,w]) is taken in pixel space: rgb + D(x − grad) − D(x), D the
+    guidance's decoder (one call on both), so the render moves by the decoded update
+    and the decoder's own reconstruction error cancels."""
+    decoded = guidance.decode(torch.cat([x.detach() - grad, x.detach()]))
+    moved, here = decoded.chunk(2)
+    return (rgb.detach() + moved.to(rgb.device) - here.to(rgb.device)).detach()
 
 
 class NonFiniteGradient(RuntimeError):
@@ -302,9 +337,8 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
     schedule = NoiseSchedule(guidance.alphas_cumprod)
     cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)
 
-    scene = init if init is not None else init_scene(
-        config.init_splats, seed=config.seed if config.init_seed is None else config.init_seed,
-        radius=config.init_radius)
+    scene = init if init is not None else init_scene(config.init_splats, seed=config.initial_seed,
+                                                     radius=config.init_radius)
     scene = scene.clone().to(device)
     optimizer = make_optimizer(scene, {"means": config.lr_means, "log_scales": config.lr_log_scales,
                                        "quats": config.lr_quats, "opacity_logits": config.lr_opacity,
@@ -325,7 +359,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
             out = render(scene, cameras, background)                          # all views in one call
             rgb = out.rgb.permute(0, 3, 1, 2)                                  # [B,3,H,W]
         with timer("encode"):
-            x = guidance.encode(rgb)                                           # [B,C,h,w]
+            x = guidance.encode(rgb.detach() if config.loss_space == "pixel" else rgb)   # [B,C,h,w]
         with timer("noise"):
             surfaces = _surfaces(scene, cameras, out, f, noise_ss, background) if noise.needs_surface else None
             eps = noise.sample(step, tuple(x.shape), surfaces).to(x.device)
@@ -334,7 +368,10 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
             eps_hat = guidance.predict_noise(x_t, t, cameras, cond)
             grad = weight(schedule, t) * (eps_hat - eps)
         with timer("backward"):
-            loss = 0.5 * ((x - (x - grad).detach()) ** 2).sum() / len(cameras)
+            if config.loss_space == "pixel":
+                loss = 0.5 * ((rgb - pixel_target(guidance, rgb, x, grad)) ** 2).sum() / len(cameras)
+            else:
+                loss = 0.5 * ((x - (x - grad).detach()) ** 2).sum() / len(cameras)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         with timer("optimiser"):

@@ -69,18 +69,20 @@ def config_dict(config: DistillConfig) -> dict:
 
 
 def nearest_reference(scene: GaussianScene, guidance, res: int) -> dict | None:
-    """For a guidance with reference scenes (the exact prior's ``scene_psnr``), the
-    PSNR of ``scene`` to each reference, the nearest one and its family; None
+    """For a guidance with reference scenes (the exact prior's ``scene_psnr``, or a
+    model's ``references``: tiny-sd carries the bundled objects it was trained on),
+    the PSNR of ``scene`` to each reference, the nearest one and its family; None
     otherwise. The project's one PSNR measure (``cfd.framing``: PSNR_VIEWS orbit views at
     ``res``, the run's render resolution): the app, its seed comparison, the
     CLI's run.json and ``bench toy`` all report this number, with ``psnr_res``."""
-    if not hasattr(guidance, "scene_psnr"):
+    references = guidance if hasattr(guidance, "scene_psnr") else getattr(guidance, "references", None)
+    if references is None:
         return None
-    psnr = guidance.scene_psnr(scene, res)
+    psnr = references.scene_psnr(scene, res)
     best = max(range(len(psnr)), key=psnr.__getitem__)
-    return {"nearest": guidance.names[best], "nearest_family": guidance.vocabulary.family(best),
+    return {"nearest": references.names[best], "nearest_family": references.vocabulary.family(best),
             "nearest_psnr": round(psnr[best], 3), "psnr_res": res,
-            "psnr": {name: round(p, 3) for name, p in zip(guidance.names, psnr)}}
+            "psnr": {name: round(p, 3) for name, p in zip(references.names, psnr)}}
 
 
 def write_json(data: dict, path: Path) -> None:

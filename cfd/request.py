@@ -31,9 +31,13 @@ from .distill import METHODS, DistillConfig
 from .guidance.base import GuidanceUnavailable
 from .guidance.exact_prior import DEFAULT_EXACT_GUIDANCE_SCALE
 from .guidance.stable_diffusion import DEFAULT_GUIDANCE_SCALE, DEFAULT_NEGATIVE_PROMPT
+from .guidance.tiny_sd import (TINY_SD_GUIDANCE_SCALE, TINY_SD_MAX_PROMPT_BYTES, TINY_SD_RES, TINY_SD_STEPS,
+                              TINY_SD_VIEWS)
 
-BACKENDS = ("exact", "sd")
-BACKEND_NAMES = {"exact": "the exact prior", "sd": "Stable Diffusion"}
+BACKENDS = ("exact", "tiny-sd", "sd")
+BACKEND_NAMES = {"exact": "the exact prior", "tiny-sd": "tiny-sd (a miniature SD trained on the bundled objects)",
+                 "sd": "Stable Diffusion"}
+SD_BACKENDS = ("tiny-sd", "sd")   # Stable Diffusion's code path (text encoder, VAE, UNet)
 METHOD_LABELS = {"cfd": "CFD (ODE)", "cfd-sde": "CFD-SDE", "sds": "SDS (baseline)",
                  "iid": "i.i.d. noise (ablation)", "fixed2d": "fixed 2D noise (ablation)"}
 
@@ -87,6 +91,10 @@ EXACT_CUDA_RES = 128           # the exact prior's default resolution where a GP
 SD_DEFAULTS = BackendDefaults(prompt="a DSLR photo of a corgi wearing a red beret",
                               negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=DEFAULT_GUIDANCE_SCALE,
                               steps=1000, res=512, views=1)
+# measured on tiny-sd (README "tiny-sd"): its default run is the SD path end to end on a CPU
+TINY_SD_DEFAULTS = BackendDefaults(prompt="a rubber duck", negative_prompt="", guidance_scale=TINY_SD_GUIDANCE_SCALE,
+                                   steps=TINY_SD_STEPS, res=TINY_SD_RES, views=TINY_SD_VIEWS)
+BACKEND_DEFAULTS = {"exact": EXACT_DEFAULTS, "tiny-sd": TINY_SD_DEFAULTS, "sd": SD_DEFAULTS}
 # the rest (t schedule, γ schedule, densification, learning rates) come from the backend's
 # base DistillConfig; gamma and densify_every default to None: "the base config's", which
 # for SD follow the run's length (the authors' γ knots, densify every 10 % of the run)
@@ -95,7 +103,7 @@ ADVANCED_DEFAULTS = {"lr_scale": 1.0, "gamma": None, "densify_every": None}
 # the exports of a run (app and CLI alike)
 VIDEO_FRAMES, VIDEO_RES, GLB_RES = 48, 256, 96
 PREVIEW_RES = 128
-PREVIEW_EVERY = {"exact": 10, "sd": 50}     # steps between live previews in the app
+PREVIEW_EVERY = {"exact": 10, "tiny-sd": 10, "sd": 50}     # steps between live previews in the app
 
 
 def cuda_available() -> bool:
@@ -107,9 +115,12 @@ def cuda_available() -> bool:
 def base_config(backend: str, steps: int | None = None) -> DistillConfig:
     """The backend's DistillConfig (of a ``steps``-long run) before a request's
     values: t and γ schedules, densification, learning rates …"""
+    kwargs = {} if steps is None else {"steps": steps}
     if backend == "sd":
-        return DistillConfig.for_stable_diffusion(**({} if steps is None else {"steps": steps}))
-    return DistillConfig() if steps is None else DistillConfig(steps=steps)
+        return DistillConfig.for_stable_diffusion(**kwargs)
+    if backend == "tiny-sd":
+        return DistillConfig.for_tiny_sd(**kwargs)
+    return DistillConfig(**kwargs)
 
 
 def defaults(backend: str = "exact", cuda: bool | None = None) -> dict[str, Any]:
@@ -117,7 +128,7 @@ def defaults(backend: str = "exact", cuda: bool | None = None) -> dict[str, Any]
     None = this machine)."""
     if backend not in BACKENDS:
         raise RequestError(f"backend must be one of {', '.join(map(repr, BACKENDS))} (got {backend!r})")
-    d = asdict(SD_DEFAULTS if backend == "sd" else EXACT_DEFAULTS)
+    d = asdict(BACKEND_DEFAULTS[backend])
     if backend == "exact" and (cuda_available() if cuda is None else cuda):
         d["res"] = EXACT_CUDA_RES
     base = base_config(backend)
@@ -131,7 +142,8 @@ SEED_RANGE = (0, 2**31 - 1)
 STEPS_RANGE = (10, 3000)
 CFG_RANGE = (1.0, 100.0)
 VIEWS_RANGE = (1, 8)
-RES_RANGE = {"exact": (16, 128, 8), "sd": (64, 1024, 64)}   # min, max, multiple of
+RES_RANGE = {"exact": (16, 128, 8), "tiny-sd": (TINY_SD_RES, TINY_SD_RES, TINY_SD_RES),  # trained at 64 px only
+             "sd": (64, 1024, 64)}   # min, max, multiple of
 T_RANGE = (1, 999)
 LR_SCALE_RANGE = (0.05, 20.0)
 GAMMA_RANGE = (1e-6, 0.5)
@@ -177,12 +189,13 @@ PARAMS = (  # the order of /generate's keyword parameters
     Param("steps", "Steps", "optimisation steps"),
     Param("guidance_scale", "CFG (guidance scale)", "classifier-free guidance s in ε_u + s(ε_c − ε_u)", float),
     Param("method", "Method", "cfd (ODE), cfd-sde, sds, or the ablations iid, fixed2d", str, METHODS),
-    Param("backend", "Backend", "exact: the embedded exact prior; sd: Stable Diffusion", str, BACKENDS),
+    Param("backend", "Backend", "exact: the embedded exact prior; tiny-sd: a miniature Stable Diffusion trained "
+                                "on the bundled objects (CPU); sd: Stable Diffusion", str, BACKENDS),
     Param("negative_prompt", "Negative prompt", "what to steer away from", str),
     Param("res", "Resolution (px)", "render size fed to the guidance"),
     Param("views", "Views per step", "views rendered per step (the exact prior denoises them jointly)"),
     Param("t_start", "t start", "CFD anneals t from t start down to t end (the backend's schedule, rescaled); "
-                                "SDS draws t in [t end, t start]"),
+                                "SDS draws t in [t end, t start] if you change either, else in its own [20, 980]"),
     Param("t_end", "t end", "the last (smallest) timestep"),
     Param("lr_scale", "Learning-rate scale", "multiplies every Adam learning rate", float),
     Param("gamma", "γ (CFD-SDE noise refresh per step)", "CFD-SDE only; a constant γ per step", float),
@@ -200,7 +213,7 @@ def range_text(name: str, backend: str = "exact") -> str:
     """The valid values of ``name`` on ``backend``, as the messages and help say them."""
     if name == "res":
         lo, hi, multiple = RES_RANGE[backend]
-        return f"a multiple of {multiple} in {lo}–{hi}"
+        return f"{lo}" if lo == hi else f"a multiple of {multiple} in {lo}–{hi}"
     ranges = {"seed": SEED_RANGE, "steps": STEPS_RANGE, "guidance_scale": CFG_RANGE, "views": VIEWS_RANGE,
               "t_start": T_RANGE, "t_end": T_RANGE, "lr_scale": LR_SCALE_RANGE, "gamma": GAMMA_RANGE,
               "densify_every": DENSIFY_RANGE}
@@ -215,24 +228,26 @@ def range_text(name: str, backend: str = "exact") -> str:
 def help_text(name: str) -> str:
     """Help for ``name``: what it does, its range and its per-backend defaults."""
     param = next(p for p in PARAMS if p.name == name)
-    d_exact, d_sd = defaults("exact", cuda=False), defaults("sd")
+    per_backend = {b: defaults(b, cuda=False) for b in BACKENDS}
     ranges = range_text(name, "exact")
     if name == "res":
-        ranges = f"exact: {range_text('res', 'exact')}, sd: {range_text('res', 'sd')}"
+        ranges = ", ".join(f"{b}: {range_text('res', b)}" for b in BACKENDS)
     if param.choices:
         ranges = "one of " + ranges
     if name == "backend":
         return f"{param.help} ({ranges}; default 'exact')"
     if name == "gamma":
-        return f"{param.help} ({ranges}; empty: the backend's schedule, exact {DistillConfig().gamma:g}, sd the " \
-               "authors' knots)"
+        return f"{param.help} ({ranges}; empty: the backend's schedule, exact and tiny-sd " \
+               f"{DistillConfig().gamma:g}, sd the authors' knots)"
     if name == "densify_every":
-        return f"{param.help} ({ranges}; empty: the backend's, exact 0 = off (a fixed " \
+        return f"{param.help} ({ranges}; empty: the backend's, exact and tiny-sd 0 = off (a fixed " \
                f"{DistillConfig().init_splats} splats), sd every 10 % of the run)"
-    if d_exact[name] == d_sd[name]:
-        default = f"default {d_exact[name]!r}" if isinstance(d_exact[name], str) else f"default {d_exact[name]}"
+    values = {b: d[name] for b, d in per_backend.items()}
+    if len(set(map(repr, values.values()))) == 1:
+        value = values["exact"]
+        default = f"default {value!r}" if isinstance(value, str) else f"default {value}"
     else:
-        default = f"default: exact {d_exact[name]!r}, sd {d_sd[name]!r}"
+        default = "default: " + ", ".join(f"{b} {v!r}" for b, v in values.items())
         if name == "res":
             default += f" (exact on a GPU: {EXACT_CUDA_RES})"
     return f"{param.help} ({ranges}; {default})"
@@ -310,8 +325,10 @@ class Request:
             values["gamma"] = self.gamma
         if self.densify_every is not None:
             values["densify_every"] = self.densify_every
-        if self.method == "sds":  # SDS draws t uniformly in the same range
-            values["t_range"] = (self.t_end, self.t_start)
+        d = defaults(self.backend)
+        if self.method == "sds" and (self.t_start, self.t_end) != (d["t_start"], d["t_end"]):
+            values["t_range"] = (self.t_end, self.t_start)   # SDS: t uniform in the range the user set
+        # else SDS keeps its own range (base.t_range, [20, 980] as DreamFusion and threestudio draw)
         if self.lr_scale != 1.0:
             for key in ("lr_means", "lr_means_final", "lr_log_scales", "lr_quats", "lr_opacity", "lr_sh"):
                 values[key] = getattr(base, key) * self.lr_scale
@@ -391,8 +408,9 @@ def _text(name: str, text, backend: str, required: bool) -> str:
         raise RequestError(f"The {name} must be text (got {type(text).__name__})")
     text = " ".join(text.split())
     if required and not text:
-        raise RequestError(f"The {name} is empty: Stable Diffusion needs a text prompt (1–{MAX_PROMPT_CHARS} "
-                           "characters). Describe one object, e.g. 'a DSLR photo of a corgi wearing a beret'.")
+        example = "'a rubber duck'" if backend == "tiny-sd" else "'a DSLR photo of a corgi wearing a beret'"
+        raise RequestError(f"The {name} is empty: {BACKEND_NAMES[backend]} needs a text prompt (1–"
+                           f"{MAX_PROMPT_CHARS} characters). Describe one object, e.g. {example}.")
     if len(text) > MAX_PROMPT_CHARS:
         raise RequestError(f"The {name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}"
                            + (" (CLIP reads at most 77 tokens)" if backend == "sd" else "") + ". Shorten it.")
@@ -400,6 +418,10 @@ def _text(name: str, text, backend: str, required: bool) -> str:
         raise RequestError(f"The {name} is about {n} CLIP tokens; Stable Diffusion's text encoder reads at most "
                            f"{MAX_PROMPT_TOKENS} (77 with its start/end tokens), the rest would be cut off. "
                            "Shorten it.")
+    if backend == "tiny-sd" and (n := len(text.encode())) > TINY_SD_MAX_PROMPT_BYTES:
+        raise RequestError(f"The {name} is {n} bytes long; tiny-sd reads {TINY_SD_MAX_PROMPT_BYTES} at most (its "
+                           "tokenizer has one token per byte and the view suffix needs the rest of its 75). "
+                           "Shorten it, e.g. 'a rubber duck'.")
     return text
 
 
@@ -426,7 +448,9 @@ def parse_request(values: Mapping[str, Any] | None = None, **kwargs) -> Request:
     lo, hi, multiple = RES_RANGE[backend or "exact"]
     name = BACKEND_NAMES[backend or "exact"]
     res = check(_number, "res", v["res"], lo, hi, integer=True, unit=f" for {name}")
-    if res is not None and res % multiple:
+    if lo == hi and res is None:
+        problems.found[-1] = f"res must be {lo} for {name}, the size it was trained at (got {v['res']!r})"
+    elif res is not None and res % multiple:
         problems.add(f"res must be a multiple of {multiple} between {lo} and {hi} for {name} (got {res})")
     out["res"] = res
     out["t_start"] = check(_number, "t_start", v["t_start"], *T_RANGE, integer=True)
@@ -438,8 +462,7 @@ def parse_request(values: Mapping[str, Any] | None = None, **kwargs) -> Request:
     out["gamma"] = None if v["gamma"] is None else check(_number, "gamma", v["gamma"], *GAMMA_RANGE, integer=False)
     out["densify_every"] = None if v["densify_every"] is None else \
         check(_number, "densify_every", v["densify_every"], *DENSIFY_RANGE, integer=True)
-    on_sd = backend == "sd"
-    out["prompt"] = check(_text, "prompt", v["prompt"], backend, on_sd)
+    out["prompt"] = check(_text, "prompt", v["prompt"], backend, backend in SD_BACKENDS)
     out["negative_prompt"] = check(_text, "negative prompt", v["negative_prompt"], backend, False)
     scenes = given.get("scenes") or ()
     if scenes and backend != "exact":
@@ -513,7 +536,7 @@ def parse_compare(values: Mapping[str, Any] | None = None, **kwargs) -> tuple[Re
 # ------------------------------------------------------------------ guidance
 
 _GUIDANCE: dict[tuple, Any] = {}
-_GUIDANCE_LOCK = threading.Lock()
+_GUIDANCE_LOCK = threading.RLock()   # re-entrant: a build may ask for another cached guidance
 SD_HINT = "The exact prior (backend 'exact') works without weights."
 
 
@@ -529,6 +552,18 @@ def sd_problem(model: str | None = None) -> str | None:
         return check_sd_weights(model)
     except Exception as exc:  # noqa: BLE001 - a broken cache must not take the app down
         return f"Stable Diffusion weights could not be checked ({type(exc).__name__}: {exc})."
+
+
+def tiny_sd_problem() -> str | None:
+    """None if the bundled tiny-sd folder is complete, else the message with the fix."""
+    from .guidance.stable_diffusion import check_sd_weights
+    from .guidance.tiny_sd import TINY_SD_DIR
+
+    if check_sd_weights(TINY_SD_DIR) is None:
+        return None
+    return (f"tiny-sd is not available: its folder {TINY_SD_DIR} is missing or incomplete. Fix: restore it "
+            "(`git checkout -- assets/models/tiny-sd`) or rebuild it with `python scripts/train_tiny_sd.py` "
+            "(about an hour on a CPU).")
 
 
 def exact_prior(scenes: tuple[str, ...] = ()):
@@ -552,6 +587,24 @@ def _build_exact(scenes):
     return prior.to(device())
 
 
+def tiny_sd():
+    """The bundled tiny-sd (``assets/models/tiny-sd``) through the Stable Diffusion
+    guidance, cached; GuidanceUnavailable with the fix if its folder is incomplete."""
+    import torch
+
+    from .guidance.stable_diffusion import StableDiffusionGuidance
+    from .guidance.tiny_sd import TINY_SD_DIR
+
+    if (problem := tiny_sd_problem()) is not None:
+        raise GuidanceUnavailable(f"{problem}\n{SD_HINT}")
+    def build():
+        guidance = StableDiffusionGuidance.from_pretrained(TINY_SD_DIR, dtype=torch.float32, name="tiny-sd")
+        guidance.references = exact_prior()   # what it was trained on: run.json names the nearest variant
+        return guidance
+
+    return _cached(("tiny-sd", device()), build)
+
+
 def _cached(key, build):
     with _GUIDANCE_LOCK:  # one build per key, even when two requests ask at once
         if key not in _GUIDANCE:
@@ -565,6 +618,8 @@ def guidance_for(request: Request, allow_download: bool = False):
     fetched instead, as the CLI does)."""
     if request.backend == "exact":
         return exact_prior(request.scenes)
+    if request.backend == "tiny-sd":
+        return tiny_sd()
     from .guidance.stable_diffusion import StableDiffusionGuidance, hub_offline, resolve_model
 
     model = resolve_model(request.model)

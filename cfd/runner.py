@@ -33,7 +33,7 @@ import numpy as np
 from .distill import NonFiniteGradient
 from .export import to_uint8
 from .guidance.base import GuidanceUnavailable
-from .request import BACKEND_NAMES, RES_RANGE, Request, RequestError
+from .request import RES_RANGE, Request, RequestError
 from .workers import WorkerPool
 
 RUN_TTL_S = 3600           # folders older than this that no active run owns are swept
@@ -186,7 +186,7 @@ def failure(exc: BaseException, request: Request | None = None) -> Failure:
         return Failure("Out of memory", f"Out of memory at res={res}. Try a lower resolution (e.g. res={lower}) "
                        "or fewer seeds/views; nothing was saved.")
     if isinstance(exc, GuidanceUnavailable):
-        return Failure(f"{BACKEND_NAMES['sd']} unavailable", text)
+        return Failure("Model unavailable", text)   # the text names the model and the fix
     if isinstance(exc, (RequestError, ValueError)):
         return Failure("Invalid input", text)
     if isinstance(exc, NonFiniteGradient):

@@ -241,6 +241,12 @@ def tiles(colors, period: float = 0.0, around: int = 0) -> Callable[[Tensor], Te
     return color
 
 
+def split(below, above, at: float = 0.0) -> Callable[[Tensor], Tensor]:
+    """Colour function: ``below`` where the local y is under ``at``, else ``above``."""
+    lo, hi = torch.tensor(below, dtype=torch.float64), torch.tensor(above, dtype=torch.float64)
+    return lambda p: torch.where((p[:, 1] < at)[:, None], lo, hi)
+
+
 def fibonacci(n: int) -> list[tuple[float, float, float]]:
     """``n`` evenly spread unit directions."""
     golden = math.pi * (3 - math.sqrt(5))
@@ -267,11 +273,12 @@ TERRACOTTA, SOIL = (0.78, 0.4, 0.22), (0.3, 0.2, 0.12)
 YELLOW, GOLD, PINK, PURPLE = (1.0, 0.85, 0.1), (0.95, 0.75, 0.2), (1.0, 0.55, 0.7), (0.55, 0.25, 0.75)
 BLUE, NAVY, GREEN, GREY = (0.2, 0.45, 0.9), (0.12, 0.16, 0.4), (0.2, 0.6, 0.25), (0.55, 0.55, 0.6)
 STEM_GREEN = (0.25, 0.55, 0.15)
+LIME, TEAL, SAND = (0.55, 0.85, 0.15), (0.1, 0.6, 0.6), (0.88, 0.75, 0.5)
 
 
 def hat(kind: str, color: Color, head_c, head_r: float, trim: Color = WHITE) -> list[Part]:
     """A hat on the head sphere (``head_c``, ``head_r``): "top", "bobble", "bucket",
-    "straw", "cap", "crown", "party" or "bow"; ``trim`` colours its band, pompom or jewels."""
+    "straw", "cap", "crown", "party", "bow" or "witch"; ``trim`` colours its band, pompom or jewels."""
     x, y, z = head_c
     r, k = head_r, head_r / 0.19
 
@@ -315,6 +322,10 @@ def hat(kind: str, color: Color, head_c, head_r: float, trim: Color = WHITE) -> 
         return [*[Ellipsoid(color, (x + s * 0.45 * r, snap(y + 0.95 * r), z), rotation((0, 0, 1), s * 25),
                             radii=(0.5 * r, 0.28 * r, 0.15 * r)) for s in (-1, 1)],
                 sphere(at(1.0 * r), 0.2 * r, trim)]
+    if kind == "witch":
+        return [Lathe(color, at(0.55 * r), profile=((0.0, 0.0), (1.9 * r, 0.0), (1.9 * r, 0.06 * r), (0.0, 0.06 * r))),
+                Lathe(color, at(0.6 * r), profile=((0.0, 0.0), (0.9 * r, 0.0), (0.35 * r, 1.4 * r), (0.0, 2.4 * r))),
+                Lathe(trim, at(0.6 * r), profile=band(0.86 * r, 0.3 * r))]
     raise ValueError(f"unknown hat {kind!r}")
 
 
@@ -323,9 +334,10 @@ SNOWBALLS = (((0, -0.45, 0), 0.36), ((0, 0.07, 0), 0.27), ((0, 0.44, 0), 0.19))
 
 def snowman(body=SNOWBALLS, hat_kind: str | None = "top", hat_color: Color = BLACK, hat_trim: Color = WHITE,
             scarf: Color | None = RED, buttons=(-0.3, 0.1, 0.5), arms: float | None = 0.8, nose: float = 0.2,
-            earmuffs: Color | None = None) -> list[Part]:
+            earmuffs: Color | None = None, scarf_tail: bool = False) -> list[Part]:
     """Snowballs ``body`` [(centre, radius)] bottom to head; ``buttons`` (heights of their
-    directions) and twig arms (pointing up by ``arms``; None: none) on the ball below the head."""
+    directions) and twig arms (pointing up by ``arms``; None: none) on the ball below the head;
+    ``scarf_tail``: the scarf's end hangs down the front of the ball below the head."""
     (mid_c, mid_r), (head_c, head_r) = body[-2:]
     k = head_r / 0.19
     parts: list[Part] = [sphere(c, r, SNOW) for c, r in body]
@@ -340,6 +352,9 @@ def snowman(body=SNOWBALLS, hat_kind: str | None = "top", hat_color: Color = BLA
         y0, rim = snap(head_c[1] - head_r + 0.02), snap(head_r + 0.01)
         parts += [Lathe(scarf, (head_c[0], 0.0, head_c[2]),
                         profile=((0.0, y0), (rim, y0), (rim, snap(y0 + 0.06)), (0.0, snap(y0 + 0.06))))]
+        if scarf_tail:
+            parts += [Ellipsoid(scarf, on_sphere(mid_c, mid_r, (0.3, 0.4, 1), 0.02), rotation((0, 0, 1), 12),
+                                radii=(0.055 * k, 0.17 * k, 0.05 * k))]
     if hat_kind is not None:
         parts += hat(hat_kind, hat_color, head_c, head_r, hat_trim)
     if earmuffs is not None:
@@ -358,10 +373,12 @@ STALK = ((0.0, -0.6), (0.22, -0.6), (0.2, -0.45), (0.15, -0.1), (0.13, 0.05), (0
 
 def mushroom(cap: Color = RED, spot: Color | None = WHITE, spot_size: float = 0.12, cap_size=(0.6, 0.45),
              stalk=STALK, stalk_size=(1.0, 1.0), stalk_color: Color = (0.93, 0.88, 0.75),
-             cluster=(((0.0, 0.0, 0.0), 1.0, 0.0),)) -> list[Part]:
+             cluster=(((0.0, 0.0, 0.0), 1.0, 0.0),), cap_profile=None) -> list[Part]:
     """A cap of ``cap_size`` (radius, height) on a ``stalk`` profile scaled by ``stalk_size``
-    (radius, height), ``spot``-dotted; ``cluster``: one per mushroom (offset, scale, tilt° about z)."""
+    (radius, height), ``spot``-dotted; ``cluster``: one per mushroom (offset, scale, tilt° about z);
+    ``cap_profile``: the cap's Lathe profile in units of ``cap_size`` (None: a dome)."""
     (cr, ch), (sr, sh) = cap_size, stalk_size
+    cap_shape = ((0.0, 0.0), *dome(cr, ch, 0.0)) if cap_profile is None else scaled(cap_profile, cr, ch)
     dots = [(x * (cr / 0.6), y * (ch / 0.45), z * (cr / 0.6)) for x, y, z in MUSHROOM_DOTS]
     parts: list[Part] = []
     for (ox, oy, oz), s, tilt in cluster:
@@ -371,14 +388,16 @@ def mushroom(cap: Color = RED, spot: Color | None = WHITE, spot_size: float = 0.
         top = (ox + ux * lift, oy + uy * lift, oz + uz * lift)
         color = spots([(s * x, s * y, s * z) for x, y, z in dots], s * spot_size, cap, spot) if spot else cap
         parts += [Lathe(stalk_color, (ox, oy, oz), turn, profile=scaled(stalk, s * sr, s * sh)),
-                  Lathe(color, top, turn, profile=scaled(((0.0, 0.0), *dome(cr, ch, 0.0)), s, s))]
+                  Lathe(color, top, turn, profile=scaled(cap_shape, s, s))]
     return parts
 
 
 def rubber_duck(color: Color = (1.0, 0.85, 0.1), wing: Color = (0.95, 0.72, 0.05), beak: Color = ORANGE,
                 body=(0.4, 0.28, 0.52), head=((0.0, 0.3, 0.22), 0.25), dots: Color | None = None,
-                hat_kind: str | None = None, hat_color: Color = RED, hat_trim: Color = WHITE) -> list[Part]:
-    """A duck of ``body`` radii with a ``head`` (centre, radius); ``dots``: polka dots on the body."""
+                hat_kind: str | None = None, hat_color: Color = RED, hat_trim: Color = WHITE,
+                glasses: Color | None = None) -> list[Part]:
+    """A duck of ``body`` radii with a ``head`` (centre, radius); ``dots``: polka dots on the body;
+    ``glasses``: sunglasses of this colour over the eyes."""
     head_c, head_r = head
     bx, by, bz = body
     k = head_r / 0.25
@@ -390,10 +409,17 @@ def rubber_duck(color: Color = (1.0, 0.85, 0.1), wing: Color = (0.95, 0.72, 0.05
         sphere(head_c, head_r, color),
         Ellipsoid(beak, (head_c[0], snap(head_c[1] - 0.05 * k), snap(head_c[2] + head_r + 0.03 * k)),
                   radii=(0.13 * k, 0.045 * k, 0.15 * k)),
-        *[sphere(on_sphere(head_c, head_r, (s * 0.45, 0.4, 0.8)), 0.035 * k, BLACK) for s in (-1, 1)],
+        *[sphere(on_sphere(head_c, head_r, (s * 0.45, 0.4, 0.8)), 0.035 * k, BLACK)
+          for s in ((-1, 1) if glasses is None else ())],  # sunglasses hide the eyes
         *[Ellipsoid(wing, (s * snap(bx - 0.04), -0.1, -0.05), rotation((1, 0, 0), -15), radii=(0.08, 0.16, 0.3))
           for s in (-1, 1)],
     ]
+    if glasses is not None:
+        parts += [*[Ellipsoid(glasses, on_sphere(head_c, head_r, (s * 0.45, 0.4, 0.8), 0.01 * k),
+                              rotation((0, 1, 0), s * 29) @ rotation((1, 0, 0), -24),
+                              radii=(0.1 * k, 0.075 * k, 0.03 * k)) for s in (-1, 1)],
+                  Lathe(glasses, on_sphere(head_c, head_r, (0, 0.42, 0.9), 0.01 * k), pointing((1, 0, 0)),
+                        profile=((0.0, -0.07 * k), (0.02 * k, -0.07 * k), (0.02 * k, 0.07 * k), (0.0, 0.07 * k)))]
     return parts + (hat(hat_kind, hat_color, head_c, head_r, hat_trim) if hat_kind else [])
 
 
@@ -403,9 +429,10 @@ NOSE_CONE = ((0.2, 0.0), (0.17, 0.15), (0.1, 0.3), (0.0, 0.4))
 
 def rocket(color: Color = (0.3, 0.55, 0.95), trim: Color = RED, fin_color: Color | None = None, fins: int = 3,
            size=(1.0, 1.0), fin_size: float = 1.0, nose=NOSE_CONE, windows=(0.05,), window: Color = (1.0, 0.9, 0.35),
-           flame: bool = False, boosters: int = 0) -> list[Part]:
+           flame: bool = False, boosters: int = 0, booster_turn: float = 0.0) -> list[Part]:
     """A rocket body scaled by ``size`` (radius, height) with a ``trim``-coloured ``nose``
-    profile, ``fins`` fins, round windows at these heights, an optional exhaust flame and side boosters."""
+    profile, ``fins`` fins, round windows at these heights, an optional exhaust flame and side
+    boosters (the first at ``booster_turn``° from the front)."""
     w, h = size
     fin_color = trim if fin_color is None else fin_color
     angles = [2 * math.pi * k / fins + math.pi / fins for k in range(fins)]
@@ -423,7 +450,7 @@ def rocket(color: Color = (0.3, 0.55, 0.95), trim: Color = RED, fin_color: Color
                         profile=((0.0, 0.0), (0.13 * w, 0.0), (0.09 * w, 0.12), (0.0, 0.32)))]
     parts += [Lathe(trim, (0.27 * w * math.sin(a), -0.55 * h, 0.27 * w * math.cos(a)),
                     profile=capsule(0.065 * w, 0.6 * h))
-              for a in (2 * math.pi * k / boosters for k in range(boosters))]
+              for a in (2 * math.pi * k / boosters + math.radians(booster_turn) for k in range(boosters))]
     return parts
 
 
@@ -438,10 +465,12 @@ def pot(color, y_top: float = -0.3, height: float = 0.32, radius: float = 0.3) -
 
 def cactus(pot_color: Color = TERRACOTTA, green: Color = GREEN, columns=((0.0, 0.0, 0.18, 1.05),),
            arms=((-1, 0, 0.02, 0.34, 0.42), (1, 0, 0.2, 0.32, 0.35)), arm_radius: float = 0.1,
-           flower: Color | None = (0.95, 0.35, 0.6), flowers: int = 1, pads=(), pot_size=(0.32, 0.3)) -> list[Part]:
+           flower: Color | None = (0.95, 0.35, 0.6), flowers: int = 1, pads=(), pot_size=(0.32, 0.3),
+           graft: Color | None = None, graft_radius: float = 0.25) -> list[Part]:
     """Columns (x, z, radius, height) with arms on the first one (dx, dz, y, out, up) and
     ``flowers`` flowers on each top; ``pads``: flat prickly-pear pads (centre, size, tilt°, turn°),
-    the last two topped by a ``flower``-coloured fruit."""
+    the last two topped by a ``flower``-coloured fruit; ``graft``: a ball of ``graft_radius``
+    grafted on top of the first column (a moon cactus)."""
     parts: list[Part] = [*pot(pot_color, -0.3, *pot_size)]
     parts += [Lathe(green, (x, -0.35, z), profile=capsule(radius, height)) for x, z, radius, height in columns]
     cx, cz = columns[0][:2] if columns else (0.0, 0.0)
@@ -459,6 +488,10 @@ def cactus(pot_color: Color = TERRACOTTA, green: Color = GREEN, columns=((0.0, 0
         if flower is not None and i >= len(pads) - 2:
             tip = torch.tensor(center, dtype=torch.float64) + size * turned[:, 1]
             parts.append(sphere(tuple(tip.tolist()), 0.07, flower))
+    if graft is not None and columns:
+        x, z, radius, height = columns[0]
+        parts.append(Ellipsoid(graft, (x, snap(-0.35 + height + 0.75 * graft_radius), z),
+                               radii=(graft_radius, 0.85 * graft_radius, graft_radius)))
     if flower is not None:
         for x, z, radius, height in columns:
             top = snap(-0.35 + height + 0.02)
@@ -480,12 +513,18 @@ APPLES = ((0.3, 0.35, 0.3), (-0.35, 0.2, 0.25), (0.1, 0.15, 0.43), (-0.1, 0.55, 
 def potted_tree(pot_color: Color = (0.2, 0.35, 0.75), trunk=((0.07, 0.0), (0.05, 0.45)), crown=APPLE_CROWN,
                 tiers=(), tier_color: Color = (0.1, 0.38, 0.18), fruit: Color | None = RED, fruits=APPLES,
                 fruit_on=((0, 0.3, 0), 0.38), fruit_size: float = 0.05, topper: Color | None = None,
-                pot_size=(0.32, 0.3)) -> list[Part]:
+                pot_size=(0.32, 0.3), fronds=(), frond_color: Color = (0.2, 0.58, 0.2)) -> list[Part]:
     """A ``trunk`` profile under a ``crown`` of blobs (centre, radius, colour) and/or cone
     ``tiers`` (y, radius, height); ``fruits`` in these directions on the sphere ``fruit_on``
     (centre, radius) or, if None, at (x, y, z): on the foliage at height y towards (x, z);
-    ``topper``: a star on the top tier."""
-    foliage: list[Part] = [sphere(c, r, col) for c, r, col in crown]
+    ``topper``: a star on the top tier; a blob's radius may be a (x, y, z) radii triple;
+    ``fronds``: palm leaves (base, azimuth°, droop° below horizontal, length)."""
+    foliage: list[Part] = [sphere(c, r, col) if isinstance(r, (int, float)) else Ellipsoid(col, c, radii=r)
+                           for c, r, col in crown]
+    for base, azimuth, droop, length in fronds:
+        turn = rotation((0, 1, 0), azimuth) @ rotation((1, 0, 0), droop)
+        center = torch.tensor(base, dtype=torch.float64) + 0.48 * length * turn[:, 2]
+        foliage.append(Ellipsoid(frond_color, tuple(center.tolist()), turn, radii=(0.13 * length, 0.02, length / 2)))
     foliage += [Lathe(tier_color, (0, y, 0), profile=((0.0, 0.0), (r, 0.0), (0.0, h))) for y, r, h in tiers]
     parts: list[Part] = [*pot(pot_color, -0.3, *pot_size), Lathe(BROWN, (0, -0.3, 0), profile=trunk), *foliage]
     if fruit is not None:
@@ -636,6 +675,15 @@ SETS = {
                              dict(body=(((0, -0.45, 0), 0.3), ((0, 0.05, 0), 0.27), ((0, 0.5, 0), 0.24)),
                                   hat_kind="straw", hat_color=(0.9, 0.78, 0.45), hat_trim=RED, scarf=ORANGE,
                                   arms=0.0, nose=0.3)),
+                     Variant("scarf snowman", "a bareheaded snowman with a long red-and-white striped scarf and black "
+                             "earmuffs", ["scarf snowman", "snowman with a striped scarf"],
+                             dict(body=(((0, -0.42, 0), 0.34), ((0, 0.08, 0), 0.25), ((0, 0.46, 0), 0.22)),
+                                  hat_kind=None, earmuffs=BLACK, scarf=tiles([RED, WHITE], period=0.03),
+                                  scarf_tail=True, buttons=(-0.1, 0.3), arms=0.3)),
+                     Variant("witch snowman", "a snowman in a tall purple witch hat and a lime green scarf",
+                             ["witch snowman", "snowman with a witch hat", "snow witch"],
+                             dict(body=(((0, -0.48, 0), 0.4), ((0, 0.04, 0), 0.24), ((0, 0.38, 0), 0.19)),
+                                  hat_kind="witch", hat_color=PURPLE, hat_trim=LIME, scarf=LIME, arms=1.2)),
                  ]),
                  "mushroom": Family(mushroom, "mushroom", "a mushroom", ["mushroom", "toadstool"], [
                      Variant("red toadstool", "a red toadstool with white spots",
@@ -660,6 +708,17 @@ SETS = {
                              ["button mushroom", "white mushroom"],
                              dict(cap=(0.92, 0.88, 0.82), spot=None, cap_size=(0.5, 0.42), stalk_size=(1.3, 0.75),
                                   stalk_color=(0.8, 0.74, 0.62))),
+                     Variant("pointy mushroom", "a mushroom with a tall pointed green cone cap with white spots",
+                             ["pointy mushroom", "green mushroom", "conical mushroom"],
+                             dict(cap=spots(ring(7, 0.42, 0.08) + ring(5, 0.26, 0.29, 0.6) + ring(3, 0.14, 0.48, 0.3),
+                                            0.065, (0.25, 0.62, 0.2), WHITE), spot=None, cap_size=(0.5, 0.75),
+                                  cap_profile=((0.0, 0.0), (1.0, 0.0), (0.6, 0.3), (0.28, 0.65), (0.0, 1.0)),
+                                  stalk_size=(0.8, 0.9))),
+                     Variant("mushroom trio", "a cluster of three yellow mushrooms of different heights",
+                             ["mushroom trio", "three mushrooms", "yellow mushroom"],
+                             dict(cap=(0.98, 0.8, 0.15), spot=None, cap_size=(0.5, 0.35),
+                                  cluster=(((0.0, 0.1, -0.1), 0.8, 0.0), ((-0.42, -0.25, 0.15), 0.55, 15.0),
+                                           ((0.4, -0.35, 0.2), 0.45, -15.0)))),
                  ]),
                  "rubber_duck": Family(rubber_duck, "rubber duck", "a rubber duck",
                                        ["duck", "rubber duck", "bath duck"], [
@@ -683,6 +742,13 @@ SETS = {
                              ["green duck", "duckling"],
                              dict(color=(0.35, 0.75, 0.3), wing=(0.25, 0.6, 0.2), body=(0.38, 0.34, 0.4),
                                   head=((0.0, 0.38, 0.15), 0.3), hat_kind="party", hat_color=ORANGE, hat_trim=WHITE)),
+                     Variant("cool duck", "a purple rubber duck wearing black sunglasses",
+                             ["cool duck", "purple duck", "duck with sunglasses", "duck in sunglasses"],
+                             dict(color=(0.6, 0.35, 0.85), wing=(0.45, 0.22, 0.7), beak=ORANGE, glasses=BLACK)),
+                     Variant("top hat duck", "an orange rubber duck in a black top hat with a red beak",
+                             ["top hat duck", "orange duck", "duck in a top hat"],
+                             dict(color=(1.0, 0.55, 0.15), wing=(0.9, 0.4, 0.05), beak=RED, body=(0.42, 0.26, 0.48),
+                                  head=((0.0, 0.28, 0.2), 0.22), hat_kind="top", hat_color=BLACK)),
                  ]),
                  "rocket": Family(rocket, "rocket", "a toy rocket", ["rocket", "spaceship", "space ship"], [
                      Variant("blue rocket", "a blue rocket with a red nose and three red fins", ["blue rocket"]),
@@ -704,6 +770,15 @@ SETS = {
                      Variant("striped rocket", "a white rocket with purple stripes, four fins and a flame",
                              ["striped rocket", "purple rocket"],
                              dict(color=tiles([WHITE, PURPLE], period=0.15), trim=PURPLE, fins=4, flame=True)),
+                     Variant("five-finned rocket", "an orange rocket with a white nose cone and five white fins",
+                             ["five-finned rocket", "orange rocket", "rocket with five fins"],
+                             dict(color=ORANGE, trim=WHITE, fins=5, fin_size=1.15, windows=(0.12, -0.15))),
+                     Variant("pink rocket", "a chubby pink rocket with a long pointed teal nose, four teal fins, "
+                             "two side boosters and a flame",
+                             ["pink rocket"],
+                             dict(color=PINK, trim=TEAL, fins=4, size=(1.15, 0.9), boosters=2, booster_turn=90,
+                                  flame=True,
+                                  window=WHITE, nose=((0.2, 0.0), (0.15, 0.2), (0.08, 0.42), (0.0, 0.6)))),
                  ]),
              }},
     "garden": {"name": "Potted plants", "prompt": "a plant in a pot", "theme": "a potted plant",
@@ -741,6 +816,19 @@ SETS = {
                                              (0.25, 0.15, 0.11, 0.5)),
                                     arms=(), green=(0.35, 0.65, 0.3), flower=(1.0, 0.45, 0.25), pot_color=PURPLE,
                                     pot_size=(0.22, 0.45))),
+                       Variant("four-armed cactus", "a blue-green cactus with four arms and white flowers in a "
+                               "red-and-white striped pot",
+                               ["four-armed cactus", "candelabra cactus"],
+                               dict(green=(0.2, 0.55, 0.5), columns=((0.0, 0.0, 0.14, 1.1),),
+                                    arms=((-0.98, 0.2, -0.1, 0.38, 0.28), (-0.98, -0.2, 0.35, 0.2, 0.24),
+                                          (0.98, -0.2, -0.05, 0.38, 0.32), (0.98, 0.2, 0.4, 0.2, 0.2)),
+                                    arm_radius=0.075, flower=WHITE, pot_color=tiles([RED, WHITE], around=12))),
+                       Variant("moon cactus", "a moon cactus: a red ribbed ball grafted on a short green stem "
+                               "in a small teal pot",
+                               ["moon cactus", "grafted cactus"],
+                               dict(columns=((0.0, 0.0, 0.1, 0.55),), arms=(), flower=None,
+                                    graft=tiles([RED, (0.65, 0.05, 0.1)], around=14), graft_radius=0.3,
+                                    pot_color=TEAL, pot_size=(0.3, 0.26))),
                    ]),
                    "potted_tree": Family(potted_tree, "potted tree", "a small tree in a pot",
                                          ["tree", "potted tree", "bonsai"], [
@@ -775,6 +863,21 @@ SETS = {
                                dict(crown=blobs((((0.0, 0.12, 0.0), 0.18), ((0.0, 0.65, 0.0), 0.25)), [LIGHT_LEAF]),
                                     fruit=None, pot_color=BLACK, trunk=((0.04, 0.0), (0.04, 0.8)),
                                     pot_size=(0.28, 0.25))),
+                       Variant("palm tree", "a palm tree with drooping fronds and coconuts in a sand-coloured pot",
+                               ["palm tree", "coconut palm", "coconut tree"],
+                               dict(crown=(), fronds=tuple(((0.0, 0.55, 0.0), 60 * k + 10, 32 + 14 * (k % 2), 0.55)
+                                                           for k in range(6)),
+                                    fruit=BROWN, fruit_on=((0.0, 0.47, 0.0), 0.09),
+                                    fruits=tuple(ring(3, 1.0, -0.1, 0.7)),
+                                    fruit_size=0.075, pot_color=SAND, trunk=((0.06, 0.0), (0.04, 0.86)),
+                                    pot_size=(0.26, 0.26))),
+                       Variant("cypress tree", "a tall, slim, dark green cypress in a yellow pot",
+                               ["cypress tree", "cypress"],
+                               dict(crown=(((0.0, 0.3, 0.0), (0.21, 0.45, 0.21),
+                                            spots([(0.21 * u, 0.45 * v, 0.21 * w) for u, v, w in fibonacci(40)], 0.05,
+                                                  DARK_LEAF, LEAF)),),
+                                    tiers=((0.35, 0.175, 0.6),), tier_color=DARK_LEAF, fruit=None, pot_color=YELLOW,
+                                    trunk=((0.05, 0.0), (0.04, 0.15)))),
                    ]),
                    "sunflower": Family(sunflower, "sunflower", "sunflowers in a pot", ["sunflower"], [
                        Variant("two sunflowers", "two sunflowers, a big and a small one, in a mauve pot",
@@ -800,6 +903,18 @@ SETS = {
                                dict(heads=(((0.13, 0.0, 0.3), 23, 0.38), ((0.3, 0.45, -0.14), 115, 0.38),
                                            ((-0.12, 0.1, -0.31), 200, 0.38), ((-0.3, 0.55, 0.12), 292, 0.38)),
                                     petals=11, stems=None, pot_color=WHITE, leaves=())),
+                       Variant("tall sunflower", "a single sunflower on a very tall leafy stem in a small red pot",
+                               ["tall sunflower", "single sunflower", "one sunflower"],
+                               dict(heads=(((0.0, 0.8, 0.06), 0, 0.3),), stems=None, petals=16, pot_color=RED,
+                                    leaves=(((0.11, -0.1, 0.0), -55), ((-0.11, 0.15, 0.0), 55),
+                                            ((0.11, 0.4, 0.0), -55)),
+                                    leaf_size=0.8, pot_size=(0.24, 0.22))),
+                       Variant("ring of fire sunflowers", "three bicolour sunflowers, red around the centre and "
+                               "yellow at the tips, in a green pot",
+                               ["ring of fire sunflowers", "bicolour sunflowers", "bicolor sunflowers"],
+                               dict(heads=(((-0.32, 0.2, 0.08), -25, 0.36), ((0.32, 0.25, 0.0), 25, 0.36),
+                                           ((0.0, 0.5, -0.08), 0, 0.36)), stems=None, petals=12,
+                                    petal=split((0.75, 0.12, 0.05), (1.0, 0.82, 0.1), at=0.04), pot_color=GREEN)),
                    ]),
                    "tulips": Family(tulips, "tulips", "tulips in a pot", ["tulip"], [
                        Variant("mixed tulips", "a bunch of five tulips in mixed colours in a cream pot",
@@ -824,6 +939,14 @@ SETS = {
                                dict(blooms=tuple((p, PINK) for p in ((-0.2, 0.3, 0.1), (0.2, 0.38, 0.0),
                                                                      (0.0, 0.5, -0.15), (0.0, 0.2, 0.2))),
                                     cup=1.6, leaf_size=1.4, leaf_turns=(0, 90), pot_color=BLACK)),
+                       Variant("white tulips", "a bunch of seven white tulips in a red pot", ["white tulips"],
+                               dict(blooms=tuple((p, WHITE)
+                                                 for p in ring(4, 0.36, 0.12, 0.4) + ring(3, 0.16, 0.5, 1.0)),
+                                    cup=1.0, leaf_turns=(0, 90), pot_color=RED)),
+                       Variant("orange tulips", "two very tall orange tulips with long leaves in a small purple pot",
+                               ["orange tulips", "two tulips"],
+                               dict(blooms=(((-0.12, 0.75, 0.05), ORANGE), ((0.14, 0.55, -0.05), ORANGE)),
+                                    cup=1.3, leaf_size=1.6, pot_color=PURPLE, pot_size=(0.26, 0.22))),
                    ]),
                }},
 }

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from tiny_sd import build_tiny_sd
+from random_sd import build_random_sd
 
 
 def pytest_addoption(parser):
@@ -28,15 +28,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def tiny_sd_model(tmp_path_factory) -> Path:
-    """Folder of a tiny random ε-prediction SD pipeline (diffusers layout)."""
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd_eps"), prediction_type="epsilon")
+def random_sd_model(tmp_path_factory) -> Path:
+    """Folder of a small random-weight ε-prediction SD pipeline (diffusers layout)."""
+    return build_random_sd(tmp_path_factory.mktemp("random_sd_eps"), prediction_type="epsilon")
 
 
 @pytest.fixture(scope="session")
-def tiny_sd_model_v(tmp_path_factory) -> Path:
+def random_sd_model_v(tmp_path_factory) -> Path:
     """Folder of the same tiny SD configured for v-prediction."""
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd_v"), prediction_type="v_prediction")
+    return build_random_sd(tmp_path_factory.mktemp("random_sd_v"), prediction_type="v_prediction")
 
 
 def free_port() -> int:

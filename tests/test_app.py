@@ -106,7 +106,7 @@ BAD = [
     (dict(seed="abc"), r"seed must be an integer between 0 and 2147483647; got the non-numeric value 'abc'"),
     (dict(seed=1.5), r"seed must be an integer .* fractional value 1.5"),
     (dict(method="dreamfusion"), r"method must be one of 'cfd', 'cfd-sde', 'sds'"),
-    (dict(backend="nerf"), r"backend must be one of 'exact', 'sd'"),
+    (dict(backend="nerf"), r"backend must be one of 'exact', 'tiny-sd', 'sd'"),
     (dict(t_start=500, t_end=600), r"t_end \(600\) must be below t_start \(500\)"),
     (dict(prompt="a giraffe"), r"The embedded exact prior does not know 'a giraffe'\. It knows only these objects: "
                                r"snowman, mushroom, rubber duck, rocket \(or the theme 'a toy'\); cactus"),
@@ -164,17 +164,31 @@ def test_sd_alone_is_a_complete_request_refused_for_its_missing_weights(served):
     assert Path(ply).is_file()
 
 
-def test_sd_backend_runs_when_weights_exist(served, tiny_sd_model, monkeypatch):
+def test_sd_backend_runs_when_weights_exist(served, random_sd_model, monkeypatch):
     """With weights (a tiny random SD pipeline in diffusers layout) the SD backend
     loads through the same code path and a run completes."""
     app, client, runs = served
-    monkeypatch.setenv("CFD_MODEL", str(tiny_sd_model))
+    monkeypatch.setenv("CFD_MODEL", str(random_sd_model))
     ply, render_mp4, noise_mp4, summary, downloads, status = generate(
         client, backend="sd", prompt="a DSLR photo of a corgi", res=64, steps=10, guidance_scale=7.5)
     assert summary["backend"] == "sd" and summary["guidance_scale"] == 7.5
     assert "Stable Diffusion" in summary["guidance"] and summary["prompt"] == "a DSLR photo of a corgi"
     assert summary["config"]["res"] == 64 and summary["steps_done"] == 10
     assert summary["negative_prompt"] and summary["views"] == 1   # SD's own defaults
+    assert INRIA_FIELDS <= set(PlyData.read(ply)["vertex"].data.dtype.names)
+    assert wait_until(lambda: not run_dirs(runs), 30)
+
+
+def test_tiny_sd_backend_runs_the_sd_path_with_its_own_defaults(served):
+    """backend="tiny-sd": the bundled miniature SD through the same guidance code,
+    its own defaults (64 px, empty negative prompt), the nearest bundled variant named."""
+    app, client, runs = served
+    ply, render_mp4, noise_mp4, summary, downloads, status = generate(client, backend="tiny-sd", prompt=None,
+                                                                      steps=10)
+    assert summary["backend"] == "tiny-sd" and summary["guidance"] == "tiny-sd"
+    assert summary["prompt"] == "a rubber duck" and summary["negative_prompt"] == ""
+    assert summary["config"]["res"] == 64 and summary["steps_done"] == 10
+    assert summary["nearest"] and summary["nearest_family"], summary
     assert INRIA_FIELDS <= set(PlyData.read(ply)["vertex"].data.dtype.names)
     assert wait_until(lambda: not run_dirs(runs), 30)
 

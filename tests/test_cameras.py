@@ -56,6 +56,18 @@ def test_orbit_and_sampling_are_seeded():
         assert 2.0 - 1e-5 <= cam.position.norm() <= 3.0 + 1e-5
 
 
+def test_pool_views_of_one_draw_are_distinct():
+    """A joint multi-view posterior must not see one view twice: with replacement,
+    about 9 % of 4-view draws from a 64-view pool repeat a view."""
+    ranges = CameraRanges(pool=64)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        keys = [cam.key[1] for cam in sample_cameras(4, 16, 16, generator, ranges)]
+        assert len(set(keys)) == 4, keys
+    keys = [cam.key[1] for cam in sample_cameras(70, 16, 16, generator, ranges)]
+    assert len(keys) == 70 and len(set(keys[:64])) == 64   # more views than the pool: every view, then again
+
+
 @pytest.mark.parametrize("elevation", [90.0, -90.0])
 def test_poles_are_well_defined(elevation):
     cam = orbit_camera(0, elevation, 2.0, 50, 16, 16)

@@ -47,14 +47,14 @@ def test_bench_toy_json_contract(tmp_path):
                                                 "mean_pairwise_psnr", "chimeras", "mode_entropy", "mean_seconds"}
 
 
-def test_generate_sd_preset_on_the_tiny_pipeline(tmp_path, tiny_sd_model):
+def test_generate_sd_preset_on_the_tiny_pipeline(tmp_path, random_sd_model):
     """`--backend sd` with no --res/--steps is the SD preset; here 50 steps at 64 px on
     the tiny random SD, cfd-sde with the authors' schedules, the shared defaults."""
     from cfd.guidance import DEFAULT_GUIDANCE_SCALE, DEFAULT_NEGATIVE_PROMPT
     from cfd.schedule import AUTHORS_SD_GAMMA_KNOTS, AUTHORS_SD_T_KNOTS
 
     out = tmp_path / "sd"
-    assert cli_main(["generate", "--backend", "sd", "--model", str(tiny_sd_model), "--prompt", "a hamburger",
+    assert cli_main(["generate", "--backend", "sd", "--model", str(random_sd_model), "--prompt", "a hamburger",
                      "--method", "cfd-sde", "--steps", "50", "--res", "64", "--out", str(out)]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["steps_done"] == 50 and run["skipped_steps"] == 0 and run["res"] == 64

@@ -22,7 +22,7 @@ def test_every_method_runs_and_changes_the_scene(prior, method):
     seen = []
     config = small(method=method)
     scene = distill(prior, config, callback=lambda info: seen.append(info.t))
-    start = init_scene(config.init_splats, seed=config.init_seed, radius=config.init_radius)
+    start = init_scene(config.init_splats, seed=config.initial_seed, radius=config.init_radius)
     assert len(seen) == 8 and torch.isfinite(scene.means).all()
     assert not torch.equal(scene.means, start.means) and not torch.equal(scene.sh, start.sh)
     if method == "sds":

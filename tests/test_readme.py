@@ -67,21 +67,24 @@ def test_defaults_table_is_the_request_layers():
     from cfd.guidance.exact_prior import DEFAULT_EXACT_GUIDANCE_SCALE
     from cfd.guidance.stable_diffusion import DEFAULT_GUIDANCE_SCALE
 
-    exact, sd = rq.defaults("exact", cuda=False), rq.defaults("sd")
-    base_exact, base_sd = rq.base_config("exact"), rq.base_config("sd")
+    exact, tiny, sd = rq.defaults("exact", cuda=False), rq.defaults("tiny-sd"), rq.defaults("sd")
+    base_exact, base_tiny, base_sd = rq.base_config("exact"), rq.base_config("tiny-sd"), rq.base_config("sd")
     assert (exact["guidance_scale"], sd["guidance_scale"]) == (DEFAULT_EXACT_GUIDANCE_SCALE, DEFAULT_GUIDANCE_SCALE)
     rows = {
-        "guidance_scale": f"| guidance_scale | {exact['guidance_scale']} | {sd['guidance_scale']} |",
-        "steps": f"| steps | {exact['steps']} | {sd['steps']} |",
-        "res": f"| res | {exact['res']} ({rq.EXACT_CUDA_RES} on a GPU) | {sd['res']} |",
-        "views": f"| views | {exact['views']} | {sd['views']} |",
-        "t": f"| t_start → t_end | {exact['t_start']} → {exact['t_end']} | {sd['t_start']} → {sd['t_end']} (the "
-             f"authors' knots, through {base_sd.t_knots[1][1]} and {base_sd.t_knots[2][1]}) |",
-        "gamma": f"| gamma (cfd-sde) | {base_exact.gamma} per step | the authors' schedule, {base_sd.gamma[0][1]} → "
-                 f"{base_sd.gamma[-1][1]} |",
+        "guidance_scale": f"| guidance_scale | {exact['guidance_scale']} | {tiny['guidance_scale']} | "
+                          f"{sd['guidance_scale']} |",
+        "steps": f"| steps | {exact['steps']} | {tiny['steps']} | {sd['steps']} |",
+        "res": f"| res | {exact['res']} ({rq.EXACT_CUDA_RES} on a GPU) | {tiny['res']} (its training size) | "
+               f"{sd['res']} |",
+        "views": f"| views | {exact['views']} | {tiny['views']} | {sd['views']} |",
+        "t": f"| t_start → t_end | {exact['t_start']} → {exact['t_end']} | {tiny['t_start']} → {tiny['t_end']} | "
+             f"{sd['t_start']} → {sd['t_end']} (the authors' knots, through {base_sd.t_knots[1][1]} and "
+             f"{base_sd.t_knots[2][1]}) |",
+        "gamma": f"| gamma (cfd-sde) | {base_exact.gamma} per step | {base_tiny.gamma} per step | the authors' "
+                 f"schedule, {base_sd.gamma[0][1]} → {base_sd.gamma[-1][1]} |",
         "densify": f"| densify_every | {base_exact.densify_every}: off (a fixed {base_exact.init_splats} splats) | "
-                   f"every 10 % of the run |",
-        "prompt": f"| prompt | `{exact['prompt']}` | `{sd['prompt']}` |",
+                   f"{base_tiny.densify_every}: off (a fixed {base_tiny.init_splats} splats) | every 10 % of the run |",
+        "prompt": f"| prompt | `{exact['prompt']}` | `{tiny['prompt']}` | `{sd['prompt']}` |",
     }
     assert base_sd.densify_every == base_sd.steps // 10
     for name, row in rows.items():

@@ -38,7 +38,10 @@ def test_request_round_trips_through_plain_values_and_builds_the_config():
     assert req.app_config().preview_every == rq.PREVIEW_EVERY["exact"]
     sds = rq.parse_request(backend="sd", method="sds", lr_scale=2.0).config()
     base = rq.base_config("sd")
-    assert sds.t_range == (base.t_knots[-1][1], 980) and sds.res == 512 and sds.lr_sh == 2 * base.lr_sh
+    assert sds.res == 512 and sds.lr_sh == 2 * base.lr_sh
+    # SDS keeps its own t range (DreamFusion's [20, 980]), not CFD's last knot, unless the user sets one
+    assert sds.t_range == (20, 980) and base.t_knots[-1][1] == 212
+    assert rq.parse_request(backend="sd", method="sds", t_end=100).config().t_range == (100, 980)
     # SD keeps its recipe unless asked: the authors' t and γ knots, densification that follows the run's length
     sd = rq.parse_request(backend="sd", steps=50).config()
     assert sd.t_knots == base.t_knots and sd.gamma == base.gamma and sd.densify_every == 5

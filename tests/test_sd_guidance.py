@@ -19,8 +19,8 @@ def cam(azimuth, elevation=15.0):
 
 
 @pytest.fixture(scope="module")
-def guidance(tiny_sd_model):
-    return StableDiffusionGuidance.from_pretrained(tiny_sd_model, device="cpu")
+def guidance(random_sd_model):
+    return StableDiffusionGuidance.from_pretrained(random_sd_model, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +49,23 @@ def hub_offline_env(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------- loading
 
-def test_loads_tiny_folder(guidance, tiny_sd_model):
+def test_loads_tiny_folder(guidance, random_sd_model):
     assert isinstance(guidance, Guidance)
     assert guidance.channels == 4 and guidance.latent_factor == 8
-    assert str(tiny_sd_model) in guidance.name
+    assert str(random_sd_model) in guidance.name
     torch.testing.assert_close(guidance.alphas_cumprod, scaled_linear_alphas_cumprod())
     assert guidance.alphas_cumprod.dtype == torch.float64
     assert guidance.dtype == torch.float32 and guidance.device.type == "cpu"
     for module in (guidance.unet, guidance.vae, guidance.text_encoder):
         assert not module.training and not any(p.requires_grad for p in module.parameters())
-    assert check_sd_weights(tiny_sd_model) is None
+    assert check_sd_weights(random_sd_model) is None
 
 
-def test_env_model_and_precedence(monkeypatch, tiny_sd_model):
+def test_env_model_and_precedence(monkeypatch, random_sd_model):
     monkeypatch.delenv("CFD_MODEL", raising=False)
     assert resolve_model() == DEFAULT_SD_MODEL
-    monkeypatch.setenv("CFD_MODEL", str(tiny_sd_model))
-    assert resolve_model() == str(tiny_sd_model) and check_sd_weights() is None
+    monkeypatch.setenv("CFD_MODEL", str(random_sd_model))
+    assert resolve_model() == str(random_sd_model) and check_sd_weights() is None
     assert resolve_model("other/model") == "other/model"
 
 
@@ -81,10 +81,10 @@ def test_uncached_hub_model_offline_fails_fast(monkeypatch, tmp_path):
     assert check_sd_weights() == message
 
 
-def test_hub_cache_snapshot_loads_offline(monkeypatch, tmp_path, tiny_sd_model):
+def test_hub_cache_snapshot_loads_offline(monkeypatch, tmp_path, random_sd_model):
     hub_offline_env(monkeypatch, tmp_path)
     repo = tmp_path / "hf" / "hub" / "models--someone--tiny-sd"
-    shutil.copytree(tiny_sd_model, repo / "snapshots" / ("0" * 40))
+    shutil.copytree(random_sd_model, repo / "snapshots" / ("0" * 40))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
     assert check_sd_weights("someone/tiny-sd") is None
@@ -92,9 +92,9 @@ def test_hub_cache_snapshot_loads_offline(monkeypatch, tmp_path, tiny_sd_model):
     assert g.name == "Stable Diffusion (someone/tiny-sd)"
 
 
-def test_local_folder_missing_unet(tmp_path, tiny_sd_model):
+def test_local_folder_missing_unet(tmp_path, random_sd_model):
     folder = tmp_path / "broken"
-    shutil.copytree(tiny_sd_model, folder)
+    shutil.copytree(random_sd_model, folder)
     shutil.rmtree(folder / "unet")
     with pytest.raises(GuidanceUnavailable) as info:
         StableDiffusionGuidance.from_pretrained(folder)
@@ -170,8 +170,8 @@ def test_predict_noise_checks_inputs(guidance, cond):
         guidance.predict_noise(x_t, 1000, [cam(0), cam(1)], cond)
 
 
-def test_v_prediction_converted_to_epsilon(tiny_sd_model_v):
-    g = StableDiffusionGuidance.from_pretrained(tiny_sd_model_v, view_dependent=False, device="cpu")
+def test_v_prediction_converted_to_epsilon(random_sd_model_v):
+    g = StableDiffusionGuidance.from_pretrained(random_sd_model_v, view_dependent=False, device="cpu")
     assert g.prediction_type == "v_prediction"
     x_t, t = torch.randn(1, 4, 8, 8), 700
     v_u = manual_prediction(g, x_t, t, [NEGATIVE])
@@ -182,8 +182,8 @@ def test_v_prediction_converted_to_epsilon(tiny_sd_model_v):
                                atol=1e-4, rtol=1e-4)
 
 
-def test_text_embeddings_cached(tiny_sd_model):
-    guidance = StableDiffusionGuidance.from_pretrained(tiny_sd_model, device="cpu")
+def test_text_embeddings_cached(random_sd_model):
+    guidance = StableDiffusionGuidance.from_pretrained(random_sd_model, device="cpu")
     cond = guidance.condition(PROMPT, NEGATIVE)
     calls = []
     forward = guidance.text_encoder.forward

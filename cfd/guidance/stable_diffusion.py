@@ -34,7 +34,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import snapshot_download
 from torch import Tensor
 
-from cfd.cameras import Camera
+from cfd.cameras import Camera, camera_features
 from cfd.guidance.base import GuidanceUnavailable, checked_guidance_scale, clean_text
 from cfd.schedule import NoiseSchedule
 
@@ -207,7 +207,8 @@ class StableDiffusionGuidance:
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: Mapping, *,
-                 view_dependent: bool = True, device=None, dtype=None, name: str = "Stable Diffusion"):
+                 view_dependent: bool = True, camera_input: bool = True, device=None, dtype=None,
+                 name: str = "Stable Diffusion"):
         self.device, self.dtype = _device_dtype(device, dtype)
         prediction_type = scheduler_config.get("prediction_type") or "epsilon"
         if prediction_type not in PREDICTION_TYPES:
@@ -221,12 +222,20 @@ class StableDiffusionGuidance:
             unet.to(memory_format=torch.channels_last)
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.prediction_type = prediction_type
+        self.scheduler_config = dict(scheduler_config)
         self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config)
         self.alphas_cumprod = self.schedule.alphas_cumprod
         self.channels = int(unet.config.in_channels)
         self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.name = name
         self.view_dependent = view_dependent
+        # a camera-conditioned UNet (tiny-sd) takes cameras.camera_features as its class
+        # labels; camera_input=False feeds zeros, the "no camera" it was trained with
+        self.camera_conditioned = unet.config.get("class_embed_type") == "projection"
+        self.camera_input = camera_input
+        # the objects a model was trained on (an ExactPrior; tiny-sd's are the bundled
+        # ones), to measure results against; None for real SD
+        self.references = None
         self._embeddings: dict[str, Tensor] = {}
         self._embeddings_lock = threading.Lock()
 
@@ -236,13 +245,15 @@ class StableDiffusionGuidance:
         """Guidance over already built diffusers/transformers components:
         UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer and the
         scheduler config dict. ``kwargs``: view_dependent, device, dtype, name
-        (see the class)."""
+        camera_input (see the class)."""
         return cls(unet, vae, text_encoder, tokenizer, scheduler_config, **kwargs)
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, view_dependent: bool = True,
-                        device=None, dtype=None) -> "StableDiffusionGuidance":
-        """Load SD from a hub id or local diffusers folder (see ``resolve_model``).
+                        camera_input: bool = True, device=None, dtype=None,
+                        name: str | None = None) -> "StableDiffusionGuidance":
+        """Load SD from a hub id or local diffusers folder (see ``resolve_model``);
+        ``name``: how messages call it (default "Stable Diffusion (<model>)").
 
         Local folders and HF_HUB_OFFLINE=1 never touch the network, and are checked
         with ``check_sd_weights`` before anything is loaded (fails in milliseconds).
@@ -269,8 +280,8 @@ class StableDiffusionGuidance:
         except (OSError, ValueError) as err:
             raise GuidanceUnavailable(_unavailable_message(model, f"loading failed ({err})")) from err
         return cls.from_components(unet, vae, text_encoder, tokenizer, scheduler_config,
-                                   view_dependent=view_dependent, device=device, dtype=dtype,
-                                   name=f"Stable Diffusion ({model})")
+                                   view_dependent=view_dependent, camera_input=camera_input, device=device,
+                                   dtype=dtype, name=name or f"Stable Diffusion ({model})")
 
     # -- prompts
 
@@ -302,6 +313,17 @@ class StableDiffusionGuidance:
                 with torch.no_grad():
                     self._embeddings[text] = self.text_encoder(ids.to(self.device)).last_hidden_state
             return self._embeddings[text]
+
+    def camera_labels(self, cameras: list[Camera], repeat: int = 1) -> Tensor | None:
+        """The UNet's class labels for ``cameras`` ([repeat·B, 4], the batch
+        repeated ``repeat`` times): ``camera_features``, zeros with camera_input
+        off; None for a UNet without camera input (real SD)."""
+        if not self.camera_conditioned:
+            return None
+        labels = camera_features(cameras)
+        if not self.camera_input:
+            labels = torch.zeros_like(labels)
+        return labels.repeat(repeat, 1).to(self.device, self.dtype)
 
     # -- the Guidance protocol
 
@@ -336,8 +358,8 @@ class StableDiffusionGuidance:
             text = torch.cat([self.text_embedding(self.prompt_for(cond, c)) for c in cameras])
             x = x_t.detach().to(self.device, self.dtype)
             timesteps = torch.full((2 * batch,), t, device=self.device, dtype=torch.long)
-            out = self.unet(torch.cat([x, x]), timesteps,
-                            encoder_hidden_states=torch.cat([uncond, text])).sample.float()
+            out = self.unet(torch.cat([x, x]), timesteps, encoder_hidden_states=torch.cat([uncond, text]),
+                            class_labels=self.camera_labels(cameras, repeat=2)).sample.float()
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + cond.guidance_scale * (out_cond - out_uncond)
             if self.prediction_type == "v_prediction":

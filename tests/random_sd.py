@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised Stable Diffusion folder in diffusers layout, built offline.
+"""A small, randomly initialised Stable Diffusion folder in diffusers layout, built offline
 
 Same structure as SD (UNet2DConditionModel, AutoencoderKL with four blocks so the
 latent factor stays 8, CLIPTextModel, CLIPTokenizer, DDIM scheduler config with
@@ -17,7 +17,7 @@ from cfd.guidance.stable_diffusion import byte_level_clip_tokenizer
 TINY_TEXT_DIM = 32
 
 
-def tiny_sd_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
+def random_sd_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
     """Components {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} of a tiny SD;
     the same seed gives the same weights (the global RNG is left untouched)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -47,12 +47,12 @@ def tiny_sd_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
             "scheduler": scheduler}
 
 
-def build_tiny_sd(folder: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+def build_random_sd(folder: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """Save a tiny SD into ``folder`` (created) in diffusers' StableDiffusionPipeline
     layout and return the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    components = tiny_sd_components(prediction_type, seed)
+    components = random_sd_components(prediction_type, seed)
     index = {"_class_name": "StableDiffusionPipeline", "requires_safety_checker": False,
              "safety_checker": [None, None], "feature_extractor": [None, None],
              "image_encoder": [None, None]}

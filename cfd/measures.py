@@ -1,0 +1,55 @@
+"""Measures of a result against the bundled ground truth: which variant an image
+shows, and whether a distilled scene looks the same way as its variant from every
+side (against Janus faces).
+
+    nearest_views(images, references)        # best (variant, view, PSNR) per image
+    view_agreement(scene, reference, res)    # share of orbit views facing the right way
+
+PSNR is over images in [0, 1]. Views are orbit views (``cfd.framing``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .cameras import orbit
+from .framing import ELEVATION_DEG, FOV_DEG, PSNR_VIEWS, RADIUS
+from .gaussians import GaussianScene
+from .render import render
+
+AGREEMENT_TOLERANCE_DEG = 45.0   # an orbit view agrees if its best-matching reference azimuth is this close
+REFERENCE_AZIMUTHS = 24          # reference views for view_agreement (every 15°)
+
+
+def psnr(a: Tensor, b: Tensor) -> Tensor:
+    """PSNR (dB) over the trailing three axes of images in [0, 1] (broadcasting)."""
+    mse = (a - b).square().mean(dim=(-3, -2, -1))
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def nearest_views(images: Tensor, references: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For images [B, 3, H, W] and references [K, V, 3, H, W] (K variants, V views,
+    in [0, 1]): (variant [B], view [B], PSNR [B]) of each image's best match."""
+    k, v = references.shape[:2]
+    scores = torch.stack([psnr(image, references.flatten(0, 1)) for image in images])  # [B, K·V]
+    best, index = scores.max(dim=1)
+    return index // v, index % v, best
+
+
+@torch.no_grad()
+def view_agreement(scene: GaussianScene, reference: GaussianScene, res: int, n_views: int = PSNR_VIEWS,
+                   tolerance_deg: float = AGREEMENT_TOLERANCE_DEG, background=(1.0, 1.0, 1.0)) -> float:
+    """The share of ``n_views`` orbit views of ``scene`` (azimuths 0, 360/n, …)
+    whose best-matching view of ``reference`` among ``REFERENCE_AZIMUTHS`` orbit
+    views lies within ``tolerance_deg`` of the view's own azimuth. 1 for a scene
+    that looks like its variant from every side; a Janus scene (the front on the
+    back too) scores about half. Renders at res × res on ``background``."""
+    ours = render(scene.detach(), orbit(n_views, ELEVATION_DEG, RADIUS, FOV_DEG, res, res), background).rgb
+    refs = render(reference.to(scene.device), orbit(REFERENCE_AZIMUTHS, ELEVATION_DEG, RADIUS, FOV_DEG, res, res),
+                  background).rgb
+    _, best, _ = nearest_views(ours.permute(0, 3, 1, 2), refs.permute(0, 3, 1, 2)[None])
+    true = torch.arange(n_views) * 360.0 / n_views
+    found = best.cpu().double() * 360.0 / REFERENCE_AZIMUTHS
+    error = (found - true + 180.0) % 360.0 - 180.0
+    return float((error.abs() <= tolerance_deg).double().mean())
