@@ -17,11 +17,12 @@ from gradio import processing_utils
 
 from cfd import request as rq
 from cfd.runner import Cancelled, Compared, Done, Failure, Item, Runner, Stage, Step, compare_table, failure
+from cfd.settings import setting
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op elsewhere
     import spaces
 
-    gpu = spaces.GPU(duration=int(os.environ.get("CFD_GPU_DURATION", "300")))
+    gpu = spaces.GPU(duration=setting("CFD_GPU_DURATION"))
 except ImportError:  # pragma: no cover - depends on the host
     def gpu(fn):
         return fn
@@ -272,7 +273,7 @@ def build_demo() -> gr.Blocks:
                    "work. Its model card: `assets/models/tiny-sd/README.md`.",
         "sd": ""})
     d = rq.defaults("exact")
-    concurrency = int(os.environ.get("CFD_CONCURRENCY", "1"))
+    concurrency = setting("CFD_CONCURRENCY")
     methods_choices = [(label, m) for m, label in rq.METHOD_LABELS.items()]
 
     with gr.Blocks(title="cfd — Consistent Flow Distillation", delete_cache=(600, 3600)) as demo:
@@ -397,7 +398,7 @@ def build_demo() -> gr.Blocks:
         use_btn.click(use_seed, picked, [seed, method, tabs, status], **private)
         backend.change(on_backend, [backend, prompt], [res, steps, views, guidance_scale, negative_prompt, t_end,
                                                        densify_every, prompt, prior_note], **private)
-    demo.queue(default_concurrency_limit=concurrency, max_size=int(os.environ.get("CFD_QUEUE_SIZE", "32")))
+    demo.queue(default_concurrency_limit=concurrency, max_size=setting("CFD_QUEUE_SIZE"))
     return demo
 
 
@@ -408,7 +409,7 @@ def launch_kwargs() -> dict:
     if os.environ.get("GRADIO_SERVER_NAME"):
         kwargs["server_name"] = os.environ["GRADIO_SERVER_NAME"]
     if os.environ.get("GRADIO_SERVER_PORT"):
-        kwargs["server_port"] = int(os.environ["GRADIO_SERVER_PORT"])
+        kwargs["server_port"] = setting("GRADIO_SERVER_PORT")
     return kwargs
 
 

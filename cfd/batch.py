@@ -36,7 +36,6 @@ import argparse
 import hashlib
 import html
 import json
-import os
 import re
 import shutil
 import socket
@@ -52,10 +51,10 @@ from .export import atomic_path
 from .pipeline import HIDDEN_LEFTOVER, hidden_sibling, write_json
 from .request import (Problems, RequestError, add_generate_arguments, parse_methods, parse_seeds,
                       request_from_args)
+from .settings import setting
 
 INDEX_JSON, INDEX_HTML, ERROR_JSON, RUN_JSON = "index.json", "index.html", "error.json", "run.json"
 PER_JOB = ("prompt", "seed", "method")          # what a job sets; every other option is the batch's
-BARRIER_HOURS = float(os.environ.get("CFD_BATCH_TIMEOUT_H", "24"))  # longest wait for the slowest process
 MAX_EXIT = 100
 
 
@@ -385,7 +384,7 @@ def main(args: argparse.Namespace) -> int:
     out = args.out.resolve()
 
     cuda = torch.cuda.is_available()
-    state = PartialState(cpu=not cuda, timeout=timedelta(hours=BARRIER_HOURS))  # sets this process's GPU
+    state = PartialState(cpu=not cuda, timeout=timedelta(hours=setting("CFD_BATCH_TIMEOUT_H")))  # sets this process's GPU
     rank, world = state.process_index, state.num_processes
     if not cuda and world > 1:
         torch.set_num_threads(1)  # processes share the cores (the loop runs single-threaded anyway)

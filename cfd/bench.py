@@ -6,6 +6,7 @@ one run, and quote absolute times only from a GPU.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import platform
@@ -187,13 +188,13 @@ def bench_recipe(args) -> dict:
     the distinct variants over seeds. The recipe: the backend's defaults with
     ``--set name=value`` request values, ``--config field=value`` DistillConfig
     fields, ``--camera-input off``, ``--view-suffix off``."""
-    from .distill import DistillConfig, distill
+    from .distill import distill
     from .measures import view_agreement
     from .pipeline import nearest_reference
     from .request import parse_request, parse_seeds, prepare
 
     overrides = dict(item.split("=", 1) for item in args.set)
-    configured = {k: type(getattr(DistillConfig(), k))(v) for k, v in (i.split("=", 1) for i in args.config)}
+    configured = {k: ast.literal_eval(v) for k, v in (i.split("=", 1) for i in args.config)}
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
     guidance = prepare(parse_request(backend=args.backend, prompt=prompts[0]))
@@ -245,7 +246,7 @@ def bench_recipe(args) -> dict:
 def _mean_pairwise_psnr(scenes: list, res: int) -> float | None:
     """Mean PSNR (dB) between the renders of every two of ``scenes`` over the PSNR
     views at ``res`` (None for fewer than two scenes)."""
-    from .framing import psnr_cameras
+    from .cameras import psnr_cameras
     from .render import render
 
     if len(scenes) < 2:
@@ -606,7 +607,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a request value, e.g. guidance_scale=30, t_end=212, views=1, lr_scale=0.5")
     p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a DistillConfig field beyond the request's, e.g. loss_space=pixel, lr_sh=0.01")
+                   help="a DistillConfig field beyond the request's (a Python literal), e.g. "
+                        "loss_space='pixel', lr_sh=0.01, t_knots=((0,980),(1,20))")
     p.add_argument("--camera-input", choices=["on", "off"], default="on")
     p.add_argument("--view-suffix", choices=["on", "off"], default="on")
     p.add_argument("--label", default="", help="the recipe's name in the printed table row")

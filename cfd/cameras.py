@@ -14,7 +14,7 @@ from typing import Hashable, Sequence
 import torch
 from torch import Tensor
 
-from .framing import FOV_DEG, RADIUS
+from .framing import ELEVATION_DEG, FOV_DEG, PREVIEW_AZIMUTH_DEG, PSNR_VIEWS, RADIUS
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,26 @@ def orbit(n_frames: int, elevation_deg: float, radius: float, fov_deg: float,
     """``n_frames`` cameras evenly spaced in azimuth (starting at 0°) at one elevation."""
     return [orbit_camera(360.0 * k / n_frames, elevation_deg, radius, fov_deg, width, height)
             for k in range(n_frames)]
+
+
+def orbit_cameras(n_frames: int, res: int, elevation_deg: float = ELEVATION_DEG, radius: float = RADIUS,
+                  fov_deg: float = FOV_DEG) -> list[Camera]:
+    """``n_frames`` square ``res`` px views around the object (azimuth 0 first),
+    framed as every picture of a scene is (``cfd.framing``) unless told otherwise."""
+    if n_frames < 1 or res < 1:
+        raise ValueError(f"need n_frames ≥ 1 and res ≥ 1, got {n_frames}, {res}")
+    return orbit(n_frames, elevation_deg, radius, fov_deg, res, res)
+
+
+def preview_camera(res: int, azimuth_deg: float = PREVIEW_AZIMUTH_DEG,
+                   elevation_deg: float = ELEVATION_DEG) -> Camera:
+    """The square ``res`` px preview view."""
+    return orbit_camera(azimuth_deg, elevation_deg, RADIUS, FOV_DEG, res, res)
+
+
+def psnr_cameras(res: int, n_views: int = PSNR_VIEWS) -> list[Camera]:
+    """The views of the project's one PSNR measure at ``res`` × ``res`` px."""
+    return orbit_cameras(n_views, res)
 
 
 CAMERA_FEATURES = 4   # camera_features' columns

@@ -25,9 +25,8 @@ from typing import Callable, ContextManager
 import torch
 from torch import Tensor
 
-from .cameras import CameraRanges, orbit_camera, sample_cameras
+from .cameras import CameraRanges, orbit_camera, preview_camera, sample_cameras
 from .densify import Densifier
-from .framing import preview_camera
 from .gaussians import GaussianScene, init_scene, make_optimizer
 from .noise import (FixedImageNoise, IIDNoise, NoiseSource, Surface, SurfaceNoise, default_cell_size,
                     scene_centre)
@@ -395,7 +394,7 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
 
 
 def preview(scene: GaussianScene, res: int) -> Tensor:
-    """[res,res,3] render of ``scene`` from the preview view (``framing.preview_camera``), white background."""
+    """[res,res,3] render of ``scene`` from the preview view (``cameras.preview_camera``), white background."""
     with torch.no_grad():
         return render(scene.detach(), preview_camera(res)).rgb.cpu()
 

@@ -2,7 +2,7 @@
 a GLB mesh.
 
 - ``write_video``: frames → H.264 / yuv420p mp4 that browsers play.
-- ``orbit_frames`` / ``orbit_video``: renders along ``cameras.orbit``.
+- ``orbit_frames`` / ``orbit_video``: renders along ``cameras.orbit_cameras``.
 - ``noise_frames`` / ``noise_video``: the noise a run added (its own noise
   source, ``cfd.distill.noise_source``) along the same orbit, optionally next
   to the render: CFD's noise sticks to the surface, SDS's flickers.
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import Camera, orbit
+from .cameras import Camera, orbit_cameras
 from .framing import BACKGROUND, ELEVATION_DEG, FOV_DEG, RADIUS, VIEWER_SCALE
 from .gaussians import GaussianScene, quat_to_rotmat, save_ply
 from .noise import SURFACE_ALPHA, NoiseSource, Surface
@@ -151,23 +151,16 @@ def write_gif(frames, path, fps: float = 12) -> Path:
     return Path(path)
 
 
-def _orbit_cameras(n_frames: int, res: int, elevation_deg: float, radius: float, fov_deg: float
-                   ) -> list[Camera]:
-    if n_frames < 1 or res < 1:
-        raise ValueError(f"need n_frames ≥ 1 and res ≥ 1, got {n_frames}, {res}")
-    return orbit(n_frames, elevation_deg, radius, fov_deg, res, res)
-
-
 def orbit_frames(scene: GaussianScene, n_frames: int = 48, res: int = 256, elevation_deg: float = ELEVATION_DEG,
                  radius: float = RADIUS, fov_deg: float = FOV_DEG, background=BACKGROUND, *,
                  progress: Progress | None = None) -> Tensor:
-    """Renders of ``scene`` along ``cameras.orbit(n_frames, elevation_deg, radius,
-    fov_deg, res, res)`` (azimuth 0 first, then increasing).
+    """Renders of ``scene`` along ``cameras.orbit_cameras(n_frames, res, elevation_deg,
+    radius, fov_deg)`` (azimuth 0 first, then increasing).
 
     Returns float [F, res, res, 3] in [0,1] on the CPU, without grad.
     ``progress(done, total)`` is called after each frame.
     """
-    cams = _orbit_cameras(n_frames, res, elevation_deg, radius, fov_deg)
+    cams = orbit_cameras(n_frames, res, elevation_deg, radius, fov_deg)
     frames = []
     for done, out in _batched_renders(scene, cams, background):
         frames.append(out.rgb.clamp(0, 1).cpu())
@@ -243,7 +236,7 @@ def noise_frames(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, 
     the noise. Returns float [F, display_res, W + display_res, 3] in [0,1], on
     the CPU; ``progress(done, total)`` is called after each frame.
     """
-    cams = [cam.scaled(supersample) for cam in _orbit_cameras(n_frames, res, ELEVATION_DEG, RADIUS, FOV_DEG)]
+    cams = [cam.scaled(supersample) for cam in orbit_cameras(n_frames, res)]
     frames = []
     with torch.no_grad():
         for done, out in _batched_renders(scene, cams):

@@ -16,7 +16,8 @@ videos, previews, the PSNR measure and the viewer file all frame it from here:
   viewer PLY is written at this scale (the full-size scene is ``scene.ply``).
 - ``BACKGROUND``: white, as the renders the app shows.
 
-No torch at import time, so ``cameras`` can take its defaults from here.
+Constants only (no imports): the cameras built from them are in ``cameras``
+(``orbit_cameras``, ``preview_camera``, ``psnr_cameras``).
 """
 from __future__ import annotations
 
@@ -29,23 +30,4 @@ VIEWER_SCALE = 0.5
 BACKGROUND = (1.0, 1.0, 1.0)
 
 __all__ = ["RADIUS", "FOV_DEG", "ELEVATION_DEG", "PREVIEW_AZIMUTH_DEG", "PSNR_VIEWS", "VIEWER_SCALE",
-           "BACKGROUND", "orbit_cameras", "preview_camera", "psnr_cameras"]
-
-
-def orbit_cameras(n_frames: int, res: int, elevation_deg: float = ELEVATION_DEG):
-    """``n_frames`` square ``res`` px views around the object (azimuth 0 first)."""
-    from .cameras import orbit
-
-    return orbit(n_frames, elevation_deg, RADIUS, FOV_DEG, res, res)
-
-
-def preview_camera(res: int, azimuth_deg: float = PREVIEW_AZIMUTH_DEG, elevation_deg: float = ELEVATION_DEG):
-    """The square ``res`` px preview view."""
-    from .cameras import orbit_camera
-
-    return orbit_camera(azimuth_deg, elevation_deg, RADIUS, FOV_DEG, res, res)
-
-
-def psnr_cameras(res: int, n_views: int = PSNR_VIEWS):
-    """The views of the PSNR measure at ``res`` × ``res`` px."""
-    return orbit_cameras(n_views, res)
+           "BACKGROUND"]

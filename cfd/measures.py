@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cameras import orbit
-from .framing import ELEVATION_DEG, FOV_DEG, PSNR_VIEWS, RADIUS
+from .cameras import orbit_cameras
+from .framing import PSNR_VIEWS
 from .gaussians import GaussianScene
 from .render import render
 
@@ -45,9 +45,8 @@ def view_agreement(scene: GaussianScene, reference: GaussianScene, res: int, n_v
     views lies within ``tolerance_deg`` of the view's own azimuth. 1 for a scene
     that looks like its variant from every side; a Janus scene (the front on the
     back too) scores about half. Renders at res × res on ``background``."""
-    ours = render(scene.detach(), orbit(n_views, ELEVATION_DEG, RADIUS, FOV_DEG, res, res), background).rgb
-    refs = render(reference.to(scene.device), orbit(REFERENCE_AZIMUTHS, ELEVATION_DEG, RADIUS, FOV_DEG, res, res),
-                  background).rgb
+    ours = render(scene.detach(), orbit_cameras(n_views, res), background).rgb
+    refs = render(reference.to(scene.device), orbit_cameras(REFERENCE_AZIMUTHS, res), background).rgb
     _, best, _ = nearest_views(ours.permute(0, 3, 1, 2), refs.permute(0, 3, 1, 2)[None])
     true = torch.arange(n_views) * 360.0 / n_views
     found = best.cpu().double() * 360.0 / REFERENCE_AZIMUTHS

@@ -101,13 +101,33 @@ def hidden_sibling(path: Path, kind: str) -> Path:
     return path.parent / f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}"
 
 
+def earlier_run_files(out_dir: Path) -> set[str] | None:
+    """The names of the files an earlier run of ours wrote into ``out_dir`` (its
+    run.json's "files"); None if ``out_dir`` holds no run of ours."""
+    try:
+        data = json.loads((out_dir / ARTEFACTS["run_json"]).read_text())
+        names = set(data["files"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return names & set(ARTEFACTS.values())
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """ValueError for an existing, non-empty ``out_dir`` that holds no earlier run
+    of ours: a run never writes into (or deletes from) a folder it did not make."""
+    if out_dir.is_dir() and any(out_dir.iterdir()) and earlier_run_files(out_dir) is None:
+        raise ValueError(f"the output folder {out_dir} is not empty and holds no earlier cfd run (no run.json of "
+                         "ours): choose a new or empty folder, e.g. --out outputs/run1")
+
+
 def _publish(staging: Path, out_dir: Path) -> None:
     """Move the finished staging folder's files into ``out_dir`` (renaming the
-    folder itself when ``out_dir`` does not exist yet)."""
+    folder itself when ``out_dir`` does not exist yet). In a folder of an
+    earlier run, that run's files the new one lacks are removed; nothing else."""
     if not out_dir.exists():
         staging.replace(out_dir)
         return
-    for name in ARTEFACTS.values():  # a reused folder keeps no artefact of an earlier run
+    for name in earlier_run_files(out_dir) or ():  # a reused folder keeps no artefact of an earlier run
         if not (staging / name).exists():
             (out_dir / name).unlink(missing_ok=True)
     for item in staging.iterdir():
@@ -138,7 +158,7 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         cancelled run writes nothing.
     metadata: extra JSON data stored in run.json (e.g. the prompt).
     preview_res: also write preview.png, the final scene from the preview view
-        (``framing.preview_camera``) at this many pixels (square); None: no PNG.
+        (``cameras.preview_camera``) at this many pixels (square); None: no PNG.
 
     Returns ``{"cancelled", "out_dir", "files": {key: path}, "summary": run.json
     data, "scene": the final (or partial) GaussianScene, on the CPU}``; ``files`` is empty
@@ -150,6 +170,7 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
     from . import export
 
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = hidden_sibling(out_dir, "partial")
     stopped = {"by_callback": False, "step": 0, "skipped": 0}

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .cameras import Camera
-from .gaussians import GaussianScene, quat_to_rotmat
+from .gaussians import SH_C0, GaussianScene, quat_to_rotmat
 
 NEAR_PLANE = 0.01
 EPS2D = 0.3
@@ -226,7 +226,7 @@ def sh_colors(scene: GaussianScene, cameras: Camera | Sequence[Camera]) -> Tenso
     ≥ 0 (the view axis only for a sequence of cameras, as in ``project``)."""
     views = _Views.of(cameras, scene.device)
     if scene.sh_degree == 0:
-        return (scene.sh[:, 0] * 0.28209479177387814 + 0.5).clamp_min(0).expand(*views.lead, len(scene), 3)
+        return (scene.sh[:, 0] * SH_C0 + 0.5).clamp_min(0).expand(*views.lead, len(scene), 3)
     from gsplat.cuda._torch_impl import _spherical_harmonics  # pure torch; gsplat is pinned
 
     R, t = views.viewmats[:, :3, :3], views.viewmats[:, :3, 3:]

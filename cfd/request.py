@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 import threading
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .distill import METHODS, DistillConfig
+from .settings import setting
 from .guidance.base import GuidanceUnavailable
 from .guidance.exact_prior import DEFAULT_EXACT_GUIDANCE_SCALE
 from .guidance.stable_diffusion import DEFAULT_GUIDANCE_SCALE, DEFAULT_NEGATIVE_PROMPT
@@ -164,7 +164,7 @@ def res_choices(backend: str) -> list[int]:
 
 def max_seeds() -> int:
     """Most seeds in one seed comparison (env CFD_MAX_SEEDS, default 4)."""
-    return int(os.environ.get("CFD_MAX_SEEDS", "4"))
+    return setting("CFD_MAX_SEEDS")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from .distill import NonFiniteGradient
 from .export import to_uint8
 from .guidance.base import GuidanceUnavailable
 from .request import RES_RANGE, Request, RequestError
+from .settings import setting
 from .workers import WorkerPool
 
 RUN_TTL_S = 3600           # folders older than this that no active run owns are swept
@@ -469,7 +470,7 @@ class Runner:
 def default_workers() -> int:
     """Worker processes for side-by-side runs: $CFD_WORKERS, else one per core
     (1 = every run in the app's own process)."""
-    return int(os.environ.get("CFD_WORKERS") or os.cpu_count() or 1)
+    return setting("CFD_WORKERS")
 
 
 def _gif_name(job: Request) -> str:

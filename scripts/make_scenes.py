@@ -1040,7 +1040,7 @@ def build_sets(out_dir: Path = SCENES_DIR) -> dict[str, dict[str, list[GaussianS
 
 def pairwise_psnr(scenes: list[GaussianScene], res: int = 64) -> Tensor:
     """[n, n] PSNR (dB) between the scenes' renders over the PSNR views (``cfd.framing``), white background."""
-    from cfd.framing import psnr_cameras
+    from cfd.cameras import psnr_cameras
     from cfd.render import render
 
     with torch.no_grad():

@@ -1,17 +1,18 @@
 #!/bin/bash
-# The README's "tiny-sd" recipe table: `python -m cfd.bench recipe` over the SD recipe's
-# choices on the bundled tiny-sd, each against the bundled ground truth.
-#   scripts/tiny_sd_recipes.sh OUT_DIR [GROUP ...]   # groups: methods, cfg, knots, camera, views, lr, space, densify
-# Two groups at a time fit a 2-core CPU (each run is single-threaded). JSON per recipe in OUT_DIR,
-# the table rows on stderr (and in OUT_DIR/<recipe>.log).
+# The README's "tiny-sd" recipe tables: `python -m cfd.bench recipe` over the SD recipe's
+# choices on the bundled tiny-sd, each judged against the bundled ground truth.
+#   scripts/tiny_sd_recipes.sh OUT_DIR GROUP ...
+# groups: methods (every method, the 8 family captions × seeds 0-1), and ablations of CFD on
+# four families (duck, rocket, snowman: asymmetric; cactus) × seed 0: cfg, knots, camera,
+# views, lr, space, densify. Each run is single-threaded: two groups at a time fit a 2-core
+# CPU. JSON per recipe in OUT_DIR; the table rows on stderr (and in OUT_DIR/<recipe>.log).
 set -u
 cd "$(dirname "$0")/.."
-out=${1:?usage: scripts/tiny_sd_recipes.sh OUT_DIR [GROUP ...]}
+out=${1:?usage: scripts/tiny_sd_recipes.sh OUT_DIR GROUP ...}
 shift
 mkdir -p "$out"
 export OMP_NUM_THREADS=1
-SEEDS=${SEEDS:-0-1}
-one_seed=${ONE_SEED:-0}
+FOUR="a rubber duck,a toy rocket,a snowman,a cactus in a pot"
 
 recipe() {  # name, then bench recipe options
   local name=$1
@@ -20,19 +21,27 @@ recipe() {  # name, then bench recipe options
   grep '^| ' "$out/$name.log" >&2
 }
 
-for group in "${@:-methods}"; do
+ablation() {  # name, then options: CFD on the four families, seed 0
+  local name=$1
+  shift
+  recipe "$name" --prompts "$FOUR" --seeds 0 --methods cfd "$@"
+}
+
+for group in "$@"; do
   case $group in
-    methods) recipe defaults --methods cfd,sds,iid,fixed2d,cfd-sde --seeds "$SEEDS" ;;
-    cfg)     for s in 3 30 71; do recipe "cfg-$s" --seeds "$one_seed" --set guidance_scale=$s; done ;;
-    knots)   recipe "authors-t-knots" --seeds "$one_seed" --set t_end=212 ;;
-    camera)  recipe "no-camera-input" --seeds "$one_seed" --camera-input off
-             recipe "no-view-suffix" --seeds "$one_seed" --view-suffix off
-             recipe "neither" --seeds "$one_seed" --camera-input off --view-suffix off ;;
-    views)   recipe "1-view" --seeds "$one_seed" --set views=1 --set steps=1200 ;;
-    lr)      for s in 0.5 2; do recipe "lr-x$s" --seeds "$one_seed" --set lr_scale=$s; done
-             recipe "sh-lr-x0.2" --seeds "$one_seed" --config lr_sh=0.009 ;;
-    space)   recipe "pixel-space" --seeds "$one_seed" --config loss_space=pixel ;;
-    densify) recipe "densify" --seeds "$one_seed" --set densify_every=30 ;;
+    methods) recipe methods --methods cfd,sds,iid,fixed2d,cfd-sde --seeds 0-1 ;;
+    base)    ablation base ;;
+    cfg)     for s in 3 30 71; do ablation "cfg-$s" --set guidance_scale=$s; done ;;
+    knots)   ablation authors-t-knots --config "t_knots=((0.0,980),(0.1,692),(0.5,404),(1.0,212))" ;;
+    camera)  ablation no-camera-input --camera-input off
+             ablation no-view-suffix --view-suffix off
+             ablation neither --camera-input off --view-suffix off ;;
+    views)   ablation 1-view-4x-steps --set views=1 --set steps=$((4 * ${STEPS:-200})) ;;
+    lr)      ablation lr-x0.5 --set lr_scale=0.5
+             ablation lr-x2 --set lr_scale=2
+             ablation sh-lr-x0.2 --config "lr_sh=0.009" ;;
+    space)   ablation pixel-space --config "loss_space='pixel'" ;;
+    densify) ablation densify --set densify_every=20 ;;
     *) echo "unknown group $group" >&2; exit 2 ;;
   esac
 done

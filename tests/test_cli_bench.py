@@ -31,6 +31,23 @@ def test_generate_refuses_bad_input(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_generate_never_writes_into_or_deletes_from_a_folder_it_did_not_make(tmp_path, capsys):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "preview.png").write_bytes(b"a user's own file")
+    assert cli_main(["generate", "--steps", "10", "--out", str(theirs)]) == 2
+    assert "is not empty and holds no earlier cfd run" in capsys.readouterr().err
+    assert [p.name for p in theirs.iterdir()] == ["preview.png"]
+    # a folder of an earlier run is reused: its files are replaced, a user's files beside them stay
+    ours = tmp_path / "ours"
+    assert cli_main(["generate", "--steps", "10", "--video-frames", "2", "--out", str(ours)]) == 0
+    (ours / "preview.png").write_bytes(b"mine")
+    (ours / "notes.txt").write_text("mine")
+    assert cli_main(["generate", "--steps", "10", "--seed", "1", "--video-frames", "2", "--out", str(ours)]) == 0
+    assert (ours / "preview.png").read_bytes() == b"mine" and (ours / "notes.txt").read_text() == "mine"
+    assert json.loads((ours / "run.json").read_text())["seed"] == 1
+
+
 def test_bench_toy_json_contract(tmp_path):
     out = tmp_path / "toy.json"
     assert bench_main(["toy", "--methods", "cfd,sds:lambda", "--seeds", "0-1", "--steps", "6", "--res", "16",

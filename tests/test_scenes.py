@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cfd.cameras import orbit_camera
-from cfd.framing import psnr_cameras
+from cfd.cameras import psnr_cameras
 from cfd.gaussians import load_ply
 from cfd.render import render
 from cfd.scenes import FIRST_SET, SCENES_DIR, list_scene_sets, load_scene_set, vocabulary

@@ -77,7 +77,7 @@ def test_uncached_hub_model_offline_fails_fast(monkeypatch, tmp_path):
     assert time.perf_counter() - start < 1.0
     message = str(info.value)
     assert DEFAULT_SD_MODEL in message and str(tmp_path / "hf" / "hub") in message
-    assert f"hf download {DEFAULT_SD_MODEL}" in message and "CFD_MODEL" in message
+    assert f"`.venv/bin/hf download {DEFAULT_SD_MODEL}`" in message and "CFD_MODEL" in message
     assert check_sd_weights() == message
 
 
@@ -103,6 +103,8 @@ def test_local_folder_missing_unet(tmp_path, random_sd_model):
     assert check_sd_weights(folder) == message
     missing = check_sd_weights(tmp_path / "nowhere")
     assert missing is not None and "does not exist" in missing
+    # a local folder of any model: the fix does not download SD-2.1 into it
+    assert f"--local-dir {tmp_path / 'nowhere'}" not in missing and "--local-dir DIR` then CFD_MODEL=DIR" in missing
 
 
 def test_unsupported_prediction_type(guidance):

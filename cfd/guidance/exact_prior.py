@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cfd.cameras import Camera
-from cfd.framing import PSNR_VIEWS, psnr_cameras
+from cfd.cameras import Camera, psnr_cameras
+from cfd.framing import PSNR_VIEWS
 from cfd.gaussians import GaussianScene, load_ply
 from cfd.guidance.base import checked_guidance_scale, clean_text
 from cfd.render import render
@@ -229,7 +229,7 @@ class ExactPrior:
     def scene_psnr(self, scene: GaussianScene, res: int, n_views: int = PSNR_VIEWS) -> list[float]:
         """PSNR (dB, images in [0, 1]) of ``scene`` against each reference scene,
         both rendered alike over the prior's background from the views of the
-        project's one PSNR measure (``cfd.framing.psnr_cameras``: ``n_views`` orbit
+        project's one PSNR measure (``cfd.cameras.psnr_cameras``: ``n_views`` orbit
         views at res × res). Sharpness and mode of a distilled scene; the
         references' renders are memoised per (res, n_views)."""
         cams = psnr_cameras(res, n_views)

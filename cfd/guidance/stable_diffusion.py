@@ -117,18 +117,19 @@ def _missing_components(folder: Path) -> list[str]:
 
 def _unavailable_message(model: str, problem: str) -> str:
     """The one human message for missing or unusable weights: what, where, and the fix."""
+    layout = "a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+    offline = " HF_HUB_OFFLINE is set, so nothing is downloaded." if hub_offline() else ""
     if _is_local(model):
         where = f"the local folder {os.path.abspath(os.path.expanduser(model))}"
-        download = f"hf download {DEFAULT_SD_MODEL} --local-dir {model}"
+        fix = (f"point CFD_MODEL at {layout}, or download one, e.g. `.venv/bin/hf download {DEFAULT_SD_MODEL} "
+               f"--local-dir DIR` then CFD_MODEL=DIR")
     else:
         where = f"the Hugging Face cache {hub_cache_dir()}"
-        download = f"hf download {model}"
-    offline = " HF_HUB_OFFLINE is set, so nothing is downloaded." if hub_offline() else ""
+        fix = (f"download them with `.venv/bin/hf download {model}` (the huggingface_hub CLI in this project's "
+               f"virtual environment; older versions call it `huggingface-cli download`), or set "
+               f"CFD_MODEL=/path/to/{layout}")
     return (f"Stable Diffusion weights for {model!r} are not available: {problem} "
-            f"(looked in {where}).{offline}\n"
-            f"Fix: download them with `{download}` (the huggingface_hub CLI; older versions "
-            f"call it `huggingface-cli download`), or set CFD_MODEL=/path/to/local/folder to a "
-            f"diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
+            f"(looked in {where}).{offline}\nFix: {fix}.")
 
 
 def check_sd_weights(model: str | os.PathLike | None = None) -> str | None:

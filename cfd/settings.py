@@ -1,0 +1,59 @@
+"""The environment variables that configure the app, the batch runner and the
+renderer: one reader that checks each value against its range and names the
+variable, its range and the fix in its message.
+
+    setting("CFD_MAX_SEEDS")      # → 4, or the checked value of $CFD_MAX_SEEDS
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value out of its range."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    kind: type               # int | float
+    default: float | None    # None: computed (``default_for``)
+    lo: float
+    hi: float
+    what: str
+
+
+SETTINGS = {
+    "CFD_CONCURRENCY": Setting(int, 1, 1, 64, "runs at once in the app (keep it to what the GPU's memory holds)"),
+    "CFD_MAX_SEEDS": Setting(int, 4, 1, 64, "most seeds in one Compare"),
+    "CFD_QUEUE_SIZE": Setting(int, 32, 1, 100_000, "requests waiting in the app's queue"),
+    "CFD_GPU_DURATION": Setting(int, 300, 1, 3600, "ZeroGPU seconds per call"),
+    "CFD_WORKERS": Setting(int, None, 1, 256, "Compare's worker processes on a CPU (default: one per core)"),
+    "CFD_BATCH_TIMEOUT_H": Setting(float, 24.0, 0.01, 10_000, "hours a batch process waits for the slowest one"),
+    "GRADIO_SERVER_PORT": Setting(int, 7860, 1, 65535, "the app's port"),
+}
+
+
+def default_for(name: str) -> float:
+    if name == "CFD_WORKERS":
+        return os.cpu_count() or 1
+    return SETTINGS[name].default
+
+
+def setting(name: str) -> float:
+    """The value of environment variable ``name`` (its default when unset or
+    empty), checked against its range; SettingError with the fix otherwise."""
+    spec = SETTINGS[name]
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return spec.kind(default_for(name))
+    kind = "an integer" if spec.kind is int else "a number"
+    valid = f"{name} ({spec.what}) must be {kind} in {spec.lo:g}–{spec.hi:g}"
+    fix = f"Fix: unset it (default {default_for(name):g}) or set a value in range."
+    try:
+        value = spec.kind(text)
+    except ValueError:
+        raise SettingError(f"{valid}; got {text!r}. {fix}") from None
+    if not spec.lo <= value <= spec.hi:
+        raise SettingError(f"{valid}; got {value:g}. {fix}")
+    return value

@@ -1,0 +1,42 @@
+"""cfd.settings: environment variables read once, checked, named in the message."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cfd import request as rq
+from cfd.settings import SETTINGS, SettingError, setting
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_unset_or_empty_gives_the_default(monkeypatch, name):
+    monkeypatch.delenv(name, raising=False)
+    unset = setting(name)
+    monkeypatch.setenv(name, " ")
+    assert setting(name) == unset and type(unset) is SETTINGS[name].kind
+    if name == "CFD_WORKERS":
+        assert unset == (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("name, value, problem", [
+    ("CFD_MAX_SEEDS", "0", "got 0"),                 # it used to refuse every Compare silently
+    ("CFD_CONCURRENCY", "two", "got 'two'"),         # it used to crash the app's import with a traceback
+    ("CFD_QUEUE_SIZE", "1.5", "got '1.5'"),
+    ("CFD_BATCH_TIMEOUT_H", "-1", "got -1"),
+    ("GRADIO_SERVER_PORT", "70000", "got 70000"),
+])
+def test_a_bad_value_names_the_variable_its_range_and_the_fix(monkeypatch, name, value, problem):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingError) as info:
+        setting(name)
+    message = str(info.value)
+    assert message.startswith(name) and problem in message and "Fix: unset it" in message, message
+
+
+def test_max_seeds_reads_the_checked_setting(monkeypatch):
+    monkeypatch.setenv("CFD_MAX_SEEDS", "6")
+    assert rq.max_seeds() == 6
+    monkeypatch.setenv("CFD_MAX_SEEDS", "0")
+    with pytest.raises(SettingError, match="CFD_MAX_SEEDS"):
+        rq.max_seeds()
