@@ -1,6 +1,6 @@
 """cfd — Consistent Flow Distillation on 3D Gaussian splats.
 
-Public API (see DESIGN.md §3): cameras, splat scenes and PLY I/O, the renderer,
+Public API (docs/design.md, section 1): cameras, splat scenes and PLY I/O, the renderer,
 the consistent noise and the distillation loop. The guidance backends live in
 ``cfd.guidance`` (imported on demand: diffusers is heavy); exports in
 ``cfd.export``, one whole generation in ``cfd.pipeline``.

@@ -1,7 +1,7 @@
 """The distillation loop: CFD (probability-flow ODE and its SDE variant), SDS and
 the ablations, in one loop that differs only through a time and a noise strategy.
 
-One step τ of N (DESIGN.md §4):
+One step τ of N (docs/design.md, section 2):
     cond   = guidance.condition(prompt, negative prompt, CFG scale)      once per run
     t      = t(τ)                                  time strategy
     c      ~ training camera distribution          seeded by the run's seed
@@ -11,7 +11,8 @@ One step τ of N (DESIGN.md §4):
     ε̂      = guidance(x_t, t, c)
     grad   = w(t) (ε̂ − ε̃)                          weighting: λ_t = σ_t/α_t (CFD: = x − x̂₀,
                                                    pull x to the predicted clean image), σ_t² (SDS)
-    loss   = ½ ‖x − sg(x − grad)‖²;  Adam step on θ (skipped if a gradient is not finite)
+    loss   = ½ ‖x − sg(x − grad)‖²                 (loss_space "pixel": the update decoded onto the render)
+    Adam step on θ (skipped if a gradient is not finite)
     densify/prune                                  densification strategy (cfd.densify)
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Multi-view consistent noise: a white-noise field on the object's surface.
 
-Construction (DESIGN.md §5). Each output pixel is supersampled s×s; every
+Construction (its invariants: docs/design.md, section 3). Each output pixel is supersampled s×s; every
 sub-pixel that hits the surface (alpha > 0.5) is lifted to its surface point
 (ray origin + expected depth × direction) and quantised into a *cell* of a
 parameterisation centred on the object (``scene_centre``: the opacity-weighted

@@ -1,4 +1,4 @@
-"""The command line and the benchmarks' JSON contracts (DESIGN.md §8), on tiny runs."""
+"""The command line and the benchmarks' JSON contracts (docs/design.md, section 4), on tiny runs."""
 import json
 
 from plyfile import PlyData
