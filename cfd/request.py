@@ -536,7 +536,8 @@ def parse_compare(values: Mapping[str, Any] | None = None, **kwargs) -> tuple[Re
 # ------------------------------------------------------------------ guidance
 
 _GUIDANCE: dict[tuple, Any] = {}
-_GUIDANCE_LOCK = threading.RLock()   # re-entrant: a build may ask for another cached guidance
+_GUIDANCE_LOCKS: dict[tuple, threading.Lock] = {}   # one per model: a slow load blocks only its own requests
+_GUIDANCE_LOCK = threading.Lock()                   # guards the two dicts
 SD_HINT = "The exact prior (backend 'exact') works without weights."
 
 
@@ -606,7 +607,11 @@ def tiny_sd():
 
 
 def _cached(key, build):
-    with _GUIDANCE_LOCK:  # one build per key, even when two requests ask at once
+    """The model of ``key``, built once even when two requests ask at once; a
+    build may ask for another model (tiny-sd's references are the exact prior)."""
+    with _GUIDANCE_LOCK:
+        lock = _GUIDANCE_LOCKS.setdefault(key, threading.Lock())
+    with lock:
         if key not in _GUIDANCE:
             _GUIDANCE[key] = build()
         return _GUIDANCE[key]

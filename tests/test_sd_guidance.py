@@ -200,6 +200,41 @@ def test_text_embeddings_cached(random_sd_model):
     assert len(calls) == len(texts) + 1  # only the new prompt's text is encoded
 
 
+
+def test_text_embedding_cache_is_bounded_least_recently_used_first(random_sd_model, monkeypatch):
+    import cfd.guidance.stable_diffusion as sd
+
+    monkeypatch.setattr(sd, "TEXT_CACHE_SIZE", 3)
+    guidance = StableDiffusionGuidance.from_pretrained(random_sd_model, device="cpu")
+    for text in ("a", "b", "c", "a", "d"):   # "a" used again, so "b" is the oldest when "d" arrives
+        guidance.text_embedding(text)
+    assert list(guidance._embeddings) == ["c", "a", "d"]
+
+
+def test_a_slow_model_load_does_not_block_another_model(monkeypatch):
+    """One lock per model: while one model builds, a cached other one is served."""
+    import threading
+
+    from cfd import request as rq
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        release.wait(10)
+        return "slow model"
+
+    loader = threading.Thread(target=rq._cached, args=(("test-slow",), slow))
+    loader.start()
+    assert started.wait(5)
+    t0 = time.perf_counter()
+    assert rq._cached(("test-fast",), lambda: "fast model") == "fast model"
+    assert time.perf_counter() - t0 < 1.0
+    release.set()
+    loader.join(5)
+    assert rq._cached(("test-slow",), lambda: "built twice") == "slow model"
+
+
 # ----------------------------------------------------------------- view-dependent prompts
 
 @pytest.mark.parametrize("azimuth, elevation, suffix", [   # the authors' thresholds: 30°, 30°, 60°

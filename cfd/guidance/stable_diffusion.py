@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ VIEW_FRONT_THRESHOLD_DEG = 30.0
 VIEW_BACK_THRESHOLD_DEG = 30.0
 VIEW_OVERHEAD_THRESHOLD_DEG = 60.0
 MODEL_ENV = "CFD_MODEL"
+TEXT_CACHE_SIZE = 256          # text embeddings kept per model (least recently used dropped first)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # Per component subfolder: the config file it must hold, and whether it holds weights.
@@ -237,7 +239,7 @@ class StableDiffusionGuidance:
         # the objects a model was trained on (an ExactPrior; tiny-sd's are the bundled
         # ones), to measure results against; None for real SD
         self.references = None
-        self._embeddings: dict[str, Tensor] = {}
+        self._embeddings: OrderedDict[str, Tensor] = OrderedDict()   # least recently used first
         self._embeddings_lock = threading.Lock()
 
     @classmethod
@@ -308,12 +310,18 @@ class StableDiffusionGuidance:
         """[1, L, D] text-encoder hidden states of ``text``, computed once per text
         (thread-safe cache shared by every run on this model)."""
         with self._embeddings_lock:
-            if text not in self._embeddings:
-                ids = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                     truncation=True, return_tensors="pt").input_ids
-                with torch.no_grad():
-                    self._embeddings[text] = self.text_encoder(ids.to(self.device)).last_hidden_state
-            return self._embeddings[text]
+            if text in self._embeddings:
+                self._embeddings.move_to_end(text)
+                return self._embeddings[text]
+        ids = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():   # outside the lock: other runs' cached texts do not wait for this one
+            embedding = self.text_encoder(ids.to(self.device)).last_hidden_state
+        with self._embeddings_lock:
+            self._embeddings[text] = embedding
+            while len(self._embeddings) > TEXT_CACHE_SIZE:
+                self._embeddings.popitem(last=False)
+        return embedding
 
     def camera_labels(self, cameras: list[Camera], repeat: int = 1) -> Tensor | None:
         """The UNet's class labels for ``cameras`` ([repeat·B, 4], the batch
