@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -135,6 +135,98 @@ def _publish(staging: Path, out_dir: Path) -> None:
     staging.rmdir()
 
 
+class StagingFolder:
+    """The hidden sibling of ``out_dir`` a run writes into (a context manager): on
+    leaving it, whatever was not published (an error, a cancelled run) is removed."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir, self.path = out_dir, hidden_sibling(out_dir, "partial")
+
+    def __enter__(self) -> "StagingFolder":
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def publish(self) -> None:
+        """Move the finished files into ``out_dir`` (``_publish``)."""
+        _publish(self.path, self.out_dir)
+
+
+class StepWatch:
+    """The loop's callback: counts steps, asks the caller's callback and
+    ``should_stop`` whether to stop, and remembers whether the run was stopped
+    before its last step (the one decision of whether it was cancelled)."""
+
+    def __init__(self, callback: Callable[[StepInfo], bool | None] | None, should_stop: Callable[[], bool] | None):
+        self.callback, self.should_stop = callback, should_stop
+        self.steps_done = self.skipped = 0
+        self.stopped = False
+
+    def __call__(self, info: StepInfo) -> bool:
+        self.steps_done, self.skipped = info.step, info.skipped_steps
+        stop = bool(self.callback(info)) if self.callback is not None else False
+        self.stopped = stop or (self.should_stop is not None and self.should_stop())
+        return self.stopped
+
+    def cancelled(self, steps: int) -> bool:
+        """Stopped before the last of ``steps``: a run stopped on its last step is finished."""
+        return self.stopped and self.steps_done < steps
+
+
+@dataclass(frozen=True)
+class ExportStep:
+    """One artefact of a run: ``write(path)`` writes it. ``stage``: the name
+    ``stage_progress`` and the timings use; ``optional``: a ValueError (nothing to
+    export, e.g. a fully transparent scene for the GLB) is noted in run.json as
+    ``<key>_error`` instead of failing the run; ``announce``: report the stage as
+    started (0 of 1) for a step that reports no progress of its own."""
+
+    stage: str
+    key: str                       # in ARTEFACTS
+    write: Callable[[Path], None]
+    optional: bool = False
+    announce: bool = False
+
+
+def export_steps(scene: GaussianScene, guidance, config: DistillConfig, steps_done: int, *, video_frames: int,
+                 video_res: int, noise_res: int | None, glb_resolution: int, preview_res: int | None,
+                 stage: Callable[[str], Callable | None]) -> list[ExportStep]:
+    """The exports of a finished run, in order (see the module doc)."""
+    from . import export
+
+    orbit: dict = {}   # the render video's frames, reused beside the noise
+
+    def write_render(path):
+        orbit["frames"] = export.orbit_frames(scene, n_frames=video_frames, res=video_res,
+                                              progress=stage("render_video"))
+        export.write_video(orbit["frames"], path)
+
+    def write_noise(path):  # the run's own noise source on its noise grid, next to the orbit render
+        run_res, supersample = noise_grid(guidance, config)
+        frames = export.noise_frames(scene, noise_source(guidance, config), n_frames=video_frames,
+                                     res=noise_res or run_res, display_res=video_res, supersample=supersample,
+                                     steps=max(steps_done, 1), channels=int(getattr(guidance, "channels", 4)),
+                                     renders=orbit["frames"], progress=stage("noise_video"))
+        export.write_video(frames, path)
+
+    def write_preview(path):
+        import imageio.v3 as iio
+
+        iio.imwrite(path, export.to_uint8(preview(scene, preview_res)))
+
+    steps = [ExportStep("ply", "scene_ply", lambda p: save_ply(scene, p)),
+             ExportStep("ply", "viewer_ply", lambda p: export.save_viewer_ply(scene, p))]
+    if preview_res:
+        steps.append(ExportStep("preview", "preview_png", write_preview))
+    return steps + [ExportStep("render_video", "render_mp4", write_render),
+                    ExportStep("noise_video", "noise_mp4", write_noise),
+                    ExportStep("glb", "glb", lambda p: export.export_glb(scene, p, resolution=glb_resolution),
+                               optional=True, announce=True)]
+
+
 def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[StepInfo], bool | None] | None = None,
              video_frames: int = 48, video_res: int = 256, noise_res: int | None = None, glb_resolution: int = 96,
              should_stop: Callable[[], bool] | None = None, stage_progress: StageProgress | None = None,
@@ -150,7 +242,9 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         the guidance's diffusion resolution, res / latent_factor) with the run's
         supersampling, shown at video_res.
     glb_resolution: marching-cubes grid points along the longest side.
-    should_stop: polled between export stages; True cancels the run there.
+    should_stop: polled after every step; True stops the run there. Whether the
+        run was cancelled is decided once, when the loop ends: stopped before
+        its last step. A finished run is exported whatever comes after.
     stage_progress(stage, done, total): export progress, stage in
         "render_video", "noise_video", "glb".
     keep_partial: when the run is stopped early, still write the partial
@@ -167,132 +261,63 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
     ``summary["glb_error"]``; any other error removes the staging folder and
     propagates.
     """
-    from . import export
-
     out_dir = Path(out_dir)
-    check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = hidden_sibling(out_dir, "partial")
-    stopped = {"by_callback": False, "step": 0, "skipped": 0}
-    timings: dict[str, float] = {}
+    check_out_dir(out_dir)                                           # 1. check the inputs
+    cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)   # 2. prepare
+    watch, timings, files, extra = StepWatch(callback, should_stop), {}, {}, {}
+    start = time.perf_counter()
 
-    def step_callback(info: StepInfo):
-        stopped["step"] = info.step
-        stopped["skipped"] = info.skipped_steps
-        stop = bool(callback(info)) if callback is not None else False
-        if not stop and should_stop is not None and should_stop():
-            stop = True
-        stopped["by_callback"] = stop
-        return stop
-
-    def cancelled() -> bool:
-        return stopped["by_callback"] or (should_stop is not None and should_stop())
+    def record(scene: GaussianScene, cancelled: bool) -> dict:
+        timings["total"] = time.perf_counter() - start
+        return run_record(config, guidance, cond, watch, len(scene), cancelled, timings, {**extra, **(metadata or {})})
 
     def stage(name: str):
-        if stage_progress is None:
-            return None
-        return lambda done, total: stage_progress(name, done, total)
+        return None if stage_progress is None else (lambda done, total: stage_progress(name, done, total))
 
-    def summary(n_splats: int, is_cancelled: bool, extra: dict) -> dict:
-        return {
-            "method": config.method, "seed": config.seed, "steps": config.steps,
-            "steps_done": stopped["step"], "skipped_steps": stopped["skipped"], "res": config.res,
-            "cancelled": is_cancelled,
-            "guidance": getattr(guidance, "name", type(guidance).__name__), "condition": condition,
-            "n_splats": n_splats,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            **extra, **(metadata or {}),
-            "config": config_dict(config), "versions": versions(),
-        }
-
-    # the conditioning the run uses, backend defaults resolved (distill prepares the same)
-    cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)
-    condition = {"prompt": cond.prompt, "negative_prompt": cond.negative_prompt,
-                 "guidance_scale": cond.guidance_scale}
-    start = time.perf_counter()
-    threads = run_threads(guidance, config)
-    threads.__enter__()  # exports are small-op renders too: same thread policy as the loop
-    try:
-        staging.mkdir()
+    # the exports are small-op renders too: the loop's thread policy holds for them
+    with run_threads(guidance, config), StagingFolder(out_dir) as staging:
         t0 = time.perf_counter()
-        scene = distill(guidance, config, callback=step_callback)
+        scene = distill(guidance, config, callback=watch).detach()    # 3. the loop
         timings["distill"] = time.perf_counter() - t0
-        if cancelled() and not keep_partial:
-            shutil.rmtree(staging, ignore_errors=True)
-            timings["total"] = time.perf_counter() - start
-            return {"cancelled": True, "out_dir": None, "files": {}, "summary": summary(len(scene), True, {}),
-                    "scene": scene.detach().to("cpu")}
-        scene = scene.detach()  # stays on the guidance's device: the videos render there (gsplat on CUDA)
-        extra: dict = {}
-        files: dict[str, Path] = {}
-
-        t0 = time.perf_counter()
-        save_ply(scene, staging / ARTEFACTS["scene_ply"])
-        export.save_viewer_ply(scene, staging / ARTEFACTS["viewer_ply"])
-        files["scene_ply"], files["viewer_ply"] = ARTEFACTS["scene_ply"], ARTEFACTS["viewer_ply"]
-        timings["ply"] = time.perf_counter() - t0
-        if preview_res:
-            import imageio.v3 as iio
-
-            iio.imwrite(staging / ARTEFACTS["preview_png"], export.to_uint8(preview(scene, preview_res)))
-            files["preview_png"] = ARTEFACTS["preview_png"]
-
-        orbit_cache: dict = {}
-
-        def write_render(path):
-            orbit_cache["frames"] = export.orbit_frames(scene, n_frames=video_frames, res=video_res,
-                                                        progress=stage("render_video"))
-            export.write_video(orbit_cache["frames"], path)
-
-        def write_noise(path):
-            # the run's own noise source on its noise grid, next to the orbit render of the render video
-            frames = export.noise_frames(scene, noise_source(guidance, config), n_frames=video_frames, res=n_res,
-                                         display_res=video_res, supersample=n_ss, steps=max(stopped["step"], 1),
-                                         channels=int(getattr(guidance, "channels", 4)), renders=orbit_cache["frames"],
-                                         progress=stage("noise_video"))
-            export.write_video(frames, path)
-
-        run_res, n_ss = noise_grid(guidance, config)
-        n_res = noise_res if noise_res is not None else run_res
-        plan = [
-            ("render_video", "render_mp4", write_render),
-            ("noise_video", "noise_mp4", write_noise),
-            ("glb", "glb", lambda p: export.export_glb(scene, p, resolution=glb_resolution)),
-        ]
-        for name, key, write in plan:
-            if cancelled() and not keep_partial:
-                shutil.rmtree(staging, ignore_errors=True)
-                timings["total"] = time.perf_counter() - start
-                return {"cancelled": True, "out_dir": None, "files": {},
-                        "summary": summary(len(scene), True, {}), "scene": scene.to("cpu")}
+        cancelled = watch.cancelled(config.steps)
+        if cancelled and not keep_partial:
+            return {"cancelled": True, "out_dir": None, "files": {}, "summary": record(scene, True),
+                    "scene": scene.to("cpu")}
+        for step in export_steps(scene, guidance, config, watch.steps_done, video_frames=video_frames,   # 4. exports
+                                 video_res=video_res, noise_res=noise_res, glb_resolution=glb_resolution,
+                                 preview_res=preview_res, stage=stage):
             t0 = time.perf_counter()
-            if name == "glb" and stage_progress is not None:
-                stage_progress("glb", 0, 1)
+            if step.announce and stage_progress is not None:
+                stage_progress(step.stage, 0, 1)
             try:
-                write(staging / ARTEFACTS[key])
-                files[key] = ARTEFACTS[key]
+                step.write(staging.path / ARTEFACTS[step.key])
+                files[step.key] = ARTEFACTS[step.key]
             except ValueError as exc:
-                if name != "glb":
+                if not step.optional:
                     raise
-                extra["glb_error"] = str(exc)  # nothing to mesh: the other artefacts still stand
-            timings[name] = time.perf_counter() - t0
-
+                extra[f"{step.key}_error"] = str(exc)   # nothing to export: the other artefacts still stand
+            timings[step.stage] = timings.get(step.stage, 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
-        near = nearest_reference(scene, guidance, config.res)
-        if near is not None:
-            extra.update(near)
-            timings["nearest"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - start
-        data = summary(len(scene), cancelled(), extra)
+        extra.update(nearest_reference(scene, guidance, config.res) or {})
+        timings["nearest"] = time.perf_counter() - t0
         files["run_json"] = ARTEFACTS["run_json"]
-        data["files"] = dict(files)
-        write_json(data, staging / ARTEFACTS["run_json"])
-        _publish(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        threads.__exit__(None, None, None)
-    return {"cancelled": data["cancelled"], "out_dir": out_dir,
-            "files": {k: out_dir / v for k, v in files.items()}, "summary": data, "scene": scene.to("cpu")}
+        data = {**record(scene, cancelled), "files": dict(files)}
+        write_json(data, staging.path / ARTEFACTS["run_json"])
+        staging.publish()                                            # 5. publish
+    return {"cancelled": cancelled, "out_dir": out_dir, "files": {k: out_dir / v for k, v in files.items()},
+            "summary": data, "scene": scene.to("cpu")}
+
+
+def run_record(config: DistillConfig, guidance, cond, watch: StepWatch, n_splats: int, cancelled: bool,
+               timings: dict, extra: dict) -> dict:
+    """run.json's data of a run (without its "files")."""
+    return {
+        "method": config.method, "seed": config.seed, "steps": config.steps,
+        "steps_done": watch.steps_done, "skipped_steps": watch.skipped, "res": config.res, "cancelled": cancelled,
+        "guidance": getattr(guidance, "name", type(guidance).__name__),
+        "condition": {"prompt": cond.prompt, "negative_prompt": cond.negative_prompt,
+                      "guidance_scale": cond.guidance_scale},
+        "n_splats": n_splats, "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        **extra, "config": config_dict(config), "versions": versions(),
+    }
 

@@ -78,8 +78,8 @@ class TrainConfig:
     threads: int = 2
 
 
-MICRO = TrainConfig(res=32, width=0.25, variants=1, threads=1, views=2, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup=1,
-                    eval_views=1, eval_samples=1, eval_steps=2, reference_views=2)
+MICRO = TrainConfig(res=32, width=0.25, variants=1, threads=1, views=2, vae_steps=2, vae_batch=4, unet_steps=2,
+                    unet_batch=4, warmup=1, eval_views=1, eval_samples=1, eval_steps=2, reference_views=2)
 
 
 # ------------------------------------------------------------------ data
