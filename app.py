@@ -295,7 +295,7 @@ def build_demo() -> gr.Blocks:
                 prior_note = gr.Markdown(PRIOR_NOTES["exact"], elem_id="prior-note")
                 prompt = _field("prompt", d, lines=2, max_lines=4, info="Exact prior: the objects or theme to "
                                 "make; each seed lands on one of the family's variants (refused if it names "
-                                "none it knows). SD: any description.")
+                                "none it knows). tiny-sd: the same objects' names. SD: any description.")
                 negative_prompt = _field("negative_prompt", d, info="Exact prior: objects to steer away from when "
                                          "CFG > 1 (empty: all objects). SD: the unconditional text.")
                 method = gr.Radio(methods_choices, value=d["method"], label="Method")

@@ -162,8 +162,10 @@ class DistillConfig:
         "tiny-sd"): 64² renders (16² latents) on white as it was trained, views
         drawn continuously from its training distribution, t annealed 980 → 20,
         the exact prior's splat count and learning rates, no densification."""
-        base = DistillConfig(res=64, steps=300, cameras=CameraRanges(), batch_views=4, preview_every=10,
-                             cpu_threads=None)
+        from .guidance.tiny_sd import TINY_SD_RES, TINY_SD_STEPS, TINY_SD_VIEWS
+
+        base = DistillConfig(res=TINY_SD_RES, steps=TINY_SD_STEPS, cameras=CameraRanges(), batch_views=TINY_SD_VIEWS,
+                             preview_every=10, cpu_threads=None)
         return replace(base, **overrides)
 
     def gamma_schedule(self) -> GammaSchedule:

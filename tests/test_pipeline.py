@@ -1,0 +1,40 @@
+"""pipeline.generate: cancellation is decided once, when the loop ends."""
+from __future__ import annotations
+
+import pytest
+
+from cfd.distill import DistillConfig
+from cfd.guidance.exact_prior import ExactPrior
+from cfd.pipeline import generate
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return ExactPrior.bundled(["toys"], originals=True, multiview=True)
+
+
+def small(**kw) -> DistillConfig:
+    return DistillConfig(steps=10, res=16, init_splats=200, batch_views=2, prompt="a rubber duck", **kw)
+
+
+EXPORTS = dict(video_frames=2, video_res=16, glb_resolution=16)
+
+
+def test_a_run_stopped_on_its_last_step_is_finished_not_cancelled(prior, tmp_path):
+    result = generate(prior, small(), tmp_path / "run", callback=lambda info: info.step == info.steps, **EXPORTS)
+    assert result["cancelled"] is False and result["summary"]["steps_done"] == 10
+    assert (tmp_path / "run" / "scene.ply").is_file()
+
+
+def test_a_stop_during_the_exports_keeps_the_finished_run(prior, tmp_path):
+    stopped = []
+    stages = lambda stage, done, total: stopped.append(stage)   # noqa: E731 - the Stop comes while exporting
+    result = generate(prior, small(), tmp_path / "run", should_stop=lambda: bool(stopped), stage_progress=stages,
+                      **EXPORTS)
+    assert stopped and result["cancelled"] is False and (tmp_path / "run" / "run.json").is_file()
+
+
+def test_a_run_stopped_early_writes_nothing(prior, tmp_path):
+    result = generate(prior, small(), tmp_path / "run", callback=lambda info: info.step == 4, **EXPORTS)
+    assert result["cancelled"] is True and result["out_dir"] is None and result["summary"]["steps_done"] == 4
+    assert not any(tmp_path.iterdir())
