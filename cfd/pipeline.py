@@ -193,7 +193,7 @@ class ExportStep:
 
 def export_steps(scene: GaussianScene, guidance, config: DistillConfig, steps_done: int, *, video_frames: int,
                  video_res: int, noise_res: int | None, glb_resolution: int, preview_res: int | None,
-                 stage: Callable[[str], Callable | None]) -> list[ExportStep]:
+                 ply_sh_degree: int, stage: Callable[[str], Callable | None]) -> list[ExportStep]:
     """The exports of a finished run, in order (see the module doc)."""
     from . import export
 
@@ -217,7 +217,8 @@ def export_steps(scene: GaussianScene, guidance, config: DistillConfig, steps_do
 
         iio.imwrite(path, export.to_uint8(preview(scene, preview_res)))
 
-    steps = [ExportStep("ply", "scene_ply", lambda p: save_ply(scene, p)),
+    full = scene.with_sh_degree(max(scene.sh_degree, ply_sh_degree))
+    steps = [ExportStep("ply", "scene_ply", lambda p: save_ply(full, p)),
              ExportStep("ply", "viewer_ply", lambda p: export.save_viewer_ply(scene, p))]
     if preview_res:
         steps.append(ExportStep("preview", "preview_png", write_preview))
@@ -230,7 +231,8 @@ def export_steps(scene: GaussianScene, guidance, config: DistillConfig, steps_do
 def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[StepInfo], bool | None] | None = None,
              video_frames: int = 48, video_res: int = 256, noise_res: int | None = None, glb_resolution: int = 96,
              should_stop: Callable[[], bool] | None = None, stage_progress: StageProgress | None = None,
-             keep_partial: bool = False, metadata: dict | None = None, preview_res: int | None = None) -> dict:
+             keep_partial: bool = False, metadata: dict | None = None, preview_res: int | None = None,
+             ply_sh_degree: int = 0) -> dict:
     """Run one generation and write its artefacts (see the module doc) into ``out_dir``.
 
     guidance: a ``cfd.guidance`` backend; config: the ``DistillConfig`` (its
@@ -242,6 +244,9 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         the guidance's diffusion resolution, res / latent_factor) with the run's
         supersampling, shown at video_res.
     glb_resolution: marching-cubes grid points along the longest side.
+    ply_sh_degree: scene.ply's SH degree, at least the scene's own (3: the
+        48-coefficient layout, zeros above the scene's bands, for viewers that
+        require it).
     should_stop: polled after every step; True stops the run there. Whether the
         run was cancelled is decided once, when the loop ends: stopped before
         its last step. A finished run is exported whatever comes after.
@@ -285,7 +290,7 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
                     "scene": scene.to("cpu")}
         for step in export_steps(scene, guidance, config, watch.steps_done, video_frames=video_frames,   # 4. exports
                                  video_res=video_res, noise_res=noise_res, glb_resolution=glb_resolution,
-                                 preview_res=preview_res, stage=stage):
+                                 preview_res=preview_res, ply_sh_degree=ply_sh_degree, stage=stage):
             t0 = time.perf_counter()
             if step.announce and stage_progress is not None:
                 stage_progress(step.stage, 0, 1)

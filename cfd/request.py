@@ -151,10 +151,13 @@ DENSIFY_RANGE = (0, 1000)
 MAX_PROMPT_CHARS = 300
 MAX_PROMPT_TOKENS = 75          # CLIP reads 77 tokens including its start and end tokens
 MAX_SEED_LIST = 10_000          # seeds in one batch (``parse_seeds``)
-EXPORT_RANGES = {"video_frames": (1, 480), "video_res": (16, 1024), "glb_resolution": (16, 256)}
+EXPORT_RANGES = {"video_frames": (1, 480), "video_res": (16, 1024), "glb_resolution": (16, 256),
+                 "ply_sh_degree": (0, 3)}
 EXPORT_FLAGS = {"video_frames": ("--video-frames", "frames of render.mp4 and noise.mp4"),
                 "video_res": ("--video-res", "pixels (square) of the orbit videos"),
-                "glb_resolution": ("--glb-res", "marching-cubes grid points along the GLB's longest side")}
+                "glb_resolution": ("--glb-res", "marching-cubes grid points along the GLB's longest side"),
+                "ply_sh_degree": ("--ply-sh-degree", "scene.ply's SH degree: 3 writes the 48-coefficient layout "
+                                                     "(zeros above the run's own) that some splat viewers require")}
 
 
 def res_choices(backend: str) -> list[int]:
@@ -262,6 +265,7 @@ class ExportSettings:
     video_frames: int = VIDEO_FRAMES
     video_res: int = VIDEO_RES
     glb_resolution: int = GLB_RES
+    ply_sh_degree: int = 0     # at least the run's own degree
 
     def pipeline_kwargs(self) -> dict:
         return asdict(self)

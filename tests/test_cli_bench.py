@@ -10,13 +10,14 @@ from cfd.cli import main as cli_main
 def test_generate_writes_every_artefact(tmp_path):
     out = tmp_path / "run"
     assert cli_main(["generate", "--backend", "exact", "--steps", "40", "--seed", "3", "--prompt", "a rubber duck",
-                     "--out", str(out)]) == 0
+                     "--ply-sh-degree", "3", "--out", str(out)]) == 0
     for name in ("scene.ply", "viewer.ply", "render.mp4", "noise.mp4", "scene.glb", "run.json"):
         assert (out / name).stat().st_size > 0, name
     run = json.loads((out / "run.json").read_text())
     assert run["seed"] == 3 and run["method"] == "cfd" and run["steps_done"] == 40
     assert run["prompt"] == "a rubber duck" and run["views"] == 4 and run["nearest_family"] == "rubber duck"
-    assert {"x", "f_dc_0", "opacity", "rot_3"} <= {p.name for p in PlyData.read(str(out / "scene.ply"))["vertex"].properties}
+    fields = {p.name for p in PlyData.read(str(out / "scene.ply"))["vertex"].properties}
+    assert {"x", "f_dc_0", "opacity", "rot_3", "f_rest_44"} <= fields and "f_rest_45" not in fields  # degree 3
 
 
 def test_generate_refuses_bad_input(tmp_path, capsys):

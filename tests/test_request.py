@@ -49,7 +49,8 @@ def test_request_round_trips_through_plain_values_and_builds_the_config():
     assert [t for _, t in sd.t_knots][::3] == [900, 300] and len(sd.t_knots) == len(base.t_knots)
     assert all(a[1] > b[1] for a, b in zip(sd.t_knots, sd.t_knots[1:])) and sd.gamma == 0.01
     assert sd.densify_every == 0
-    assert req.exports.pipeline_kwargs() == {"video_frames": 48, "video_res": 256, "glb_resolution": 96}
+    assert req.exports.pipeline_kwargs() == {"video_frames": 48, "video_res": 256, "glb_resolution": 96,
+                                             "ply_sh_degree": 0}
 
 
 def test_validation_lists_every_problem_and_never_clamps():
