@@ -100,19 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Exit status: 0 done, 2 bad input, 3 guidance unavailable, 4 the run stopped on a
-    non-finite gradient (batch: the number of failed jobs)."""
-    from .distill import NonFiniteGradient
-    from .guidance.base import GuidanceUnavailable
+    non-finite gradient, 5 out of memory, 1 an internal error (its traceback printed;
+    ``cfd.errors.failure``); batch: the number of failed jobs."""
+    from .errors import failure
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:  # bad input: the message names the problem and the fix
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except GuidanceUnavailable as exc:  # missing weights, with the fix
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except NonFiniteGradient as exc:  # the guidance kept returning NaN/Inf: what to try instead
-        print(f"error: {exc}", file=sys.stderr)
-        return 4
+    except Exception as exc:  # noqa: BLE001 - every failure gets its one message and exit status
+        problem = failure(exc)
+        print(f"error: {problem.message}", file=sys.stderr)
+        return problem.exit_code

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 SH_C0 = 0.28209479177387814
 PARAM_NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh")
 
@@ -187,7 +189,7 @@ def save_ply(scene: GaussianScene, path) -> None:
 def load_ply(path) -> GaussianScene:
     """Read an INRIA 3DGS PLY (any SH degree) into a CPU float32 scene.
 
-    Raises ValueError naming the file and the problem for unreadable files,
+    Raises InputError (a ValueError) naming the file and the problem for unreadable files,
     missing fields, non-float32 fields or an inconsistent number of SH terms.
     """
     from plyfile import PlyData
@@ -198,22 +200,22 @@ def load_ply(path) -> GaussianScene:
         vertex = ply["vertex"]
         data = vertex.data
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
+        raise InputError(f"{path}: no such file") from None
     except Exception as exc:  # plyfile raises several types for damaged files
-        raise ValueError(f"{path}: not a readable PLY file ({type(exc).__name__}: {exc}). "
+        raise InputError(f"{path}: not a readable PLY file ({type(exc).__name__}: {exc}). "
                          "Expected a 3D Gaussian splat PLY in the INRIA 3DGS layout.") from None
     props = {p.name: p.val_dtype for p in vertex.properties}
     n_rest = sum(1 for name in props if name.startswith("f_rest_"))
     required = [n for n in _ply_names(n_rest) if n not in ("nx", "ny", "nz")]
     missing = [n for n in required if n not in props]
     if missing:
-        raise ValueError(f"{path}: missing vertex field(s) {', '.join(missing)}; "
+        raise InputError(f"{path}: missing vertex field(s) {', '.join(missing)}; "
                          "a 3D Gaussian splat PLY needs x y z f_dc_0..2 opacity scale_0..2 rot_0..3")
     wrong = [f"{n} ({props[n]})" for n in required if np.dtype(props[n]) != np.dtype("float32")]
     if wrong:
-        raise ValueError(f"{path}: field(s) {', '.join(wrong)} must be float32")
+        raise InputError(f"{path}: field(s) {', '.join(wrong)} must be float32")
     if n_rest % 3 or math.isqrt(n_rest // 3 + 1) ** 2 != n_rest // 3 + 1:
-        raise ValueError(f"{path}: {n_rest} f_rest fields do not match any SH degree "
+        raise InputError(f"{path}: {n_rest} f_rest fields do not match any SH degree "
                          "(expected 3·((d+1)²−1): 0, 9, 24 or 45)")
 
     def col(names):
@@ -226,7 +228,7 @@ def load_ply(path) -> GaussianScene:
     scene = GaussianScene(col(["x", "y", "z"]), col(["scale_0", "scale_1", "scale_2"]),
                           col(["rot_0", "rot_1", "rot_2", "rot_3"]), col(["opacity"])[:, 0], sh.contiguous())
     if not all(torch.isfinite(t).all() for t in scene.tensors().values()):
-        raise ValueError(f"{path}: contains NaN or infinite values")
+        raise InputError(f"{path}: contains NaN or infinite values")
     return scene
 
 

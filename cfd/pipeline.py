@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 
 from .distill import DistillConfig, StepInfo, distill, noise_grid, noise_source, preview, run_threads
+from .errors import InputError
 from .export import PARTIAL_FILE, atomic_path
 from .gaussians import GaussianScene, save_ply
 
@@ -113,10 +114,10 @@ def earlier_run_files(out_dir: Path) -> set[str] | None:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """ValueError for an existing, non-empty ``out_dir`` that holds no earlier run
+    """InputError for an existing, non-empty ``out_dir`` that holds no earlier run
     of ours: a run never writes into (or deletes from) a folder it did not make."""
     if out_dir.is_dir() and any(out_dir.iterdir()) and earlier_run_files(out_dir) is None:
-        raise ValueError(f"the output folder {out_dir} is not empty and holds no earlier cfd run (no run.json of "
+        raise InputError(f"the output folder {out_dir} is not empty and holds no earlier cfd run (no run.json of "
                          "ours): choose a new or empty folder, e.g. --out outputs/run1")
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .distill import METHODS, DistillConfig
+from .errors import InputError
 from .settings import setting
 from .guidance.base import GuidanceUnavailable
 from .guidance.exact_prior import DEFAULT_EXACT_GUIDANCE_SCALE
@@ -42,7 +43,7 @@ METHOD_LABELS = {"cfd": "CFD (ODE)", "cfd-sde": "CFD-SDE", "sds": "SDS (baseline
                  "iid": "i.i.d. noise (ablation)", "fixed2d": "fixed 2D noise (ablation)"}
 
 
-class RequestError(ValueError):
+class RequestError(InputError):
     """A request parameter is out of range or malformed; the message says which and why."""
 
 

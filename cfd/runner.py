@@ -33,7 +33,8 @@ import numpy as np
 from .distill import NonFiniteGradient
 from .export import to_uint8
 from .guidance.base import GuidanceUnavailable
-from .request import RES_RANGE, Request, RequestError
+from .errors import Failure, InputError, failure
+from .request import Request, RequestError
 from .settings import setting
 from .workers import WorkerPool
 
@@ -158,42 +159,6 @@ class Compared:
     """A finished seed comparison (its runs came as Items)."""
 
     seconds: float
-
-
-class Failure(Exception):
-    """A run could not be done: ``title`` and ``message`` for people; ``expected``
-    is False for bugs (their traceback was logged)."""
-
-    def __init__(self, title: str, message: str, expected: bool = True):
-        super().__init__(message)
-        self.title, self.message, self.expected = title, message, expected
-
-
-def failure(exc: BaseException, request: Request | None = None) -> Failure:
-    """The Failure of anything a run (or its preparation) raised."""
-    import torch
-
-    if isinstance(exc, Failure):
-        return exc
-    text = str(exc)
-    oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower() \
-        or "can't allocate memory" in text.lower()
-    if oom:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        res = request.res if request else None
-        lo = RES_RANGE[request.backend][0] if request else 16
-        lower = max(lo, (res or 2 * lo) // 2)
-        return Failure("Out of memory", f"Out of memory at res={res}. Try a lower resolution (e.g. res={lower}) "
-                       "or fewer seeds/views; nothing was saved.")
-    if isinstance(exc, GuidanceUnavailable):
-        return Failure("Model unavailable", text)   # the text names the model and the fix
-    if isinstance(exc, (RequestError, ValueError)):
-        return Failure("Invalid input", text)
-    if isinstance(exc, NonFiniteGradient):
-        return Failure("Run stopped", f"{text} Nothing was saved.")
-    traceback.print_exception(exc, file=sys.stderr)  # a bug: keep its traceback in the log
-    return Failure("Run failed", f"The run failed ({type(exc).__name__}: {text}); nothing was saved.", expected=False)
 
 
 # ------------------------------------------------------------------ one run
@@ -482,8 +447,8 @@ def _item(job: Request, result: dict) -> Item:
                 result["fingerprint"])
 
 
-_RAISED = {"RequestError": RequestError, "GuidanceUnavailable": GuidanceUnavailable,
-           "NonFiniteGradient": NonFiniteGradient, "ValueError": ValueError}
+_RAISED = {"RequestError": RequestError, "SettingError": InputError, "InputError": InputError,
+           "GuidanceUnavailable": GuidanceUnavailable, "NonFiniteGradient": NonFiniteGradient}
 
 
 def _raised(event: dict) -> BaseException:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .errors import InputError
 
-class SettingError(ValueError):
+
+class SettingError(InputError):
     """An environment variable holds a value out of its range."""
 
 

@@ -49,6 +49,18 @@ def test_generate_never_writes_into_or_deletes_from_a_folder_it_did_not_make(tmp
     assert json.loads((ours / "run.json").read_text())["seed"] == 1
 
 
+def test_an_internal_error_exits_1_with_its_traceback(tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ValueError("a shape check inside the loop")   # a bug, not the user's input
+
+    monkeypatch.setattr("cfd.pipeline.distill", broken)
+    assert cli_main(["generate", "--steps", "10", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "The run failed (ValueError: a shape check inside the loop)" in err and "internal error" in err
+    assert "Traceback" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_bench_toy_json_contract(tmp_path):
     out = tmp_path / "toy.json"
     assert bench_main(["toy", "--methods", "cfd,sds:lambda", "--seeds", "0-1", "--steps", "6", "--res", "16",

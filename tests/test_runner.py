@@ -52,6 +52,21 @@ def test_a_run_stopped_by_non_finite_gradients_is_an_expected_failure_with_advic
     assert "Traceback" not in capfd.readouterr().err   # not logged as a bug
 
 
+def test_an_internal_error_is_logged_and_told_apart_from_bad_input(capfd):
+    from cfd.errors import InputError
+    from cfd.runner import failure
+
+    try:
+        raise ValueError("timestep 1200 is out of range")   # ours, not the user's
+    except ValueError as exc:
+        bug = failure(exc)
+    assert not bug.expected and bug.title == "Internal error" and bug.exit_code == 1
+    assert "timestep 1200" in bug.message and "Traceback" in capfd.readouterr().err
+    refusal = failure(InputError("scenes: a.ply: no such file"))
+    assert refusal.expected and refusal.title == "Invalid input" and refusal.exit_code == 2
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def _compare(runner: Runner, base, n_seeds: int) -> tuple[list, list]:
     from cfd.request import prepare
     from cfd.runner import Item, Step
