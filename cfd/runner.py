@@ -258,13 +258,29 @@ class Run:
 
 # ------------------------------------------------------------------ the runner
 
+RUNS_FOLDER = "cfd-runs"    # the runner's own subfolder of CFD_RUNS_DIR: the only one it serves and sweeps
+RUNS_MARKER = ".cfd-runs"   # the file that says a RUNS_FOLDER is ours
+
+
+def runs_folder(parent: Path | str) -> Path:
+    """``parent``/cfd-runs, created with its marker file; InputError if a folder of
+    that name exists without the marker (not ours: never served, never swept)."""
+    folder = Path(parent).resolve() / RUNS_FOLDER
+    marker = folder / RUNS_MARKER
+    if folder.exists() and not marker.is_file():
+        raise InputError(f"{folder} exists but was not made by cfd (no {RUNS_MARKER} marker file), so the app will "
+                         "not serve or clean it. Fix: point CFD_RUNS_DIR at another folder, or remove that one.")
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text("cfd's run folders: served by the app, run-* folders removed an hour after their run\n")
+    return folder
+
+
 class Runner:
-    """Owns the active runs: their folders under ``root``, Stop per session, the sweep."""
+    """Owns the active runs: their folders under ``root`` (``runs_folder`` of
+    CFD_RUNS_DIR), Stop per session, the sweep."""
 
     def __init__(self, root: Path | str | None = None, ttl_s: float = RUN_TTL_S, workers: int | None = None):
-        root = root or os.environ.get("CFD_RUNS_DIR") or Path(tempfile.gettempdir()) / "cfd-app"
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = runs_folder(root or os.environ.get("CFD_RUNS_DIR") or Path(tempfile.gettempdir()) / "cfd-app")
         self.ttl_s = ttl_s
         self.workers = WorkerPool(default_workers() if workers is None else workers)
         self._runs: dict[str, set[Run]] = {}

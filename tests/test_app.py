@@ -42,7 +42,10 @@ def served(tmp_path_factory):
 
 
 def run_dirs(runs: Path) -> list[Path]:
-    return [p for p in runs.iterdir() if p.name.startswith("run-")]
+    """The run folders under CFD_RUNS_DIR=runs (in the runner's own subfolder)."""
+    from cfd.runner import RUNS_FOLDER
+
+    return [p for p in (runs / RUNS_FOLDER).iterdir() if p.name.startswith("run-")]
 
 
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.2) -> bool:

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from conftest import served_app
 
+from cfd.runner import RUNS_FOLDER
+
 CHROMIUM = os.environ.get("CFD_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 FEW_STEPS = 30
@@ -186,7 +188,7 @@ def test_refusals_in_the_browser_are_the_apps_after_an_example(app_url, browser,
     page.click("#generate-btn")
     text = _toast(page)
     assert "does not know 'a giraffe'" in text and "rubber duck" in text, text
-    assert not any(p.name.startswith("run-") for p in runs.iterdir())
+    assert not any(p.name.startswith("run-") for p in (runs / RUNS_FOLDER).iterdir())
     assert "Traceback" not in capfd.readouterr().err
     page.close()
 
@@ -210,10 +212,11 @@ def test_stop_keeps_the_last_result(app_url, browser):
     page.click("#stop-btn")
     _wait_status(page, "Cancelled", 60_000)
     for _ in range(120):
-        if not any(p.name.startswith("run-") for p in runs.iterdir()):
+        if not any(p.name.startswith("run-") for p in (runs / RUNS_FOLDER).iterdir()):
             break
         page.wait_for_timeout(250)
-    assert not any(p.name.startswith("run-") for p in runs.iterdir()), "the cancelled run left its folder"
+    assert not any(p.name.startswith("run-") for p in (runs / RUNS_FOLDER).iterdir()), \
+        "the cancelled run left its folder"
     page.wait_for_timeout(1000)
     assert _drawn_fraction(_wait_drawn(page, "#model3d")) > 0.02, "Stop cleared the 3D view"
     assert page.locator("#render-video video").get_attribute("src") == video_src, "Stop cleared the video"

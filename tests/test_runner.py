@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 import time
 
-from cfd.runner import Runner
+import pytest
+
+from cfd.errors import InputError
+from cfd.runner import RUNS_FOLDER, RUNS_MARKER, Runner
 
 
 def _age(path, seconds: float) -> None:
@@ -17,13 +20,16 @@ def test_sweep_removes_old_left_overs_but_never_an_active_run(tmp_path):
     active = runner.open("session-a")
     (active.folder / "result").mkdir()
     _age(active.folder, 3600)           # its folder's mtime is old, the run is not
-    stale = tmp_path / "run-20000101-000000-deadbeef"
+    stale = runner.root / "run-20000101-000000-deadbeef"
     stale.mkdir()
     _age(stale, 3600)
-    fresh = tmp_path / "run-20990101-000000-cafecafe"
+    fresh = runner.root / "run-20990101-000000-cafecafe"
     fresh.mkdir()
+    theirs = tmp_path / "run-20000101-000000-0ther0ne"   # beside the runner's own folder: never swept
+    theirs.mkdir()
+    _age(theirs, 3600)
     assert runner.sweep() == [stale]
-    assert active.folder.is_dir() and fresh.is_dir() and not stale.exists()
+    assert active.folder.is_dir() and fresh.is_dir() and not stale.exists() and theirs.is_dir()
     active.finish()
     assert not active.folder.exists() and not runner.runs()
 
@@ -38,7 +44,17 @@ def test_stop_reaches_only_its_own_session(tmp_path):
     assert not b.stop.is_set()
     for run in (a1, a2, b, anon1, anon2):
         run.finish()
-    assert not runner.runs() and not any(tmp_path.iterdir())
+    assert not runner.runs() and [p.name for p in runner.root.iterdir()] == [RUNS_MARKER]
+
+
+def test_the_runner_works_only_in_a_marked_folder_of_its_own(tmp_path):
+    shared = tmp_path / "shared"
+    (shared / RUNS_FOLDER).mkdir(parents=True)          # someone else's folder of that name
+    with pytest.raises(InputError, match="was not made by cfd"):
+        Runner(shared)
+    runner = Runner(tmp_path / "mine")
+    assert runner.root == (tmp_path / "mine" / RUNS_FOLDER).resolve() and (runner.root / RUNS_MARKER).is_file()
+    assert Runner(tmp_path / "mine").root == runner.root   # ours: reused
 
 
 def test_a_run_stopped_by_non_finite_gradients_is_an_expected_failure_with_advice(capfd):
