@@ -56,6 +56,7 @@ from .settings import setting
 INDEX_JSON, INDEX_HTML, ERROR_JSON, RUN_JSON = "index.json", "index.html", "error.json", "run.json"
 PER_JOB = ("prompt", "seed", "method")          # what a job sets; every other option is the batch's
 MAX_EXIT = 100
+POLL_FOLDERS = 32        # job folders the progress bar reads per second
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ def run_job(job: Job, base, out: Path, where: dict, preview_res: int) -> dict:
         request = base.with_values(prompt=job.prompt, seed=job.seed, method=job.method)
         guidance = prepare(request)  # cached: loaded once per process; refuses prompts it cannot follow
         clear(folder)                # an earlier failure of this job: retried
-        result = generate(guidance, request.config(), folder, metadata={**request.metadata(), "batch": where},
+        metadata = {**request.metadata(), "exports": request.exports.pipeline_kwargs(), "batch": where}
+        result = generate(guidance, request.config(), folder, metadata=metadata,
                           preview_res=preview_res, **request.exports.pipeline_kwargs())
         return {"status": "ok", "seconds": time.perf_counter() - start, "run": result["summary"]}
     except GuidanceUnavailable:
@@ -336,8 +338,7 @@ class _Progress:
     def _poll(self):
         while True:
             stopping = self.stop.is_set()
-            done = [f for f, stamp in self.folders.items()
-                    if completed(f) is not None or _error_stamp(f) not in (None, stamp)]
+            done = self.finished(POLL_FOLDERS if not stopping else len(self.folders))
             for folder in done:
                 del self.folders[folder]
             if done:
@@ -348,6 +349,14 @@ class _Progress:
             if stopping:
                 return
             self.stop.wait(1.0)
+
+    def finished(self, limit: int) -> list[Path]:
+        """The next ``limit`` pending folders (round robin: a constant number of reads
+        per poll, however many jobs) that reached a final state."""
+        folders = list(self.folders)[:limit]
+        for folder in folders:   # the checked ones go to the back of the line
+            self.folders[folder] = self.folders.pop(folder)
+        return [f for f in folders if completed(f) is not None or _error_stamp(f) not in (None, self.folders[f])]
 
     def write(self, line: str):
         self.bar.write(line, file=sys.stderr)
@@ -394,7 +403,8 @@ def main(args: argparse.Namespace) -> int:
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         sweep(out)  # before the broadcast, so no process is writing yet
-        options = {**base.values(), "scenes": list(base.scenes) or None, "model": base.model}
+        options = {**base.values(), "scenes": list(base.scenes) or None, "model": base.model,
+                   "exports": base.exports.pipeline_kwargs()}
         plan_or_error = pending_jobs(out, jobs, options)
     pending = broadcast_object_list([plan_or_error])[0]  # one list for every process, even on a lagging disk
     if isinstance(pending, str):

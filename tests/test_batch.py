@@ -110,6 +110,31 @@ def test_resume_refuses_other_options(tmp_path):
     assert pending_jobs(tmp_path, [job, Job("a toy", "a-toy", 1, "cfd")], {"steps": 30}) == [1]
     message = pending_jobs(tmp_path, [job], {"steps": 60})
     assert isinstance(message, str) and "steps: 30 there, 60 now" in message
+    # export sizes are options too: a rerun with another --video-res does not mix videos of two sizes
+    exports = {"video_frames": 4, "video_res": 64, "glb_resolution": 32, "ply_sh_degree": 0}
+    (folder / "run.json").write_text(json.dumps({"prompt": "a toy", "seed": 0, "method": "cfd", "steps": 30,
+                                                 "steps_done": 30, "cancelled": False, "files": {},
+                                                 "exports": exports}))
+    assert pending_jobs(tmp_path, [job], {"steps": 30, "exports": exports}) == []
+    message = pending_jobs(tmp_path, [job], {"steps": 30, "exports": {**exports, "video_res": 128}})
+    assert isinstance(message, str) and "exports:" in message and "'video_res': 128" in message
+
+
+def test_the_progress_bar_reads_a_constant_number_of_folders_per_poll(tmp_path, monkeypatch):
+    import cfd.batch as batch_module
+
+    jobs = [Job("a toy", "a-toy", seed, "cfd") for seed in range(100)]
+    reads = []
+    monkeypatch.setattr(batch_module, "completed", lambda folder: reads.append(folder))
+    progress = batch_module._Progress(tmp_path, jobs, list(range(100)))
+    progress.stop.set()
+    progress.thread.join()
+    reads.clear()
+    assert progress.finished(batch_module.POLL_FOLDERS) == [] and len(reads) == batch_module.POLL_FOLDERS
+    second = set(reads[-batch_module.POLL_FOLDERS:])
+    progress.finished(batch_module.POLL_FOLDERS)
+    assert not second & set(reads[batch_module.POLL_FOLDERS:])   # round robin: the next folders, not the same
+    progress.bar.close()
 
 
 def test_contact_sheet_escapes_and_groups():
