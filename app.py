@@ -1,7 +1,8 @@
 """Gradio app / Hugging Face Space for cfd: text-to-3D by Consistent Flow Distillation.
 
-Layout and event wiring only: ``cfd.request`` parses, defaults and checks every
-request (shared with the CLI), ``cfd.runner`` runs it (worker threads, Stop per
+Layout and event wiring only: ``cfd.params`` and ``cfd.request`` define, default
+and check every request (shared with the CLI), ``cfd.backends`` holds the models,
+``cfd.runner`` runs it (worker threads, Stop per
 session, temp folders and their sweep). API and settings: README.md.
 """
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 import gradio as gr
 from gradio import processing_utils
 
+from cfd import backends, params
 from cfd import request as rq
-from cfd.runner import Cancelled, Compared, Done, Failure, Item, Runner, Stage, Step, compare_table, failure
+from cfd.errors import Failure, failure
+from cfd.runner import Cancelled, Compared, Done, Item, Runner, Stage, Step, compare_table
 from cfd.settings import setting
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op elsewhere
@@ -54,7 +57,7 @@ def _prepared(values: dict, compare: bool = False):
     """(request[, methods, n_seeds], guidance) or gr.Error — before any folder exists."""
     try:
         parsed = rq.parse_compare(values) if compare else (rq.parse_request(values),)
-        return (*parsed, rq.prepare(parsed[0]))
+        return (*parsed, backends.prepare(parsed[0]))
     except Exception as exc:  # noqa: BLE001 - every refusal becomes a clear message
         raise _error(failure(exc)) from None
 
@@ -106,7 +109,7 @@ def generate(prompt=None, seed=None, steps=None, guidance_scale=None, method=Non
              negative_prompt=None, res=None, views=None, t_start=None, t_end=None, lr_scale=None, gamma=None,
              densify_every=None, progress=gr.Progress(), request: gr.Request = None):
     """API: distil one scene; yields (viewer_ply, render_video, noise_video, summary, downloads, status)."""
-    values = {k: v for k, v in locals().items() if k in rq.PARAM_NAMES}
+    values = {k: v for k, v in locals().items() if k in params.PARAM_NAMES}
     req, guidance = _prepared(values)
     for event in _events(RUNNER.generate(req, guidance, _session(request), config=req.config()), progress):
         if isinstance(event, Done):
@@ -124,9 +127,9 @@ def generate_ui(*args, progress=gr.Progress(), request: gr.Request = None):
     """The Generate button: outputs (image, splats, mesh, videos, downloads,
     summary, status) + history; the last finished result stays until a new one."""
     *values, history = args
-    req, guidance = _prepared(dict(zip(rq.PARAM_NAMES, values)))
+    req, guidance = _prepared(dict(zip(params.PARAM_NAMES, values)))
     skip = (gr.skip(),) * 10
-    yield *skip[:7], f"**Running** · {req.label()} on {rq.BACKEND_NAMES[req.backend]} …", *skip[8:]
+    yield *skip[:7], f"**Running** · {req.label()} on {params.BACKEND_NAMES[req.backend]} …", *skip[8:]
     for event in _events(RUNNER.generate(req, guidance, _session(request)), progress):
         if isinstance(event, Step) and event.preview is not None:
             yield event.preview, *skip[1:]
@@ -159,7 +162,7 @@ def compare(prompt=None, seed=None, steps=None, guidance_scale=None, methods=Non
             densify_every=None, progress=gr.Progress(), request: gr.Request = None):
     """API: the same request for several seeds and methods; yields (gallery of
     orbit GIFs, table, status) as runs finish."""
-    values = {k: v for k, v in locals().items() if k in (*rq.PARAM_NAMES, "methods", "n_seeds")}
+    values = {k: v for k, v in locals().items() if k in (*params.PARAM_NAMES, "methods", "n_seeds")}
     for gallery, table, status, _ in _compare(values, progress, request):
         yield gallery, table, status
 
@@ -167,7 +170,7 @@ def compare(prompt=None, seed=None, steps=None, guidance_scale=None, methods=Non
 @gpu
 def compare_ui(*args, progress=gr.Progress(), request: gr.Request = None):
     *values, n_seeds, methods = args
-    values = {**dict(zip(rq.PARAM_NAMES, values)), "n_seeds": n_seeds, "methods": methods or []}
+    values = {**dict(zip(params.PARAM_NAMES, values)), "n_seeds": n_seeds, "methods": methods or []}
     values.pop("method")
     reset = gr.Button("Use the selected seed", interactive=False)
     for gallery, table, status, items in _compare(values, progress, request):
@@ -225,10 +228,10 @@ def stop(history, status_text, compare_text, request: gr.Request = None):
 def on_backend(backend, prompt):
     """Switching backend resets the backend-dependent settings to its defaults (and
     a prompt left at another backend's default to this one's)."""
-    b = backend if backend in rq.BACKENDS else "exact"
-    d = rq.defaults(b)
-    new_prompt = d["prompt"] if prompt in ("", *(rq.defaults(o)["prompt"] for o in rq.BACKENDS)) else gr.skip()
-    return (gr.Dropdown(choices=rq.res_choices(b), value=d["res"]), d["steps"], d["views"], d["guidance_scale"],
+    b = backend if backend in params.BACKENDS else "exact"
+    d = params.defaults(b)
+    new_prompt = d["prompt"] if prompt in ("", *(params.defaults(o)["prompt"] for o in params.BACKENDS)) else gr.skip()
+    return (gr.Dropdown(choices=params.res_choices(b), value=d["res"]), d["steps"], d["views"], d["guidance_scale"],
             d["negative_prompt"], d["t_end"], d["densify_every"], new_prompt,
             gr.Markdown(PRIOR_NOTES[b], visible=bool(PRIOR_NOTES[b])))
 
@@ -246,10 +249,10 @@ def _examples(kind: str) -> list[list]:
 
 def _field(name: str, d: dict, **kw):
     """The input of request parameter ``name``: label and help from the request layer."""
-    kw = {"label": next(p.label for p in rq.PARAMS if p.name == name), "info": rq.help_text(name),
+    kw = {"label": next(p.label for p in params.PARAMS if p.name == name), "info": params.help_text(name),
           "elem_id": name.replace("_", "-"), **kw}
     if name in ("res", "views"):
-        choices = rq.res_choices("exact") if name == "res" else list(range(rq.VIEWS_RANGE[0], rq.VIEWS_RANGE[1] + 1))
+        choices = params.res_choices("exact") if name == "res" else list(range(params.VIEWS_RANGE[0], params.VIEWS_RANGE[1] + 1))
         return gr.Dropdown(choices, value=d[name], **kw)
     return (gr.Textbox if name in TEXT_PARAMS else gr.Number)(value=d[name], **kw)
 
@@ -260,10 +263,10 @@ def build_demo() -> gr.Blocks:
     RUNNER.sweep()
     # the first run's references, rendered in the background; not a daemon, so a process that exits
     # at once waits for it (seconds) instead of being aborted in the middle of a torch op
-    threading.Thread(target=rq.warm_up, name="cfd-warm-up").start()
+    threading.Thread(target=backends.warm_up, name="cfd-warm-up").start()
     RUNNER.workers.start(rq.parse_request().values())   # Compare's worker processes, warmed up the same way
-    sd_problem, tiny_problem = rq.sd_problem(), rq.tiny_sd_problem()
-    prior = rq.exact_prior()
+    sd_problem, tiny_problem = backends.sd_problem(), backends.tiny_sd_problem()
+    prior = backends.exact_prior()
     families = prior.vocabulary.describe()
     PRIOR_NOTES.update({
         "exact": f"**The exact prior knows:** {families}. Name one or more of them (every variant of the family), "
@@ -272,9 +275,9 @@ def build_demo() -> gr.Blocks:
                    "the whole SD path (text encoder, VAE, UNet) on a CPU. Free text beyond these objects will not "
                    "work. Its model card: `assets/models/tiny-sd/README.md`.",
         "sd": ""})
-    d = rq.defaults("exact")
+    d = params.defaults("exact")
     concurrency = setting("CFD_CONCURRENCY")
-    methods_choices = [(label, m) for m, label in rq.METHOD_LABELS.items()]
+    methods_choices = [(label, m) for m, label in params.METHOD_LABELS.items()]
 
     with gr.Blocks(title="cfd — Consistent Flow Distillation", delete_cache=(600, 3600)) as demo:
         gr.Markdown(INTRO)
@@ -300,9 +303,9 @@ def build_demo() -> gr.Blocks:
                                          "CFG > 1 (empty: all objects). SD: the unconditional text.")
                 method = gr.Radio(methods_choices, value=d["method"], label="Method")
                 with gr.Row():
-                    seed, steps = _field("seed", d, info=rq.range_text("seed")), _field("steps", d)
+                    seed, steps = _field("seed", d, info=params.range_text("seed")), _field("steps", d)
                 with gr.Row():
-                    guidance_scale = _field("guidance_scale", d, info=rq.help_text("guidance_scale") + ". Exact "
+                    guidance_scale = _field("guidance_scale", d, info=params.help_text("guidance_scale") + ". Exact "
                                             "prior: 1 follows the prompt's objects exactly (sharpest); above 1 "
                                             "also pushes away from the negative prompt's objects.")
                     res, views = _field("res", d), _field("views", d)
@@ -346,11 +349,11 @@ def build_demo() -> gr.Blocks:
                                     "SDS's tend to the same one. One row per method; the table counts the "
                                     "different variants each method found; click a result to reuse its seed.")
                         with gr.Row():
-                            n_seeds = gr.Dropdown(list(range(1, rq.max_seeds() + 1)), value=min(4, rq.max_seeds()),
+                            n_seeds = gr.Dropdown(list(range(1, params.max_seeds() + 1)), value=min(4, params.max_seeds()),
                                                   label="Seeds", info="seed, seed+1, …", elem_id="n-seeds")
                             methods = gr.CheckboxGroup(methods_choices, value=["cfd", "sds"], label="Methods")
                         compare_btn = gr.Button("Compare seeds", variant="primary", elem_id="compare-btn")
-                        gallery = gr.Gallery(label="Orbit of each result", columns=min(4, rq.max_seeds()),
+                        gallery = gr.Gallery(label="Orbit of each result", columns=min(4, params.max_seeds()),
                                              height="auto", fit_columns=False, allow_preview=False,
                                              object_fit="contain", elem_id="compare-gallery")
                         use_btn = gr.Button("Use the selected seed", interactive=False, elem_id="use-seed")
@@ -369,8 +372,8 @@ def build_demo() -> gr.Blocks:
         # the public API: parameters default to None (= the backend's default), clean output names
         with gr.Column(visible=False):
             api_in = {n: gr.Textbox(value=None, label=n) if n in TEXT_PARAMS else gr.Number(value=None, label=n)
-                      for n in (*rq.PARAM_NAMES, "n_seeds")}
-            api_in["methods"] = gr.Dropdown(list(rq.METHOD_LABELS), value=None, multiselect=True, label="methods")
+                      for n in (*params.PARAM_NAMES, "n_seeds")}
+            api_in["methods"] = gr.Dropdown(list(params.METHOD_LABELS), value=None, multiselect=True, label="methods")
             api_out = [gr.Model3D(label="viewer_ply"), gr.Video(label="render_video"), gr.Video(label="noise_video"),
                        gr.JSON(label="summary"), gr.File(label="downloads", file_count="multiple"),
                        gr.Markdown(label="status")]
@@ -381,10 +384,10 @@ def build_demo() -> gr.Blocks:
         run = dict(concurrency_id="distill", concurrency_limit=concurrency, preprocess=False,
                    show_progress="minimal")
         named = locals()
-        ui_inputs = [named[n] for n in rq.PARAM_NAMES]   # the inputs are named after the parameters
+        ui_inputs = [named[n] for n in params.PARAM_NAMES]   # the inputs are named after the parameters
         private = dict(api_visibility="private", queue=False)
         result_outputs = [image, model3d, mesh3d, render_video, noise_video, downloads, summary, status]
-        api_btn.click(generate, [api_in[n] for n in rq.PARAM_NAMES], api_out, api_name="generate", **run)
+        api_btn.click(generate, [api_in[n] for n in params.PARAM_NAMES], api_out, api_name="generate", **run)
         api_cmp_btn.click(compare, [api_in[n] for n in COMPARE_PARAMS], api_cmp_out, api_name="compare", **run)
         gen = run_btn.click(generate_ui, ui_inputs + [history], result_outputs + [history_gallery, history],
                             api_visibility="private", show_progress_on=[image], **run)

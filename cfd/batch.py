@@ -49,8 +49,8 @@ from pathlib import Path
 
 from .export import atomic_path
 from .pipeline import HIDDEN_LEFTOVER, hidden_sibling, write_json
-from .request import (Problems, RequestError, add_generate_arguments, parse_methods, parse_seeds,
-                      request_from_args)
+from .cli_options import add_generate_arguments, request_from_args
+from .request import Problems, RequestError, parse_methods, parse_seeds
 from .settings import setting
 
 INDEX_JSON, INDEX_HTML, ERROR_JSON, RUN_JSON = "index.json", "index.html", "error.json", "run.json"
@@ -175,7 +175,7 @@ def run_job(job: Job, base, out: Path, where: dict, preview_res: int) -> dict:
     guidance (GuidanceUnavailable) propagates: every job would fail the same way."""
     from .guidance.base import GuidanceUnavailable
     from .pipeline import generate
-    from .request import prepare
+    from .backends import prepare
 
     folder = out / job.path
     earlier = read_json(folder / ERROR_JSON) or {}
@@ -385,7 +385,7 @@ def main(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    from .request import guidance_for
+    from .backends import guidance_for
 
     # everything that can be refused is refused (all at once) before a process group forms
     prompts, seeds, methods, base = _parse(args)

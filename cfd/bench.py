@@ -191,7 +191,8 @@ def bench_recipe(args) -> dict:
     from .distill import distill
     from .measures import view_agreement
     from .pipeline import nearest_reference
-    from .request import parse_request, parse_seeds, prepare
+    from .backends import prepare
+    from .request import parse_request, parse_seeds
 
     overrides = dict(item.split("=", 1) for item in args.set)
     configured = {k: ast.literal_eval(v) for k, v in (i.split("=", 1) for i in args.config)}

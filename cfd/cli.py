@@ -1,7 +1,7 @@
 """Command line: ``python -m cfd render|generate|batch ...``.
 
 ``generate`` is a thin argparse over ``cfd.request``: its options, ranges,
-defaults and messages are the app's (``add_generate_arguments``). ``batch``
+defaults and messages are the app's (``cli_options.add_generate_arguments``). ``batch``
 (``cfd.batch``) takes the same options for many prompts × seeds × methods, on
 one process or under ``torchrun`` / ``accelerate launch``.
 """
@@ -36,7 +36,8 @@ def cmd_generate(args) -> int:
     from tqdm import tqdm
 
     from .pipeline import generate
-    from .request import prepare, request_from_args
+    from .backends import prepare
+    from .cli_options import request_from_args
 
     request = request_from_args(args)  # RequestError (a ValueError) before anything loads
     guidance = prepare(request, allow_download=True)
@@ -66,7 +67,7 @@ def cmd_batch(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import batch
-    from .request import add_generate_arguments
+    from .cli_options import add_generate_arguments
 
     parser = argparse.ArgumentParser(prog="python -m cfd",
                                      description="Consistent Flow Distillation: text-to-3D on Gaussian splats.")

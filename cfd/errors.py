@@ -19,6 +19,10 @@ class InputError(ValueError):
     """The user's input was refused; the message names the problem and the fix."""
 
 
+class RequestError(InputError):
+    """A request parameter is out of range or malformed; the message says which and why."""
+
+
 class Failure(Exception):
     """A run could not be done: ``title`` and ``message`` for people;
     ``expected`` is False for bugs (their traceback was logged); ``exit_code``
@@ -58,7 +62,7 @@ def failure(exc: BaseException, request=None) -> Failure:
 def _out_of_memory(request) -> Failure:
     import torch
 
-    from .request import RES_RANGE
+    from .params import RES_RANGE
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

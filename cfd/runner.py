@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from .distill import NonFiniteGradient
 from .export import to_uint8
 from .guidance.base import GuidanceUnavailable
-from .errors import Failure, InputError, failure
+from .errors import InputError, failure
 from .request import Request, RequestError
 from .settings import setting
 from .workers import WorkerPool

@@ -4,7 +4,7 @@ One CPU run is many small tensor operations driven from Python, so two runs in
 two threads of one process mostly wait for each other (the GIL); two processes
 with one torch thread each use two cores. A ``WorkerPool`` keeps up to ``size``
 worker processes (``python -m cfd.workers``), started on first use and kept for
-later jobs, each with its own cached guidance (``cfd.request``), warmed up for a
+later jobs, each with its own cached guidance (``cfd.backends``), warmed up for a
 given request when it starts.
 
 Protocol (JSON lines): the pool writes one job per line to a worker's stdin,
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     run prints goes to stderr)."""
     import torch
 
+    from . import backends
     from . import request as rq
     from .runner import compare_job
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     warm = json.loads(argv[0]) if argv else None
     if warm is not None:
         try:
-            rq.warm_up(rq.parse_request(warm))
+            backends.warm_up(rq.parse_request(warm))
         except Exception:  # noqa: BLE001 - a job will report the same problem with its own message
             traceback.print_exc()
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             request = rq.parse_request(job["values"])
-            result = compare_job(request, rq.prepare(request), Path(job["gif"]), step, stop_file.exists, cpu_threads=1)
+            result = compare_job(request, backends.prepare(request), Path(job["gif"]), step, stop_file.exists, cpu_threads=1)
             send({"job": job["job"], "event": "done", "result": result})
         except Exception as exc:  # noqa: BLE001 - handed to the pool, which re-raises it for the consumer
             send({"job": job["job"], "event": "error", "type": type(exc).__name__, "message": str(exc),

@@ -258,7 +258,7 @@ def test_compare_shows_each_seed_with_its_nearest_object(served):
     assert len(gallery) == 4
     captions = [item["caption"] for item in gallery]
     assert captions[0].startswith("cfd · seed 0 · ") and captions[2].startswith("sds · seed 0 · "), captions
-    variants = set(app.rq.exact_prior().names)
+    variants = set(app.backends.exact_prior().names)
     assert all(any(name in c for name in variants) and c.endswith(" dB") for c in captions), captions
     for item in gallery:  # a small orbit loop per seed
         frames = iio.imread(item["image"], index=None)

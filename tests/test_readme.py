@@ -7,7 +7,8 @@ import re
 import shlex
 from pathlib import Path
 
-from cfd import request as rq
+from cfd import params
+from cfd.cli_options import request_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -34,7 +35,7 @@ def test_cli_examples_are_valid_requests():
     assert examples
     for line in examples:
         args = build_parser().parse_args(shlex.split(line.split(" -m cfd ", 1)[1]))
-        rq.request_from_args(args)   # raises RequestError for a value the app would refuse
+        request_from_args(args)   # raises RequestError for a value the app would refuse
 
 
 def test_batch_examples_are_valid_batches(monkeypatch):
@@ -67,14 +68,14 @@ def test_defaults_table_is_the_request_layers():
     from cfd.guidance.exact_prior import DEFAULT_EXACT_GUIDANCE_SCALE
     from cfd.guidance.stable_diffusion import DEFAULT_GUIDANCE_SCALE
 
-    exact, tiny, sd = rq.defaults("exact", cuda=False), rq.defaults("tiny-sd"), rq.defaults("sd")
-    base_exact, base_tiny, base_sd = rq.base_config("exact"), rq.base_config("tiny-sd"), rq.base_config("sd")
+    exact, tiny, sd = params.defaults("exact", cuda=False), params.defaults("tiny-sd"), params.defaults("sd")
+    base_exact, base_tiny, base_sd = params.base_config("exact"), params.base_config("tiny-sd"), params.base_config("sd")
     assert (exact["guidance_scale"], sd["guidance_scale"]) == (DEFAULT_EXACT_GUIDANCE_SCALE, DEFAULT_GUIDANCE_SCALE)
     rows = {
         "guidance_scale": f"| guidance_scale | {exact['guidance_scale']} | {tiny['guidance_scale']} | "
                           f"{sd['guidance_scale']} |",
         "steps": f"| steps | {exact['steps']} | {tiny['steps']} | {sd['steps']} |",
-        "res": f"| res | {exact['res']} ({rq.EXACT_CUDA_RES} on a GPU) | {tiny['res']} (its training size) | "
+        "res": f"| res | {exact['res']} ({params.EXACT_CUDA_RES} on a GPU) | {tiny['res']} (its training size) | "
                f"{sd['res']} |",
         "views": f"| views | {exact['views']} | {tiny['views']} | {sd['views']} |",
         "t": f"| t_start → t_end | {exact['t_start']} → {exact['t_end']} | {tiny['t_start']} → {tiny['t_end']} | "

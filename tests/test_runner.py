@@ -84,7 +84,7 @@ def test_an_internal_error_is_logged_and_told_apart_from_bad_input(capfd):
 
 
 def _compare(runner: Runner, base, n_seeds: int) -> tuple[list, list]:
-    from cfd.request import prepare
+    from cfd.backends import prepare
     from cfd.runner import Item, Step
 
     events = list(runner.compare(base, ["cfd", "sds"], n_seeds, prepare(base), session="s"))

@@ -215,7 +215,7 @@ def test_a_slow_model_load_does_not_block_another_model(monkeypatch):
     """One lock per model: while one model builds, a cached other one is served."""
     import threading
 
-    from cfd import request as rq
+    from cfd import backends
 
     started, release = threading.Event(), threading.Event()
 
@@ -224,15 +224,15 @@ def test_a_slow_model_load_does_not_block_another_model(monkeypatch):
         release.wait(10)
         return "slow model"
 
-    loader = threading.Thread(target=rq._cached, args=(("test-slow",), slow))
+    loader = threading.Thread(target=backends._cached, args=(("test-slow",), slow))
     loader.start()
     assert started.wait(5)
     t0 = time.perf_counter()
-    assert rq._cached(("test-fast",), lambda: "fast model") == "fast model"
+    assert backends._cached(("test-fast",), lambda: "fast model") == "fast model"
     assert time.perf_counter() - t0 < 1.0
     release.set()
     loader.join(5)
-    assert rq._cached(("test-slow",), lambda: "built twice") == "slow model"
+    assert backends._cached(("test-slow",), lambda: "built twice") == "slow model"
 
 
 # ----------------------------------------------------------------- view-dependent prompts

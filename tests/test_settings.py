@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cfd import request as rq
+from cfd import params
 from cfd.settings import SETTINGS, SettingError, setting
 
 
@@ -36,7 +36,7 @@ def test_a_bad_value_names_the_variable_its_range_and_the_fix(monkeypatch, name,
 
 def test_max_seeds_reads_the_checked_setting(monkeypatch):
     monkeypatch.setenv("CFD_MAX_SEEDS", "6")
-    assert rq.max_seeds() == 6
+    assert params.max_seeds() == 6
     monkeypatch.setenv("CFD_MAX_SEEDS", "0")
     with pytest.raises(SettingError, match="CFD_MAX_SEEDS"):
-        rq.max_seeds()
+        params.max_seeds()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cfd import backends
 from cfd import request as rq
 from cfd.cameras import camera_features, orbit_camera
 from cfd.framing import FOV_DEG, RADIUS
@@ -76,8 +77,8 @@ def test_the_shipped_folder_loads_offline_and_matches_its_model_card(monkeypatch
     card = json.loads((TINY_SD_DIR / "model_card.json").read_text())
     assert card["files"] == train_tiny_sd.folder_hashes(TINY_SD_DIR)
     assert card["size_bytes"] <= 25 * 2**20
-    assert rq.tiny_sd_problem() is None
-    guidance = rq.tiny_sd()
+    assert backends.tiny_sd_problem() is None
+    guidance = backends.tiny_sd()
     assert guidance.camera_conditioned and guidance.references is not None
     assert guidance.name == "tiny-sd"
 
@@ -100,7 +101,7 @@ def test_a_missing_tiny_sd_folder_says_how_to_get_it_back(monkeypatch, tmp_path)
     import cfd.guidance.tiny_sd as tiny
 
     monkeypatch.setattr(tiny, "TINY_SD_DIR", tmp_path / "gone")
-    problem = rq.tiny_sd_problem()
+    problem = backends.tiny_sd_problem()
     assert "tiny-sd is not available" in problem and "git checkout -- assets/models/tiny-sd" in problem
     assert "scripts/train_tiny_sd.py" in problem
 
@@ -111,6 +112,6 @@ def test_a_short_cfd_run_on_the_shipped_model_makes_the_named_family():
     from cfd.pipeline import nearest_reference
 
     request = rq.parse_request(backend="tiny-sd", prompt="a rubber duck", steps=100)
-    guidance = rq.prepare(request)
+    guidance = backends.prepare(request)
     scene = distill(guidance, request.config())
     assert nearest_reference(scene, guidance, 64)["nearest_family"] == "rubber_duck"
