@@ -2,7 +2,7 @@
 # The README's "tiny-sd" recipe tables: `python -m cfd.bench recipe` over the SD recipe's
 # choices on the bundled tiny-sd, each judged against the bundled ground truth.
 #   scripts/tiny_sd_recipes.sh OUT_DIR GROUP ...
-# groups: methods (every method, the 8 family captions × seeds 0-1), and ablations of CFD on
+# groups: methods (every method or $METHODS, the 8 family captions × seeds 0-1 or $SEEDS), and ablations of CFD on
 # four families (duck, rocket, snowman: asymmetric; cactus) × seed 0: cfg, knots, camera,
 # views, lr, space, densify. Each run is single-threaded: two groups at a time fit a 2-core
 # CPU. JSON per recipe in OUT_DIR; the table rows on stderr (and in OUT_DIR/<recipe>.log).
@@ -29,7 +29,8 @@ ablation() {  # name, then options: CFD on the four families, seed 0
 
 for group in "$@"; do
   case $group in
-    methods) recipe methods --methods cfd,sds,iid,fixed2d,cfd-sde --seeds 0-1 ;;
+    methods) m=${METHODS:-cfd,sds,iid,fixed2d,cfd-sde}   # METHODS=cfd,sds SEEDS=0 split it over processes
+             recipe "methods-${m//,/-}-seeds${SEEDS:-0-1}" --methods "$m" --seeds "${SEEDS:-0-1}" ;;
     base)    ablation base ;;
     cfg)     for s in 3 30 71; do ablation "cfg-$s" --set guidance_scale=$s; done ;;
     knots)   ablation authors-t-knots --config "t_knots=((0.0,980),(0.1,692),(0.5,404),(1.0,212))" ;;

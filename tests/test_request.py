@@ -44,6 +44,9 @@ def test_request_round_trips_through_plain_values_and_builds_the_config():
     # SDS keeps its own t range (DreamFusion's [20, 980]), not CFD's last knot, unless the user sets one
     assert sds.t_range == (20, 980) and base.t_knots[-1][1] == 212
     assert rq.parse_request(backend="sd", method="sds", t_end=100).config().t_range == (100, 980)
+    # SD's UNet on a CPU uses the machine's threads; the exact prior's small ops stay on one
+    assert base.cpu_threads is None and params.base_config("tiny-sd").cpu_threads is None
+    assert params.base_config("exact").cpu_threads == 1
     # SD keeps its recipe unless asked: the authors' t and γ knots, densification that follows the run's length
     sd = rq.parse_request(backend="sd", steps=50).config()
     assert sd.t_knots == base.t_knots and sd.gamma == base.gamma and sd.densify_every == 5
