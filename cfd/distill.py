@@ -161,11 +161,14 @@ class DistillConfig:
         """Defaults for tiny-sd (``cfd.guidance.tiny_sd``), measured on it (README
         "tiny-sd"): 64² renders (16² latents) on white as it was trained, views
         drawn continuously from its training distribution, t annealed 980 → 20,
-        the exact prior's splat count and learning rates, no densification."""
+        the exact prior's splat count, its learning rates × 0.3 (the SD path's
+        gradient through the VAE encoder is noisier than the exact prior's), no
+        densification."""
         from .guidance.tiny_sd import TINY_SD_RES, TINY_SD_STEPS, TINY_SD_VIEWS
 
         base = DistillConfig(res=TINY_SD_RES, steps=TINY_SD_STEPS, cameras=CameraRanges(), batch_views=TINY_SD_VIEWS,
-                             preview_every=10, cpu_threads=None)
+                             preview_every=10, cpu_threads=None, lr_means=1.8e-3, lr_means_final=1.8e-4,
+                             lr_log_scales=4.5e-3, lr_quats=4.5e-3, lr_opacity=2.25e-2, lr_sh=1.35e-2)
         return replace(base, **overrides)
 
     def gamma_schedule(self) -> GammaSchedule:

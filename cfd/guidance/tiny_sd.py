@@ -26,7 +26,7 @@ TINY_SD_DIR = Path(__file__).resolve().parents[2] / "assets" / "models" / "tiny-
 TINY_SD_RES = 64               # the image size it was trained at (pixels)
 # its backend's request defaults, measured on it (README "tiny-sd"; the rest of the
 # run's settings: DistillConfig.for_tiny_sd)
-TINY_SD_GUIDANCE_SCALE = 7.5
+TINY_SD_GUIDANCE_SCALE = 30.0
 TINY_SD_STEPS = 200
 TINY_SD_VIEWS = 4
 TINY_SD_MAX_PROMPT_BYTES = 60  # its byte-level tokenizer reads 75; the longest view suffix takes 15
