@@ -114,4 +114,4 @@ def test_a_short_cfd_run_on_the_shipped_model_makes_the_named_family():
     request = rq.parse_request(backend="tiny-sd", prompt="a rubber duck", steps=100)
     guidance = backends.prepare(request)
     scene = distill(guidance, request.config())
-    assert nearest_reference(scene, guidance, 64)["nearest_family"] == "rubber_duck"
+    assert nearest_reference(scene, guidance, 64)["nearest_family"] == "rubber duck"
