@@ -53,9 +53,7 @@ class DistillConfig:
     steps: int = 300
     res: int = 32                  # render resolution fed to the guidance (pixels)
     batch_views: int = 1           # views per step
-    # annealed t(τ/N), piecewise linear; from t = 999, the schedule's last step, as the ODE starts
-    # from noise (from 980 the 8 seeds of "a rubber duck" reached 4 variants, from 999 5)
-    t_knots: tuple = ((0.0, 999), (1.0, 20))
+    t_knots: tuple = ((0.0, 980), (1.0, 20))   # annealed t(τ/N), piecewise linear
     t_range: tuple = (20, 980)     # SDS: t ~ U[t_min, t_max]
     weighting: str | None = None   # w(t): "lambda" (σ_t/α_t) | "sigma2" (σ_t², DreamFusion);
                                    # None: sigma2 for sds, lambda for the others
@@ -169,7 +167,7 @@ class DistillConfig:
         from .guidance.tiny_sd import TINY_SD_RES, TINY_SD_STEPS, TINY_SD_VIEWS
 
         base = DistillConfig(res=TINY_SD_RES, steps=TINY_SD_STEPS, cameras=CameraRanges(), batch_views=TINY_SD_VIEWS,
-                             t_knots=((0.0, 980), (1.0, 20)), preview_every=10, cpu_threads=None, lr_means=1.8e-3, lr_means_final=1.8e-4,
+                             preview_every=10, cpu_threads=None, lr_means=1.8e-3, lr_means_final=1.8e-4,
                              lr_log_scales=4.5e-3, lr_quats=4.5e-3, lr_opacity=2.25e-2, lr_sh=1.35e-2)
         return replace(base, **overrides)
 

@@ -28,7 +28,7 @@ def test_every_method_runs_and_changes_the_scene(prior, method):
     if method == "sds":
         assert len(set(seen)) > 1
     else:
-        assert seen == sorted(seen, reverse=True) and seen[0] == 999 and seen[-1] == 20
+        assert seen == sorted(seen, reverse=True) and seen[0] == 980 and seen[-1] == 20
 
 
 def test_each_seed_starts_from_its_own_initial_splats():
