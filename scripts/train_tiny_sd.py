@@ -44,7 +44,7 @@ from cfd.cameras import CameraRanges, camera_features, sample_cameras  # noqa: E
 from cfd.guidance.stable_diffusion import (StableDiffusionGuidance, byte_level_clip_tokenizer,  # noqa: E402
                                            view_suffix)
 from cfd.guidance.tiny_sd import TINY_SD_DIR, sample_caption, tiny_sd_configs, training_captions  # noqa: E402
-from cfd.measures import nearest_views  # noqa: E402
+from cfd.measures import nearest_views, psnr  # noqa: E402
 from cfd.render import render  # noqa: E402
 from cfd.scenes import find_scene_sets  # noqa: E402
 
@@ -247,7 +247,7 @@ def evaluate(guidance, scenes, families, cfg: TrainConfig) -> dict:
     held_out = render_views(scenes, cfg.eval_views, cfg.res, generator)
     x = held_out.images.float() / 255
     rec = guidance.decode(guidance.encode(x))
-    vae_psnr = float((-10 * torch.log10((rec - x).square().mean(dim=(1, 2, 3)).clamp_min(1e-10))).mean())
+    vae_psnr = float(psnr(rec, x).mean())
 
     refs = render_views(scenes, cfg.reference_views, cfg.res, torch.Generator().manual_seed(cfg.seed + 200))
     references = (refs.images.float() / 255).view(len(scenes), cfg.reference_views, 3, cfg.res, cfg.res)
