@@ -48,6 +48,15 @@ def tiny_sd_problem() -> str | None:
             "(about an hour on a CPU).")
 
 
+def bundled_objects() -> str:
+    """What prompts can name among the bundled objects (families, variants,
+    themes: ``Vocabulary.describe``), read from the scene sets' metadata
+    without loading a scene."""
+    from .scenes import find_scene_sets, vocabulary
+
+    return vocabulary(find_scene_sets()).describe()
+
+
 def exact_prior(scenes: tuple[str, ...] = ()):
     """The exact prior (multi-view) over ``scenes`` or every bundled object, cached."""
     return _cached(("exact", tuple(scenes), device()), lambda: _build_exact(scenes))

@@ -310,18 +310,22 @@ def noise_source(guidance, config: DistillConfig, init: GaussianScene | None = N
 # ------------------------------------------------------------------ loop
 
 def distill(guidance, config: DistillConfig, callback: Callable[[StepInfo], bool | None] | None = None,
-            init: GaussianScene | None = None, timer: Callable[[str], ContextManager] | None = None
-            ) -> GaussianScene:
+            init: GaussianScene | None = None, timer: Callable[[str], ContextManager] | None = None,
+            cond=None) -> GaussianScene:
     """Optimise a splat scene so its renders follow ``guidance`` (a
     ``cfd.guidance.Guidance``) by ``config.method``. Returns the final scene
     (detached), or the scene so far if the callback asked to stop.
 
     ``init``: a starting scene instead of ``init_scene``; ``timer(name)``: a
     context manager wrapped around each phase (render, noise, encode, guidance,
-    backward, optimiser), for ``cfd.bench speed``."""
+    backward, optimiser), for ``cfd.bench speed``; ``cond``: the run's condition
+    if the caller prepared it already (``guidance.condition`` of the config's
+    prompt, negative prompt and CFG scale), else built here."""
     timer = timer or (lambda name: nullcontext())
+    if cond is None:
+        cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)
     with run_threads(guidance, config):
-        return _distill(guidance, config, callback, init, timer, guidance_device(guidance))
+        return _distill(guidance, config, cond, callback, init, timer, guidance_device(guidance))
 
 
 def noise_grid(guidance, config: DistillConfig) -> tuple[int, int]:
@@ -334,21 +338,17 @@ def noise_grid(guidance, config: DistillConfig) -> tuple[int, int]:
     return config.res // f, (f if f > 1 else config.supersample)
 
 
-def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
+def _distill(guidance, config, cond, callback, init, timer, device) -> GaussianScene:
     f = guidance.latent_factor
     _, noise_ss = noise_grid(guidance, config)
     times, noise = strategies(guidance, config, init)
     weight = weighting(config)
     schedule = NoiseSchedule(guidance.alphas_cumprod)
-    cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)
 
     scene = init if init is not None else init_scene(config.init_splats, seed=config.initial_seed,
                                                      radius=config.init_radius)
     scene = scene.clone().to(device)
-    optimizer = make_optimizer(scene, {"means": config.lr_means, "log_scales": config.lr_log_scales,
-                                       "quats": config.lr_quats, "opacity_logits": config.lr_opacity,
-                                       "sh": config.lr_sh}, betas=config.adam_betas)
-    means_decay = (config.lr_means_final / config.lr_means) ** (1 / max(config.steps - 1, 1))
+    optimizer, means_decay = _optimizer(scene, config)
     cam_gen = torch.Generator().manual_seed(stream_seed(config.seed, "cameras"))
     bg_gen = torch.Generator().manual_seed(stream_seed(config.seed, "backgrounds"))
     densify = Densifier.from_config(config, stream_seed(config.seed, "densify"))
@@ -397,6 +397,15 @@ def _distill(guidance, config, callback, init, timer, device) -> GaussianScene:
             if callback(info):
                 break
     return scene.detach()
+
+
+def _optimizer(scene: GaussianScene, config: DistillConfig):
+    """(Adam over the scene's parameters with the config's learning rates, the
+    per-step decay factor of the means' rate)."""
+    optimizer = make_optimizer(scene, {"means": config.lr_means, "log_scales": config.lr_log_scales,
+                                       "quats": config.lr_quats, "opacity_logits": config.lr_opacity,
+                                       "sh": config.lr_sh}, betas=config.adam_betas)
+    return optimizer, (config.lr_means_final / config.lr_means) ** (1 / max(config.steps - 1, 1))
 
 
 def preview(scene: GaussianScene, res: int) -> Tensor:

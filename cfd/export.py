@@ -108,8 +108,11 @@ def write_video(frames, path, fps: float = 24, *, crf: int = 18, preset: str = "
     """Write ``frames`` as a browser-playable H.264 mp4 and return its path.
 
     frames: [F,H,W,3] uint8 (0..255) or float in [0,1] (numpy array, tensor or a
-        sequence of [H,W,3] frames). Odd heights/widths are padded by one
-        replicated row/column (yuv420p needs even sizes); nothing is rescaled.
+        sequence of [H,W,3] frames), or an iterator of such [B,H,W,3] chunks,
+        streamed: each chunk goes to the encoder as uint8 when it comes, so no
+        more than a chunk is held (``orbit_chunks``, ``noise_chunks``). Odd
+        heights/widths are padded by one replicated row/column (yuv420p needs
+        even sizes); nothing is rescaled.
     path: target file (``.mp4``); written to a temporary name, then renamed.
     fps: frames per second. crf/preset: x264 quality (lower crf = better) and speed ("fast":
         the size of "medium" at a quarter of its time on our 256² orbits).
@@ -118,21 +121,30 @@ def write_video(frames, path, fps: float = 24, *, crf: int = 18, preset: str = "
     """
     import imageio_ffmpeg
 
-    video = _to_uint8_frames(frames)
+    chunks = iter(frames) if isinstance(frames, Iterator) else iter([frames])
+    first = next(chunks, None)
+    video = _to_uint8_frames([] if first is None else first)
+    del first   # from here on only the chunk being sent is held
     _, h, w, _ = video.shape
-    if h % 2 or w % 2:
-        video = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    h, w = video.shape[1:3]
+    size = (w + w % 2, h + h % 2)
     with atomic_path(path) as tmp:
         writer = imageio_ffmpeg.write_frames(
-            str(tmp), (w, h), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=fps, codec="libx264",
+            str(tmp), size, pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=fps, codec="libx264",
             quality=None, macro_block_size=1, ffmpeg_log_level="error",
             output_params=["-crf", str(int(crf)), "-preset", preset, "-movflags", "+faststart"],
         )
         try:
             writer.send(None)  # start ffmpeg
-            for frame in video:
-                writer.send(frame.tobytes())
+            while video is not None:
+                if video.shape[1:3] != (h, w):
+                    raise ValueError(f"write_video: a chunk of {video.shape[2]}×{video.shape[1]} frames in a "
+                                     f"{w}×{h} video")
+                if h % 2 or w % 2:
+                    video = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                for frame in video:
+                    writer.send(frame.tobytes())
+                chunk = next(chunks, None)
+                video = None if chunk is None else _to_uint8_frames(chunk)
         finally:
             writer.close()
     return Path(path)
@@ -160,13 +172,20 @@ def orbit_frames(scene: GaussianScene, n_frames: int = 48, res: int = 256, eleva
     Returns float [F, res, res, 3] in [0,1] on the CPU, without grad.
     ``progress(done, total)`` is called after each frame.
     """
+    return torch.cat(list(orbit_chunks(scene, n_frames, res, elevation_deg, radius, fov_deg, background,
+                                       progress=progress)))
+
+
+def orbit_chunks(scene: GaussianScene, n_frames: int = 48, res: int = 256, elevation_deg: float = ELEVATION_DEG,
+                 radius: float = RADIUS, fov_deg: float = FOV_DEG, background=BACKGROUND, *,
+                 progress: Progress | None = None) -> Iterator[Tensor]:
+    """``orbit_frames`` as it is rendered: float [B, res, res, 3] chunks of at most
+    RENDER_BATCH frames (for ``write_video`` to stream)."""
     cams = orbit_cameras(n_frames, res, elevation_deg, radius, fov_deg)
-    frames = []
     for done, out in _batched_renders(scene, cams, background):
-        frames.append(out.rgb.clamp(0, 1).cpu())
+        yield out.rgb.clamp(0, 1).cpu()
         if progress is not None:
             progress(done, len(cams))
-    return torch.cat(frames)
 
 
 RENDER_BATCH = 8   # cameras per render call of the exports
@@ -184,8 +203,8 @@ def orbit_video(scene: GaussianScene, path, n_frames: int = 48, res: int = 256, 
                 radius: float = RADIUS, fov_deg: float = FOV_DEG, background=BACKGROUND, fps: float = 24, *,
                 progress: Progress | None = None) -> Path:
     """``orbit_frames`` written as an mp4 (see ``write_video``); returns the path."""
-    frames = orbit_frames(scene, n_frames, res, elevation_deg, radius, fov_deg, background, progress=progress)
-    return write_video(frames, path, fps=fps)
+    chunks = orbit_chunks(scene, n_frames, res, elevation_deg, radius, fov_deg, background, progress=progress)
+    return write_video(chunks, path, fps=fps)
 
 
 # ---------------------------------------------------------------- noise video
@@ -220,7 +239,7 @@ def noise_to_display(noise: Tensor, mask: Tensor | None = None, display_res: int
 
 def noise_frames(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, res: int = 64,
                  display_res: int = 256, *, supersample: int = 4, channels: int = 4, steps: int = 1,
-                 renders: Tensor | None = None, progress: Progress | None = None) -> Tensor:
+                 renders: Tensor | str | None = None, progress: Progress | None = None) -> Tensor:
     """The noise a run added, along the default orbit of ``orbit_frames`` (the
     framing of ``cfd.framing``).
 
@@ -233,31 +252,49 @@ def noise_frames(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, 
     and shown at display_res by ``noise_to_display``, pixels off the object grey.
 
     renders: frames [F, display_res, W, 3] (e.g. ``orbit_frames``) shown left of
-    the noise. Returns float [F, display_res, W + display_res, 3] in [0,1], on
-    the CPU; ``progress(done, total)`` is called after each frame.
+    the noise, or "orbit": the orbit rendered here at display_res. Returns float
+    [F, display_res, W + display_res, 3] in [0,1], on the CPU; ``progress(done,
+    total)`` is called after each frame.
     """
+    return torch.cat(list(noise_chunks(scene, source, n_frames, res, display_res, supersample=supersample,
+                                       channels=channels, steps=steps, renders=renders, progress=progress)))
+
+
+def noise_chunks(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, res: int = 64,
+                 display_res: int = 256, *, supersample: int = 4, channels: int = 4, steps: int = 1,
+                 renders: Tensor | str | None = None, progress: Progress | None = None) -> Iterator[Tensor]:
+    """``noise_frames`` as it is drawn: float chunks of at most RENDER_BATCH
+    frames (for ``write_video`` to stream; with ``renders="orbit"`` nothing
+    is held beyond a chunk)."""
     cams = [cam.scaled(supersample) for cam in orbit_cameras(n_frames, res)]
-    frames = []
+    shown = orbit_cameras(n_frames, display_res) if isinstance(renders, str) else None
+    k = 0
     with torch.no_grad():
         for done, out in _batched_renders(scene, cams):
-            for depth, alpha, cam_ss in zip(out.depth, out.alpha, cams[len(frames):done]):
-                k = len(frames)
+            chunk = []
+            for depth, alpha, cam_ss in zip(out.depth, out.alpha, cams[k:done]):
                 surfaces = [Surface(depth, alpha, cam_ss)] if source.needs_surface else None
-                step = round(k * (steps - 1) / max(n_frames - 1, 1))
-                noise = source.sample(step, (1, channels, res, res), surfaces)[0].cpu()
+                noise = source.sample(round(k * (steps - 1) / max(n_frames - 1, 1)), (1, channels, res, res),
+                                      surfaces)[0].cpu()
                 on_object = torch.nn.functional.avg_pool2d((alpha > SURFACE_ALPHA).float()[None], supersample)[0]
-                img = noise_to_display(noise, on_object.cpu() > 0.5, display_res)
-                frames.append(img if renders is None else torch.cat([renders[k], img], dim=1))
+                chunk.append(noise_to_display(noise, on_object.cpu() > 0.5, display_res))
+                k += 1
+            chunk = torch.stack(chunk)
+            if shown is not None:
+                chunk = torch.cat([render(scene, shown[done - len(chunk):done], BACKGROUND).rgb.clamp(0, 1).cpu(),
+                                   chunk], dim=2)
+            elif renders is not None:
+                chunk = torch.cat([renders[done - len(chunk):done], chunk], dim=2)
+            yield chunk
             if progress is not None:
                 progress(done, len(cams))
-    return torch.stack(frames)
 
 
 def noise_video(scene: GaussianScene, path, source: NoiseSource, n_frames: int = 48, res: int = 64,
                 display_res: int = 256, fps: float = 24, **kwargs) -> Path:
     """``noise_frames`` written as an mp4 (see ``write_video``); returns the path.
     Extra keyword arguments go to ``noise_frames``."""
-    return write_video(noise_frames(scene, source, n_frames, res, display_res, **kwargs), path, fps=fps)
+    return write_video(noise_chunks(scene, source, n_frames, res, display_res, **kwargs), path, fps=fps)
 
 
 # ----------------------------------------------------------------- viewer PLY

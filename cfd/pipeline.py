@@ -37,7 +37,7 @@ from .errors import InputError
 from .export import PARTIAL_FILE, atomic_path
 from .gaussians import GaussianScene, save_ply
 
-__all__ = ["ARTEFACTS", "generate", "nearest_reference", "versions", "config_dict", "write_json"]
+__all__ = ["ARTEFACTS", "generate", "write_exports", "nearest_reference", "versions", "config_dict", "write_json"]
 
 ARTEFACTS = {  # key in the result's "files" → file name in out_dir
     "scene_ply": "scene.ply",
@@ -158,23 +158,31 @@ class StagingFolder:
 
 class StepWatch:
     """The loop's callback: counts steps, asks the caller's callback and
-    ``should_stop`` whether to stop, and remembers whether the run was stopped
-    before its last step (the one decision of whether it was cancelled)."""
+    ``should_stop`` whether to stop, and stops the run at its wall-clock limit.
+    ``stopped_by`` says who stopped it: None, "caller" (the callback or
+    ``should_stop``: the one decision of whether it was cancelled) or "time limit"
+    (the run is kept: it ends early with what it has)."""
 
-    def __init__(self, callback: Callable[[StepInfo], bool | None] | None, should_stop: Callable[[], bool] | None):
+    def __init__(self, callback: Callable[[StepInfo], bool | None] | None, should_stop: Callable[[], bool] | None,
+                 time_limit_s: float | None = None):
         self.callback, self.should_stop = callback, should_stop
+        self.deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
         self.steps_done = self.skipped = 0
-        self.stopped = False
+        self.stopped_by: str | None = None
 
     def __call__(self, info: StepInfo) -> bool:
         self.steps_done, self.skipped = info.step, info.skipped_steps
         stop = bool(self.callback(info)) if self.callback is not None else False
-        self.stopped = stop or (self.should_stop is not None and self.should_stop())
-        return self.stopped
+        if stop or (self.should_stop is not None and self.should_stop()):
+            self.stopped_by = "caller"
+        elif self.deadline is not None and time.monotonic() >= self.deadline and info.step < info.steps:
+            self.stopped_by = "time limit"
+        return self.stopped_by is not None
 
     def cancelled(self, steps: int) -> bool:
-        """Stopped before the last of ``steps``: a run stopped on its last step is finished."""
-        return self.stopped and self.steps_done < steps
+        """Stopped by the caller before the last of ``steps``: a run stopped on its
+        last step is finished, one stopped by the time limit is kept."""
+        return self.stopped_by == "caller" and self.steps_done < steps
 
 
 @dataclass(frozen=True)
@@ -194,24 +202,33 @@ class ExportStep:
 
 def export_steps(scene: GaussianScene, guidance, config: DistillConfig, steps_done: int, *, video_frames: int,
                  video_res: int, noise_res: int | None, glb_resolution: int, preview_res: int | None,
-                 ply_sh_degree: int, stage: Callable[[str], Callable | None]) -> list[ExportStep]:
-    """The exports of a finished run, in order (see the module doc)."""
+                 ply_sh_degree: int, stage_progress: StageProgress | None = None) -> list[ExportStep]:
+    """The exports of a finished run, in order (see the module doc): the orbit
+    videos have ``video_frames`` frames of ``video_res`` square pixels, the noise
+    drawn from the run's noise source (``distill.noise_source``) at ``noise_res``
+    (default: the guidance's diffusion resolution, res / latent_factor) with the
+    run's supersampling; the GLB's marching cubes take ``glb_resolution`` points
+    along the longest side; ``preview_res``: also preview.png, the preview view
+    (``cameras.preview_camera``) at that many pixels (None: no PNG);
+    ``ply_sh_degree``: scene.ply's SH degree, at least the scene's own (3: the
+    48-coefficient layout, zeros above the scene's bands, for viewers that
+    require it)."""
     from . import export
 
-    orbit: dict = {}   # the render video's frames, reused beside the noise
+    def stage(name: str):
+        return None if stage_progress is None else (lambda done, total: stage_progress(name, done, total))
 
     def write_render(path):
-        orbit["frames"] = export.orbit_frames(scene, n_frames=video_frames, res=video_res,
-                                              progress=stage("render_video"))
-        export.write_video(orbit["frames"], path)
+        export.write_video(export.orbit_chunks(scene, n_frames=video_frames, res=video_res,
+                                               progress=stage("render_video")), path)
 
-    def write_noise(path):  # the run's own noise source on its noise grid, next to the orbit render
+    def write_noise(path):  # the run's own noise source on its noise grid, beside the orbit render
         run_res, supersample = noise_grid(guidance, config)
-        frames = export.noise_frames(scene, noise_source(guidance, config), n_frames=video_frames,
+        chunks = export.noise_chunks(scene, noise_source(guidance, config), n_frames=video_frames,
                                      res=noise_res or run_res, display_res=video_res, supersample=supersample,
                                      steps=max(steps_done, 1), channels=int(getattr(guidance, "channels", 4)),
-                                     renders=orbit["frames"], progress=stage("noise_video"))
-        export.write_video(frames, path)
+                                     renders="orbit", progress=stage("noise_video"))
+        export.write_video(chunks, path)
 
     def write_preview(path):
         import imageio.v3 as iio
@@ -233,85 +250,83 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
              video_frames: int = 48, video_res: int = 256, noise_res: int | None = None, glb_resolution: int = 96,
              should_stop: Callable[[], bool] | None = None, stage_progress: StageProgress | None = None,
              keep_partial: bool = False, metadata: dict | None = None, preview_res: int | None = None,
-             ply_sh_degree: int = 0) -> dict:
+             ply_sh_degree: int = 0, time_limit_s: float | None = None) -> dict:
     """Run one generation and write its artefacts (see the module doc) into ``out_dir``.
 
     guidance: a ``cfd.guidance`` backend; config: the ``DistillConfig`` (its
         seed drives the run and the noise video).
     callback: passed on to ``distill`` (return True to stop the run).
-    video_frames, video_res: orbit videos (frames, square pixels). The noise
-        video shows the render next to the noise the run added, drawn from the
-        run's noise source (``distill.noise_source``) at ``noise_res`` (default:
-        the guidance's diffusion resolution, res / latent_factor) with the run's
-        supersampling, shown at video_res.
-    glb_resolution: marching-cubes grid points along the longest side.
-    ply_sh_degree: scene.ply's SH degree, at least the scene's own (3: the
-        48-coefficient layout, zeros above the scene's bands, for viewers that
-        require it).
     should_stop: polled after every step; True stops the run there. Whether the
         run was cancelled is decided once, when the loop ends: stopped before
         its last step. A finished run is exported whatever comes after.
-    stage_progress(stage, done, total): export progress, stage in
-        "render_video", "noise_video", "glb".
+    time_limit_s: wall-clock seconds the loop may take; past them it stops and
+        the scene so far is exported as the result (run.json: ``"stopped_by":
+        "time limit"`` and its ``steps_done``). None: no limit.
     keep_partial: when the run is stopped early, still write the partial
         scene's artefacts (run.json says ``"cancelled": true``); by default a
         cancelled run writes nothing.
     metadata: extra JSON data stored in run.json (e.g. the prompt).
-    preview_res: also write preview.png, the final scene from the preview view
-        (``cameras.preview_camera``) at this many pixels (square); None: no PNG.
+    stage_progress(stage, done, total): export progress (``ExportStep.stage``).
+    video_frames, video_res, noise_res, glb_resolution, preview_res,
+        ply_sh_degree: the exports' settings (``export_steps``).
 
     Returns ``{"cancelled", "out_dir", "files": {key: path}, "summary": run.json
-    data, "scene": the final (or partial) GaussianScene, on the CPU}``; ``files`` is empty
-    and ``out_dir`` None when a cancelled run wrote nothing. A GLB that cannot
-    be meshed (e.g. a fully transparent scene) is skipped, its reason in
-    ``summary["glb_error"]``; any other error removes the staging folder and
-    propagates.
+    data, "scene": the final (or partial) scene, on the CPU}`` (no files and no
+    out_dir when a cancelled run wrote nothing). An unmeshable GLB is skipped
+    (``summary["glb_error"]``); any other error removes the staging folder.
     """
     out_dir = Path(out_dir)
-    check_out_dir(out_dir)                                           # 1. check the inputs
+    check_out_dir(out_dir)                                                           # 1. check the inputs
     cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)   # 2. prepare
-    watch, timings, files, extra = StepWatch(callback, should_stop), {}, {}, {}
-    start = time.perf_counter()
+    watch, timings, start = StepWatch(callback, should_stop, time_limit_s), {}, time.perf_counter()
 
-    def record(scene: GaussianScene, cancelled: bool) -> dict:
+    def record(scene: GaussianScene, cancelled: bool, extra: dict) -> dict:
         timings["total"] = time.perf_counter() - start
         return run_record(config, guidance, cond, watch, len(scene), cancelled, timings, {**extra, **(metadata or {})})
-
-    def stage(name: str):
-        return None if stage_progress is None else (lambda done, total: stage_progress(name, done, total))
 
     # the exports are small-op renders too: the loop's thread policy holds for them
     with run_threads(guidance, config), StagingFolder(out_dir) as staging:
         t0 = time.perf_counter()
-        scene = distill(guidance, config, callback=watch).detach()    # 3. the loop
+        scene = distill(guidance, config, callback=watch, cond=cond).detach()       # 3. the loop
         timings["distill"] = time.perf_counter() - t0
         cancelled = watch.cancelled(config.steps)
         if cancelled and not keep_partial:
-            return {"cancelled": True, "out_dir": None, "files": {}, "summary": record(scene, True),
+            return {"cancelled": True, "out_dir": None, "files": {}, "summary": record(scene, True, {}),
                     "scene": scene.to("cpu")}
-        for step in export_steps(scene, guidance, config, watch.steps_done, video_frames=video_frames,   # 4. exports
-                                 video_res=video_res, noise_res=noise_res, glb_resolution=glb_resolution,
-                                 preview_res=preview_res, ply_sh_degree=ply_sh_degree, stage=stage):
-            t0 = time.perf_counter()
-            if step.announce and stage_progress is not None:
-                stage_progress(step.stage, 0, 1)
-            try:
-                step.write(staging.path / ARTEFACTS[step.key])
-                files[step.key] = ARTEFACTS[step.key]
-            except ValueError as exc:
-                if not step.optional:
-                    raise
-                extra[f"{step.key}_error"] = str(exc)   # nothing to export: the other artefacts still stand
-            timings[step.stage] = timings.get(step.stage, 0.0) + time.perf_counter() - t0
+        steps = export_steps(scene, guidance, config, watch.steps_done, video_frames=video_frames,
+                             video_res=video_res, noise_res=noise_res, glb_resolution=glb_resolution,
+                             preview_res=preview_res, ply_sh_degree=ply_sh_degree, stage_progress=stage_progress)
+        files, extra = write_exports(steps, staging.path, timings, stage_progress)   # 4. exports
         t0 = time.perf_counter()
         extra.update(nearest_reference(scene, guidance, config.res) or {})
         timings["nearest"] = time.perf_counter() - t0
         files["run_json"] = ARTEFACTS["run_json"]
-        data = {**record(scene, cancelled), "files": dict(files)}
+        data = {**record(scene, cancelled, extra), "files": dict(files)}
         write_json(data, staging.path / ARTEFACTS["run_json"])
-        staging.publish()                                            # 5. publish
+        staging.publish()                                                            # 5. publish
     return {"cancelled": cancelled, "out_dir": out_dir, "files": {k: out_dir / v for k, v in files.items()},
             "summary": data, "scene": scene.to("cpu")}
+
+
+def write_exports(steps: list[ExportStep], folder: Path, timings: dict,
+                  stage_progress: StageProgress | None) -> tuple[dict[str, str], dict]:
+    """Run ``steps`` in order into ``folder``: (files written, key → name; notes
+    for run.json: an optional step's ``<key>_error``). Adds each stage's seconds
+    to ``timings``."""
+    files, notes = {}, {}
+    for step in steps:
+        t0 = time.perf_counter()
+        if step.announce and stage_progress is not None:
+            stage_progress(step.stage, 0, 1)
+        try:
+            step.write(folder / ARTEFACTS[step.key])
+            files[step.key] = ARTEFACTS[step.key]
+        except ValueError as exc:
+            if not step.optional:
+                raise
+            notes[f"{step.key}_error"] = str(exc)   # nothing to export: the other artefacts still stand
+        timings[step.stage] = timings.get(step.stage, 0.0) + time.perf_counter() - t0
+    return files, notes
 
 
 def run_record(config: DistillConfig, guidance, cond, watch: StepWatch, n_splats: int, cancelled: bool,
@@ -320,6 +335,7 @@ def run_record(config: DistillConfig, guidance, cond, watch: StepWatch, n_splats
     return {
         "method": config.method, "seed": config.seed, "steps": config.steps,
         "steps_done": watch.steps_done, "skipped_steps": watch.skipped, "res": config.res, "cancelled": cancelled,
+        "stopped_by": watch.stopped_by,
         "guidance": getattr(guidance, "name", type(guidance).__name__),
         "condition": {"prompt": cond.prompt, "negative_prompt": cond.negative_prompt,
                       "guidance_scale": cond.guidance_scale},

@@ -335,3 +335,23 @@ def parse_compare(values: Mapping[str, Any] | None = None, **kwargs) -> tuple[Re
                      f"seeds); choose a seed ≤ {SEED_RANGE[1] - n_seeds + 1}")
     problems.raise_any()
     return base, methods, n_seeds
+
+
+def work_units(request: Request, runs: int = 1) -> float:
+    """The work of ``runs`` runs of ``request`` in default runs of its backend
+    (on this machine: ``params.defaults``): steps × views × res² × runs over
+    the same product of the defaults. A default generation is 1; the default
+    seed comparison (4 seeds × CFD and SDS) is 8."""
+    d = defaults(request.backend)
+    return runs * request.steps * request.views * request.res ** 2 / (d["steps"] * d["views"] * d["res"] ** 2)
+
+
+def check_work(request: Request, runs: int, budget: float) -> None:
+    """RequestError when ``runs`` runs of ``request`` ask for more than ``budget``
+    default runs of work (``work_units``), naming the budget and how to stay in it."""
+    work = work_units(request, runs)
+    if work > budget:
+        raise RequestError(
+            f"this request asks for {work:.3g}× the work of a default run ({runs} run(s) × {request.steps} steps × "
+            f"{request.views} views × {request.res}² pixels) and this app allows {budget:g}× per request. Fix: "
+            "fewer steps or views, a lower resolution, or fewer seeds or methods.")

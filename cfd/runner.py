@@ -33,12 +33,13 @@ from .distill import NonFiniteGradient
 from .export import to_uint8
 from .guidance.base import GuidanceUnavailable
 from .errors import InputError, failure
-from .request import Request, RequestError
+from .request import Request, RequestError, check_work
 from .settings import setting
 from .workers import WorkerPool
 
 RUN_TTL_S = 3600           # folders older than this that no active run owns are swept
 STOP_FILE = ".stop"        # in a run's folder: its work (in this process or a worker) stops
+ADMIT_TTL_S = 3600         # a session's admitted request that never started or finished frees its place after this
 STEP_EVENTS_EVERY_S = 0.2  # a run's progress events without a preview, at most this often
 COMPARE_FRAMES, COMPARE_RES = 24, 128   # each compared seed's orbit loop (GIF)
 RESULT_PREVIEW_RES = 256
@@ -97,6 +98,7 @@ class Item:
     seconds: float
     n_splats: int
     fingerprint: str = ""     # hash of the final scene's parameters (``scene_fingerprint``)
+    limited_at: int | None = None   # the step the time limit stopped it at (None: it ran every step)
 
     @property
     def caption(self) -> str:
@@ -135,7 +137,10 @@ class Done:
         s = self.summary
         near = (f" · nearest variant: **{s['nearest']}** ({s['nearest_family']}, {s['nearest_psnr']:.1f} dB at "
                 f"{s['psnr_res']} px)" if "nearest" in s else "")
-        return f"**Done** in {s['timings_s']['total']:.1f} s · {self.request.label()} · {s['n_splats']} splats{near}"
+        limited = (f" · **stopped by the time limit** after {s['steps_done']}/{s['steps']} steps"
+                   if s.get("stopped_by") == "time limit" else "")
+        return (f"**Done** in {s['timings_s']['total']:.1f} s · {self.request.label()} · {s['n_splats']} splats"
+                f"{limited}{near}")
 
     @property
     def caption(self) -> str:
@@ -261,6 +266,10 @@ RUNS_FOLDER = "cfd-runs"    # the runner's own subfolder of CFD_RUNS_DIR: the on
 RUNS_MARKER = ".cfd-runs"   # the file that says a RUNS_FOLDER is ours
 
 
+class SessionBusy(RequestError):
+    """A session asked for a second request while its first is queued or running."""
+
+
 def runs_folder(parent: Path | str) -> Path:
     """``parent``/cfd-runs, created with its marker file; InputError if a folder of
     that name exists without the marker (not ours: never served, never swept)."""
@@ -278,12 +287,42 @@ class Runner:
     """Owns the active runs: their folders under ``root`` (``runs_folder`` of
     CFD_RUNS_DIR), Stop per session, the sweep."""
 
-    def __init__(self, root: Path | str | None = None, ttl_s: float = RUN_TTL_S, workers: int | None = None):
+    def __init__(self, root: Path | str | None = None, ttl_s: float = RUN_TTL_S, workers: int | None = None,
+                 max_work: float | None = None, time_limit_s: float | None = None):
+        """``max_work``: most work one request may ask for, in default runs
+        (``request.work_units``; None: $CFD_MAX_WORK); ``time_limit_s``:
+        wall-clock seconds one run may distil before it stops and keeps what
+        it has (None: $CFD_RUN_LIMIT_S)."""
         self.root = runs_folder(root or os.environ.get("CFD_RUNS_DIR") or Path(tempfile.gettempdir()) / "cfd-app")
         self.ttl_s = ttl_s
+        self.max_work = setting("CFD_MAX_WORK") if max_work is None else max_work
+        self.time_limit_s = setting("CFD_RUN_LIMIT_S") if time_limit_s is None else time_limit_s
         self.workers = WorkerPool(default_workers() if workers is None else workers)
         self._runs: dict[str, set[Run]] = {}
+        self._admitted: dict[str, float] = {}   # session → when its one request was admitted
         self._lock = threading.Lock()
+
+    # -- admission: what one request may ask for, one request per session at a time
+
+    def admit(self, request: Request, runs: int = 1, session: str | None = None) -> None:
+        """Refuse (RequestError, at once: before the request waits in a queue)
+        work beyond ``max_work`` and a second request of ``session`` while its
+        first is queued or running; else hold ``session``'s one place until
+        ``release(session)`` (a place not released is freed after ``ADMIT_TTL_S``)."""
+        check_work(request, runs, self.max_work)
+        if not session:
+            return
+        with self._lock:
+            since = self._admitted.get(session)
+            if since is not None and time.monotonic() - since < ADMIT_TTL_S:
+                raise SessionBusy("this session already has a request queued or running: wait for it to finish, "
+                                  "or press Stop, then try again")
+            self._admitted[session] = time.monotonic()
+
+    def release(self, session: str | None) -> None:
+        """Free ``session``'s place (its request finished, failed or was stopped)."""
+        with self._lock:
+            self._admitted.pop(session or "", None)
 
     # -- bookkeeping
 
@@ -314,9 +353,11 @@ class Runner:
             return [r for runs in self._runs.values() for r in runs]
 
     def stop(self, session: str | None) -> int:
-        """Ask every run of ``session`` to stop; returns how many. None stops nothing."""
+        """Ask every run of ``session`` to stop and free its place (``admit``);
+        returns how many runs. None stops nothing."""
         if not session:
             return 0
+        self.release(session)
         runs = self.runs(session)
         for run in runs:
             run.cancel()
@@ -360,7 +401,8 @@ class Runner:
         def work(run: Run):
             return pipeline_generate(guidance, config, run.folder / "result", callback=run.step_callback,
                                      should_stop=run.stop.is_set, stage_progress=run.stage_progress,
-                                     metadata=request.metadata(), **request.exports.pipeline_kwargs())
+                                     metadata=request.metadata(), time_limit_s=self.time_limit_s,
+                                     **request.exports.pipeline_kwargs())
 
         try:
             run.start(work)
@@ -396,7 +438,8 @@ class Runner:
             items = []
             for i, job in enumerate(jobs):
                 run.job = i
-                result = compare_job(job, guidance, run.folder / _gif_name(job), run.step_callback, run.stop.is_set)
+                result = compare_job(job, guidance, run.folder / _gif_name(job), run.step_callback, run.stop.is_set,
+                                     time_limit_s=self.time_limit_s)
                 if result is None:
                     return None
                 items.append(_item(job, result))
@@ -439,7 +482,8 @@ class Runner:
 
         for i, job in enumerate(jobs):
             self.workers.submit({"job": i, "values": job.values(), "gif": str(run.folder / _gif_name(job)),
-                                 "stop_file": str(run.folder / STOP_FILE)}, handler(i, job))
+                                 "stop_file": str(run.folder / STOP_FILE), "time_limit_s": self.time_limit_s},
+                                handler(i, job))
         for _ in jobs:
             left.acquire()
         if errors:
@@ -459,7 +503,7 @@ def _gif_name(job: Request) -> str:
 
 def _item(job: Request, result: dict) -> Item:
     return Item(job, Path(result["gif"]), result["near"], result["seconds"], result["n_splats"],
-                result["fingerprint"])
+                result["fingerprint"], result["steps_done"] if result["stopped_by"] else None)
 
 
 _RAISED = {"RequestError": RequestError, "SettingError": InputError, "InputError": InputError,
@@ -486,26 +530,28 @@ def scene_fingerprint(scene) -> str:
 
 
 def compare_job(request: Request, guidance, gif: Path, step_callback: Callable, should_stop: Callable[[], bool],
-                cpu_threads: int | None = None) -> dict | None:
+                cpu_threads: int | None = None, time_limit_s: float | None = None) -> dict | None:
     """One run of a seed comparison (in a thread or a worker process): distil
     ``request``, write its orbit GIF to ``gif``, measure its nearest variant.
     ``cpu_threads``: instead of the config's (a worker beside others takes one;
-    the scene is the same at any thread count). Returns plain data (gif, near,
-    seconds, n_splats, fingerprint), or None if stopped."""
+    the scene is the same at any thread count); ``time_limit_s``: the loop's
+    wall-clock limit (``pipeline.StepWatch``). Returns plain data (gif, near,
+    seconds, n_splats, fingerprint, steps_done, stopped_by), or None if stopped."""
     from .distill import distill, run_threads
     from .export import orbit_frames, write_gif
-    from .pipeline import nearest_reference
+    from .pipeline import StepWatch, nearest_reference
 
     t0 = time.perf_counter()
     config = request.config() if cpu_threads is None else replace(request.config(), cpu_threads=cpu_threads)
-    scene = distill(guidance, config, callback=step_callback)
-    if should_stop():
+    watch = StepWatch(step_callback, should_stop, time_limit_s)
+    scene = distill(guidance, config, callback=watch)
+    if watch.cancelled(config.steps) or should_stop():
         return None
     with run_threads(guidance, config):
         write_gif(orbit_frames(scene, n_frames=COMPARE_FRAMES, res=COMPARE_RES), gif)
         near = nearest_reference(scene, guidance, config.res)
     return {"gif": str(gif), "near": near, "seconds": time.perf_counter() - t0, "n_splats": len(scene),
-            "fingerprint": scene_fingerprint(scene)}
+            "fingerprint": scene_fingerprint(scene), "steps_done": watch.steps_done, "stopped_by": watch.stopped_by}
 
 
 def compare_table(items: list[Item]) -> str:
@@ -523,8 +569,9 @@ def compare_table(items: list[Item]) -> str:
         near = it.near or {}
         cells = (near.get("nearest", "–"), near.get("nearest_family", "–"),
                  f"{near['nearest_psnr']:.1f}" if near else "–")
+        limited = "" if it.limited_at is None else f" (time limit: step {it.limited_at}/{it.request.steps})"
         lines.append(f"| {it.request.method} | {it.request.seed} | {' | '.join(cells)} | {it.n_splats} | "
-                     f"{it.seconds:.1f} |")
+                     f"{it.seconds:.1f}{limited} |")
         if near:
             reached.setdefault(it.request.method, []).append(near)
     if reached:

@@ -29,7 +29,10 @@ SETTINGS = {
     "CFD_CONCURRENCY": Setting(int, 1, 1, 64, "runs at once in the app (keep it to what the GPU's memory holds)"),
     "CFD_MAX_SEEDS": Setting(int, 4, 1, 64, "most seeds in one Compare"),
     "CFD_QUEUE_SIZE": Setting(int, 32, 1, 100_000, "requests waiting in the app's queue"),
-    "CFD_GPU_DURATION": Setting(int, 300, 1, 3600, "ZeroGPU seconds per call"),
+    "CFD_MAX_WORK": Setting(float, 24.0, 0.01, 1e6, "work one app request may ask for, in default runs of its "
+                            "backend (steps × views × pixels × runs)"),
+    "CFD_RUN_LIMIT_S": Setting(float, 600.0, 1, 86_400, "wall-clock seconds one run of the app may distil before "
+                               "it stops and keeps what it has"),
     "CFD_WORKERS": Setting(int, None, 1, 256, "Compare's worker processes on a CPU (default: one per core)"),
     "CFD_BATCH_TIMEOUT_H": Setting(float, 24.0, 0.01, 10_000, "hours a batch process waits for the slowest one"),
     "GRADIO_SERVER_PORT": Setting(int, 7860, 1, 65535, "the app's port"),

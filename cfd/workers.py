@@ -8,7 +8,8 @@ later jobs, each with its own cached guidance (``cfd.backends``), warmed up for 
 given request when it starts.
 
 Protocol (JSON lines): the pool writes one job per line to a worker's stdin,
-``{"job": id, "values": request values, "gif": path, "stop_file": path}``; the
+``{"job": id, "values": request values, "gif": path, "stop_file": path,
+"time_limit_s": seconds or None}``; the
 worker answers on stdout with ``{"job": id, "event": "step", "step", "steps", "t",
 "n_splats"}`` lines, then one ``{"event": "done", "result": {...}}`` (see
 ``runner.compare_job``) or ``{"event": "error", "type", "message", "traceback"}``;
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             request = rq.parse_request(job["values"])
-            result = compare_job(request, backends.prepare(request), Path(job["gif"]), step, stop_file.exists, cpu_threads=1)
+            result = compare_job(request, backends.prepare(request), Path(job["gif"]), step, stop_file.exists,
+                                 cpu_threads=1, time_limit_s=job.get("time_limit_s"))
             send({"job": job["job"], "event": "done", "result": result})
         except Exception as exc:  # noqa: BLE001 - handed to the pool, which re-raises it for the consumer
             send({"job": job["job"], "event": "error", "type": type(exc).__name__, "message": str(exc),

@@ -59,7 +59,7 @@ def served_app(runs: Path, **env):
         mp.setenv(key, value)
     import app
 
-    demo = app.build_demo()
+    demo = app.create_app()
     _, url, _ = demo.launch(**{**app.launch_kwargs(), "server_name": "127.0.0.1", "server_port": free_port(),
                                "prevent_thread_lock": True, "quiet": True})
     try:
@@ -67,4 +67,5 @@ def served_app(runs: Path, **env):
     finally:
         demo.close()
         app.RUNNER.workers.close()
+        app.RUNNER = None      # the next served app starts its own engine (its own runs folder)
         mp.undo()

@@ -305,6 +305,51 @@ def test_client_cancel_stops_the_run_and_removes_its_folder(served):
     assert Path(ply).is_file()
 
 
+def test_work_over_the_budget_is_refused_before_it_is_queued(served):
+    """/generate and /compare refuse a request beyond CFD_MAX_WORK (24 default runs)
+    when it is sent, with the budget and the fix; nothing runs, no folder is made."""
+    app, client, runs = served
+    with pytest.raises(Exception) as excinfo:
+        generate(client, steps=3000, views=8, res=128)
+    assert excinfo.typename == "ValidationError", error_text(excinfo)
+    assert re.search(r"steps: this request asks for 120× the work of a default run .* allows 24× per request\. "
+                     r"Fix: fewer steps or views", error_text(excinfo)), error_text(excinfo)
+    with pytest.raises(Exception) as excinfo:
+        client.predict(steps=3000, n_seeds=4, methods=["cfd", "sds"], api_name="/compare")
+    assert "asks for 120× the work" in error_text(excinfo), error_text(excinfo)
+    assert not run_dirs(runs) and not app.RUNNER.runs()
+
+
+def test_a_session_queues_one_request_at_a_time(served, tmp_path):
+    """While a session's request runs, a second one of that session is refused at
+    once; another session still runs; Stop frees the place."""
+    app, client, runs = served
+    other = Client(client.src, verbose=False, download_files=str(tmp_path))
+    try:
+        job = client.submit(prompt="a toy", seed=5, steps=3000, api_name="/generate")
+        _wait_running(app, runs, client.session_hash)
+        with pytest.raises(Exception) as excinfo:
+            generate(client, steps=10)
+        assert "prompt: this session already has a request queued or running" in error_text(excinfo)
+        queued = other.submit(prompt="a toy", seed=2, steps=10, api_name="/generate")   # admitted: it waits
+        app.RUNNER.stop(client.session_hash)
+        job.result(timeout=60)
+        assert Path(queued.result(timeout=120)[0]).is_file()
+        ply, *_ = generate(client, steps=10, seed=3)
+        assert Path(ply).is_file()
+    finally:
+        other.close()
+
+
+def test_a_run_past_the_time_limit_keeps_its_result(served, monkeypatch):
+    app, client, runs = served
+    monkeypatch.setattr(app.RUNNER, "time_limit_s", 0.0)
+    ply, render_mp4, noise_mp4, summary, downloads, status = generate(client, steps=200)
+    assert summary["stopped_by"] == "time limit" and summary["steps_done"] == 1 and not summary["cancelled"]
+    assert Path(ply).is_file() and Path(render_mp4).is_file()
+    assert "stopped by the time limit** after 1/200 steps" in status, status
+
+
 def test_out_of_memory_suggests_a_lower_resolution(served, monkeypatch):
     app, client, runs = served
 
@@ -348,7 +393,7 @@ def test_launch_settings_respect_gradio_env(monkeypatch, tmp_path):
     assert "server_name" not in app.launch_kwargs() and "server_port" not in app.launch_kwargs()
 
 
-def test_a_process_that_imports_the_app_and_exits_at_once_exits_cleanly(tmp_path):
+def test_a_process_that_starts_the_app_and_exits_at_once_exits_cleanly(tmp_path):
     """The start-up warm-up renders in a thread; exiting during it must not abort
     the interpreter mid torch op ('terminate called …', exit status 134)."""
     import os
@@ -356,6 +401,24 @@ def test_a_process_that_imports_the_app_and_exits_at_once_exits_cleanly(tmp_path
     import sys
 
     env = {**os.environ, "CFD_RUNS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", "import app"], cwd=Path(__file__).resolve().parents[1],
+    done = subprocess.run([sys.executable, "-c", "import app; app.start()"], cwd=Path(__file__).resolve().parents[1],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
+    assert (tmp_path / "cfd-runs" / ".cfd-runs").is_file()
+
+
+def test_importing_the_app_builds_the_ui_and_starts_nothing(tmp_path):
+    """``import app`` gives the Space its ``demo`` but starts no thread, no worker
+    process and makes no folder: ``start()`` (``python app.py``) does that."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import threading, app; "
+             "print(sorted(t.name for t in threading.enumerate()), app.RUNNER, type(app.demo).__name__)")
+    env = {**os.environ, "CFD_RUNS_DIR": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['MainThread'] None Blocks", done.stdout
+    assert not (tmp_path / "runs").exists()

@@ -56,6 +56,32 @@ def test_write_video_is_browser_h264_with_even_size(tmp_path):
         write_video(np.zeros((0, 8, 8, 3), np.uint8), tmp_path / "empty.mp4")
 
 
+def test_write_video_streams_chunks_holding_one_at_a_time(tmp_path):
+    """An iterator of frame chunks is encoded as it comes: each chunk is released
+    before the next is made (480 frames at 1024² would not fit otherwise), and
+    the video is the one the stacked frames give."""
+    import weakref
+
+    import imageio.v3 as iio
+
+    frames = torch.rand(20, 32, 48, 3, generator=torch.Generator().manual_seed(0))
+    alive = []
+
+    def chunks():
+        for i in range(0, 20, 4):
+            chunk = frames[i:i + 4].clone()
+            alive.append(weakref.ref(chunk))
+            yield chunk
+            del chunk
+            assert all(ref() is None for ref in alive[:-1]), "an earlier chunk is still held"
+
+    streamed = iio.imread(str(write_video(chunks(), tmp_path / "s.mp4")), plugin="FFMPEG")
+    stacked = iio.imread(str(write_video(frames, tmp_path / "a.mp4")), plugin="FFMPEG")
+    assert len(alive) == 5 and streamed.shape == (20, 32, 48, 3) and np.array_equal(streamed, stacked)
+    with pytest.raises(ValueError, match="a chunk of 16×16 frames in a 48×32 video"):
+        write_video(iter([frames[:2], torch.zeros(2, 16, 16, 3)]), tmp_path / "bad.mp4")
+
+
 def test_orbit_frames_start_with_a_direct_render(small_scene):
     frames = orbit_frames(small_scene, n_frames=4, res=48)
     assert frames.shape == (4, 48, 48, 3) and not frames.requires_grad

@@ -38,3 +38,12 @@ def test_a_run_stopped_early_writes_nothing(prior, tmp_path):
     result = generate(prior, small(), tmp_path / "run", callback=lambda info: info.step == 4, **EXPORTS)
     assert result["cancelled"] is True and result["out_dir"] is None and result["summary"]["steps_done"] == 4
     assert not any(tmp_path.iterdir())
+
+
+def test_a_run_past_its_time_limit_stops_and_keeps_what_it_has(prior, tmp_path):
+    result = generate(prior, small(), tmp_path / "run", time_limit_s=0.0, **EXPORTS)
+    summary = result["summary"]
+    assert result["cancelled"] is False and summary["stopped_by"] == "time limit"
+    assert summary["steps_done"] == 1 and (tmp_path / "run" / "scene.ply").is_file()
+    finished = generate(prior, small(), tmp_path / "run2", time_limit_s=3600, **EXPORTS)["summary"]
+    assert finished["stopped_by"] is None and finished["steps_done"] == 10

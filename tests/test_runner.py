@@ -139,3 +139,25 @@ def test_a_failing_worker_job_comes_back_as_its_own_kind_of_error(tmp_path):
     error = _raised(events[-1])
     assert isinstance(error, RequestError) and "giraffe" in str(error)
     assert failure(error).expected and failure(error).title == "Invalid input"
+
+
+def test_admission_refuses_work_over_the_budget_and_a_second_request_per_session(tmp_path):
+    from cfd.request import parse_request, work_units
+    from cfd.runner import SessionBusy
+
+    runner = Runner(tmp_path, max_work=24)
+    default, big = parse_request(), parse_request(steps=3000, views=8, res=128)
+    assert work_units(default) == 1 and work_units(default, runs=8) == 8 and work_units(big) == 120
+    with pytest.raises(InputError, match=r"asks for 120× the work of a default run .* allows 24× per request"):
+        runner.admit(big, 1, "a")
+    with pytest.raises(InputError, match=r"asks for 40×"):
+        runner.admit(default, 40, "a")
+    runner.admit(default, 8, "a")                        # a default comparison
+    with pytest.raises(SessionBusy, match="already has a request queued or running"):
+        runner.admit(default, 1, "a")
+    runner.admit(default, 1, "b")                        # another session is not held up
+    runner.admit(default, 1, None)                       # nor are requests without a session
+    runner.release("a")
+    runner.admit(default, 1, "a")
+    runner.stop("a")                                     # Stop frees the place too
+    runner.admit(default, 1, "a")
