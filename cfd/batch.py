@@ -380,6 +380,25 @@ def _parse(args: argparse.Namespace):
     return prompts, seeds, methods, base
 
 
+def _main_plan(out: Path, jobs: list, base) -> list[int] | str:
+    """The main process's plan: the output folder made and swept (before the plan
+    is broadcast, so no process is writing yet), then ``pending_jobs``."""
+    out.mkdir(parents=True, exist_ok=True)
+    sweep(out)
+    options = {**base.values(), "scenes": list(base.scenes) or None, "model": base.model,
+               "exports": base.exports.pipeline_kwargs()}
+    return pending_jobs(out, jobs, options)
+
+
+def _outcome(result: dict) -> str:
+    """One job's log line after its path: ok (with its nearest variant) or FAILED (with why)."""
+    if result["status"] != "ok":
+        return f"FAILED after {result['seconds']:.1f} s: {result['error']}"
+    run = result["run"]
+    near = f", nearest {run['nearest']} {run['nearest_psnr']:.1f} dB" if run.get("nearest") else ""
+    return f"ok in {result['seconds']:.1f} s{near}"
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
     from accelerate import PartialState
@@ -399,13 +418,7 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(1)  # processes share the cores (the loop runs single-threaded anyway)
     where = {"process": rank, "processes": world, "host": socket.gethostname(),
              "device": str(state.device) if cuda else "cpu"}
-    plan_or_error = None
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        sweep(out)  # before the broadcast, so no process is writing yet
-        options = {**base.values(), "scenes": list(base.scenes) or None, "model": base.model,
-                   "exports": base.exports.pipeline_kwargs()}
-        plan_or_error = pending_jobs(out, jobs, options)
+    plan_or_error = _main_plan(out, jobs, base) if state.is_main_process else None
     pending = broadcast_object_list([plan_or_error])[0]  # one list for every process, even on a lagging disk
     if isinstance(pending, str):
         raise RequestError(pending)
@@ -427,14 +440,8 @@ def main(args: argparse.Namespace) -> int:
                 guidance_for(base, allow_download=True)
         preview_res = min(256, base.exports.video_res)
         for n, i in enumerate(mine, 1):
-            job = jobs[i]
-            result = run_job(job, base, out, where, preview_res)
-            if result["status"] == "ok":
-                run = result["run"]
-                near = f", nearest {run['nearest']} {run['nearest_psnr']:.1f} dB" if run.get("nearest") else ""
-                log(f"{tag} {n}/{len(mine)} {job.path}: ok in {result['seconds']:.1f} s{near}")
-            else:
-                log(f"{tag} {n}/{len(mine)} {job.path}: FAILED after {result['seconds']:.1f} s: {result['error']}")
+            result = run_job(jobs[i], base, out, where, preview_res)
+            log(f"{tag} {n}/{len(mine)} {jobs[i].path}: {_outcome(result)}")
         state.wait_for_everyone()
         state.destroy_process_group()  # the index is written from disk: no collective after this
     finally:

@@ -153,21 +153,8 @@ def bench_toy(args) -> dict:
             finals[spec, seed] = scene
             print(f"toy {spec:>10} seed {seed}: best {psnr[nearest]:5.1f} dB ({names[nearest]}, "
                   f"{near['nearest_family']}) {seconds:5.1f} s", file=sys.stderr)
-    summary = {}
-    for spec in methods:
-        rs = [r for r in runs if r["method"] == spec]
-        best = [max(r["psnr"]) for r in rs]
-        reached = [r["nearest"] for r in rs if max(r["psnr"]) >= args.reach_db]
-        counts = torch.bincount(torch.tensor([r["nearest"] for r in rs]), minlength=len(names)).double()
-        p = counts[counts > 0] / counts.sum()
-        summary[spec] = {"mean_best_psnr": round(statistics.mean(best), 2),
-                         "distinct_modes": len(set(reached)),
-                         "distinct_families": len({prior.vocabulary.family(k) for k in reached}),
-                         "in_prompt": sum(r["nearest"] in selected for r in rs),
-                         "mean_pairwise_psnr": _mean_pairwise_psnr([finals[spec, seed] for seed in seeds], args.res),
-                         "chimeras": len(rs) - len(reached),
-                         "mode_entropy": round(abs(float(-(p * p.log2()).sum())), 3),
-                         "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
+    summary = {spec: _toy_summary([r for r in runs if r["method"] == spec], [finals[spec, s] for s in seeds],
+                                  prior, selected, args) for spec in methods}
     if args.figure:
         _toy_figure(finals, methods, seeds, args.figure)
     _print_table(summary, len(seeds), args.reach_db, args.prior, args.views)
@@ -175,6 +162,22 @@ def bench_toy(args) -> dict:
               "reach_db": args.reach_db, "prior": args.prior, "views": args.views, "prompt": args.prompt,
               "guidance_scale": args.guidance_scale, "psnr": {"res": args.res, "views": PSNR_VIEWS}}
     return {"config": config, "runs": runs, "summary": summary}
+
+
+def _toy_summary(rs: list[dict], scenes: list, prior, selected: set, args) -> dict:
+    """One method's line of ``bench_toy``: its runs ``rs`` and their final ``scenes``."""
+    best = [max(r["psnr"]) for r in rs]
+    reached = [r["nearest"] for r in rs if max(r["psnr"]) >= args.reach_db]
+    counts = torch.bincount(torch.tensor([r["nearest"] for r in rs]), minlength=len(prior.names)).double()
+    p = counts[counts > 0] / counts.sum()
+    return {"mean_best_psnr": round(statistics.mean(best), 2),
+            "distinct_modes": len(set(reached)),
+            "distinct_families": len({prior.vocabulary.family(k) for k in reached}),
+            "in_prompt": sum(r["nearest"] in selected for r in rs),
+            "mean_pairwise_psnr": _mean_pairwise_psnr(scenes, args.res),
+            "chimeras": len(rs) - len(reached),
+            "mode_entropy": round(abs(float(-(p * p.log2()).sum())), 3),
+            "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
 
 
 ASYMMETRIC_FAMILIES = ("rubber_duck", "rocket", "snowman")   # a front and a back that differ: Janus shows
@@ -223,17 +226,8 @@ def bench_recipe(args) -> dict:
                       f"({near['nearest']}, {family}) agreement {agreement:.2f} {seconds:5.1f} s", file=sys.stderr)
     summary = {}
     for method in methods:
-        rs = [r for r in runs if r["method"] == method]
-        asym = [r["view_agreement"] for r in rs if r["family"] in ASYMMETRIC_FAMILIES and r["in_family"]]
-        summary[method] = {
-            "in_family": sum(r["in_family"] for r in rs), "runs": len(rs),
-            "mean_psnr": round(statistics.mean(r["psnr"] for r in rs), 2),
-            "view_agreement": round(statistics.mean(r["view_agreement"] for r in rs), 3),
-            "view_agreement_asymmetric": round(statistics.mean(asym), 3) if asym else None,
-            "distinct_variants_per_prompt": round(statistics.mean(
-                len({r["nearest"] for r in rs if r["prompt"] == p}) for p in prompts), 2),
-            "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
-        print(f"| {args.label or 'defaults'} | {method} | {summary[method]['in_family']}/{len(rs)} | "
+        summary[method] = _recipe_summary([r for r in runs if r["method"] == method], prompts)
+        print(f"| {args.label or 'defaults'} | {method} | {summary[method]['in_family']}/{summary[method]['runs']} | "
               f"{summary[method]['mean_psnr']:.2f} | {summary[method]['view_agreement_asymmetric']} | "
               f"{summary[method]['distinct_variants_per_prompt']} | {summary[method]['mean_seconds']:.1f} |",
               file=sys.stderr)
@@ -242,6 +236,18 @@ def bench_recipe(args) -> dict:
               "camera_input": args.camera_input, "view_suffix": args.view_suffix, "label": args.label,
               "psnr": {"res": "the run's res", "views": PSNR_VIEWS}}
     return {"config": config, "runs": runs, "summary": summary}
+
+
+def _recipe_summary(rs: list[dict], prompts: list[str]) -> dict:
+    """One method's line of ``bench_recipe`` over its runs ``rs``."""
+    asym = [r["view_agreement"] for r in rs if r["family"] in ASYMMETRIC_FAMILIES and r["in_family"]]
+    return {"in_family": sum(r["in_family"] for r in rs), "runs": len(rs),
+            "mean_psnr": round(statistics.mean(r["psnr"] for r in rs), 2),
+            "view_agreement": round(statistics.mean(r["view_agreement"] for r in rs), 3),
+            "view_agreement_asymmetric": round(statistics.mean(asym), 3) if asym else None,
+            "distinct_variants_per_prompt": round(statistics.mean(
+                len({r["nearest"] for r in rs if r["prompt"] == p}) for p in prompts), 2),
+            "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
 
 
 def _mean_pairwise_psnr(scenes: list, res: int) -> float | None:
@@ -383,24 +389,31 @@ def bench_noise(args) -> dict:
         print(f"noise {name}: {cross} {view}", file=sys.stderr)
 
     out["gpu"] = _noise_gpu_check() if torch.cuda.is_available() else None
+    out["cost"] = _noise_cost(args.repeats)
+    return out
 
-    # cost: one 64×64×4 draw at 8× supersampling vs one 512² render+backward (20k splats), on the GPU if any
+
+def _noise_cost(repeats: int) -> dict:
+    """One 64×64×4 noise draw at 8× supersampling vs one 512² render + backward
+    (20k splats), on the GPU if any."""
+    from .noise import noise_from_surface
+    from .render import render
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scene = bench_scene(20_000).to(device).requires_grad_(True)
     cam = orbit_camera(30, 20, RADIUS, FOV_DEG, 512, 512)
     with torch.no_grad():
         surf = render(scene, cam)
-    draw = _timeit(lambda: noise_from_surface(surf.depth, surf.alpha, cam, 0, supersample=8), args.repeats)
+    draw = _timeit(lambda: noise_from_surface(surf.depth, surf.alpha, cam, 0, supersample=8), repeats)
 
     def render_backward():
         o = render(scene, cam)
         o.rgb.sum().backward()
 
-    step = _timeit(render_backward, max(1, args.repeats // 3))
-    out["cost"] = {"device": device, "noise_64x64x4_ss8_ms": round(draw, 1), "render_backward_512_20k_ms": round(step, 1),
-                   "ratio": round(draw / step, 4), "limit": 0.05}
+    step = _timeit(render_backward, max(1, repeats // 3))
     print(f"noise cost: {draw:.1f} ms vs render+backward {step:.1f} ms ({100 * draw / step:.1f} %)", file=sys.stderr)
-    return out
+    return {"device": device, "noise_64x64x4_ss8_ms": round(draw, 1), "render_backward_512_20k_ms": round(step, 1),
+            "ratio": round(draw / step, 4), "limit": 0.05}
 
 
 def _noise_gpu_check() -> dict:
@@ -480,11 +493,11 @@ def _render_references(prior, config) -> None:
                            cond.support(len(prior.scenes)))
 
 
-def bench_speed(args) -> dict:
-    """Per-step time of the whole loop, broken down by phase."""
-    from .distill import DistillConfig, distill
+def _speed_setup(args, device: str):
+    """(guidance, config) of ``bench_speed``: the exact prior over ``--objects``
+    (references rendered ahead), or SD-2.1's architecture with random weights."""
+    from .distill import DistillConfig
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.backend == "exact":
         guidance = _exact_prior(args.objects, multiview=args.batch_views > 1).to(device)
         config = DistillConfig(method=args.method, steps=args.steps + args.warmup, res=args.res,
@@ -503,6 +516,15 @@ def bench_speed(args) -> dict:
                                                     res=args.res, batch_views=args.batch_views,
                                                     init_splats=args.splats, preview_every=0,
                                                     **({} if args.densify else {"densify_every": 0}))
+    return guidance, config
+
+
+def bench_speed(args) -> dict:
+    """Per-step time of the whole loop, broken down by phase."""
+    from .distill import distill
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    guidance, config = _speed_setup(args, device)
     timer = PhaseTimer()
     marks, splats = [], [(0, config.init_splats)]
     skipped = {"steps": 0}
@@ -570,19 +592,8 @@ FAMILY_PROMPTS = ("a snowman,a mushroom,a rubber duck,a toy rocket,a cactus in a
                   "sunflowers in a pot,tulips in a pot")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cfd.bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("render", help="renderer forward/backward time and memory")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--json", type=Path, help="write the result here")
-    p = sub.add_parser("noise", help="consistent noise: per-view statistics, cross-view correlation, cost")
-    p.add_argument("--res", type=int, default=64)
-    p.add_argument("--supersample", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--json", type=Path)
-    p = sub.add_parser("toy", help="CFD vs SDS vs ablations on the exact prior (PSNR, diversity, time)")
+def _toy_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``bench toy``."""
     p.add_argument("--scenes", type=Path, nargs="*", help="reference PLYs (default: --scene-set)")
     p.add_argument("--scene-set", default="toys", help="bundled set id(s), comma-separated, or 'all'")
     p.add_argument("--originals", action="store_true",
@@ -600,7 +611,10 @@ def main(argv=None) -> int:
     p.add_argument("--reach-db", type=float, default=25.0, help="PSNR at which a run counts as reaching its scene")
     p.add_argument("--figure", type=Path, help="write a PNG grid of final renders (method × seed)")
     p.add_argument("--json", type=Path)
-    p = sub.add_parser("recipe", help="an SD recipe on tiny-sd against the bundled ground truth")
+
+
+def _recipe_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``bench recipe``."""
     p.add_argument("--backend", choices=["tiny-sd"], default="tiny-sd")
     p.add_argument("--prompts", default=FAMILY_PROMPTS, help="comma-separated (default: the 8 family captions)")
     p.add_argument("--methods", default="cfd,sds")
@@ -614,7 +628,10 @@ def main(argv=None) -> int:
     p.add_argument("--view-suffix", choices=["on", "off"], default="on")
     p.add_argument("--label", default="", help="the recipe's name in the printed table row")
     p.add_argument("--json", type=Path)
-    p = sub.add_parser("speed", help="per-step time breakdown of the loop")
+
+
+def _speed_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``bench speed``."""
     p.add_argument("--backend", choices=["exact", "sd-random"], default="exact")
     p.add_argument("--method", default="cfd")
     p.add_argument("--res", type=int, default=32, help="render resolution (SD: 512 for 64² latents)")
@@ -634,7 +651,29 @@ def main(argv=None) -> int:
                    help="densify as the preset does (every 10 %% of the run until half-way); "
                         "reports the splat-count curve")
     p.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m cfd.bench``: one subcommand per benchmark."""
+    parser = argparse.ArgumentParser(prog="python -m cfd.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("render", help="renderer forward/backward time and memory")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", type=Path, help="write the result here")
+    p = sub.add_parser("noise", help="consistent noise: per-view statistics, cross-view correlation, cost")
+    p.add_argument("--res", type=int, default=64)
+    p.add_argument("--supersample", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", type=Path)
+    _toy_options(sub.add_parser("toy", help="CFD vs SDS vs ablations on the exact prior (PSNR, diversity, time)"))
+    _recipe_options(sub.add_parser("recipe", help="an SD recipe on tiny-sd against the bundled ground truth"))
+    _speed_options(sub.add_parser("speed", help="per-step time breakdown of the loop"))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     result = {"command": args.command, "environment": _environment(), **COMMANDS[args.command](args)}
     text = json.dumps(result, indent=2)
     if args.json:

@@ -368,6 +368,32 @@ def _precisions(scene: GaussianScene, extra_var: float) -> tuple[Tensor, Tensor,
     return prec.float(), axis_std.float(), amp.float()
 
 
+def _contributing(scene: GaussianScene, min_contribution: float) -> GaussianScene:
+    """The splats of ``scene`` (float32, on the CPU) whose opacity exceeds ``min_contribution``."""
+    s = scene.detach().to("cpu").map(lambda t: t.float())
+    if len(s) == 0:
+        raise ValueError("density_grid: the scene has no splats")
+    keep = s.opacities > min_contribution
+    if not keep.any():
+        raise ValueError("density_grid: every splat is transparent (opacity ≤ %g)" % min_contribution)
+    return s.select(keep)
+
+
+def _grid_box(s: GaussianScene, reach: Tensor, resolution: int, margin: float) -> tuple[Tensor, float, tuple]:
+    """(origin [3], voxel size h, (nx, ny, nz)) of ``density_grid``'s grid, from
+    the splats' unblurred ±``reach``σ extents (the blur needs h, h needs the box)."""
+    _, axis_std0, _ = _precisions(s, 0.0)
+    lo = (s.means - reach[:, None] * axis_std0).min(0).values
+    hi = (s.means + reach[:, None] * axis_std0).max(0).values
+    side = float((hi - lo).max())
+    if not math.isfinite(side) or side <= 0:
+        raise ValueError("density_grid: the scene has no extent")
+    lo, hi = lo - margin * side, hi + margin * side
+    h = side * (1 + 2 * margin) / (resolution - 1)
+    dims = torch.clamp(((hi - lo) / h).ceil().long() + 1, min=2)
+    return lo, h, tuple(int(d) for d in dims)
+
+
 def density_grid(scene: GaussianScene, resolution: int = 128, margin: float = 0.05, *,
                  sigmas: float = 3.0, min_contribution: float = 1e-3, antialias: bool = True,
                  colors: bool = False, chunk: int = 1 << 21
@@ -393,29 +419,10 @@ def density_grid(scene: GaussianScene, resolution: int = 128, margin: float = 0.
     """
     if resolution < 4:
         raise ValueError(f"density_grid: resolution must be ≥ 4, got {resolution}")
-    s = scene.detach().to("cpu").map(lambda t: t.float())
-    n = len(s)
-    if n == 0:
-        raise ValueError("density_grid: the scene has no splats")
+    s = _contributing(scene, min_contribution)
     opac = s.opacities
-    keep = opac > min_contribution
-    if not keep.any():
-        raise ValueError("density_grid: every splat is transparent (opacity ≤ %g)" % min_contribution)
-    s = s.select(keep)
-    opac = opac[keep]
     reach = torch.sqrt(2 * torch.log(opac / min_contribution)).clamp(max=sigmas)  # [N] in σ
-
-    # grid from the unblurred extents (blur needs h, h needs the box)
-    _, axis_std0, _ = _precisions(s, 0.0)
-    lo = (s.means - reach[:, None] * axis_std0).min(0).values
-    hi = (s.means + reach[:, None] * axis_std0).max(0).values
-    side = float((hi - lo).max())
-    if not math.isfinite(side) or side <= 0:
-        raise ValueError("density_grid: the scene has no extent")
-    lo, hi = lo - margin * side, hi + margin * side
-    h = side * (1 + 2 * margin) / (resolution - 1)
-    dims = torch.clamp(((hi - lo) / h).ceil().long() + 1, min=2)
-    nx, ny, nz = (int(d) for d in dims)
+    lo, h, (nx, ny, nz) = _grid_box(s, reach, resolution, margin)
 
     prec, axis_std, amp = _precisions(s, (h / 2) ** 2 if antialias else 0.0)
     log_amp = torch.log(opac * (amp if antialias else 1.0))
