@@ -63,9 +63,12 @@ class DistillConfig:
     loss_space: str = "latent"
     # cfd-sde refresh rate: a constant γ per step of this run, or knots ((progress, γ), …)
     # of a schedule whose γ are per step of a gamma_reference_steps-long run (None: of
-    # this run); see schedule.GammaSchedule
-    gamma: float | tuple = 1e-4
-    gamma_reference_steps: int | None = None
+    # this run); see schedule.GammaSchedule. Default, every backend: the authors' γ
+    # knots at the fractions of the run where they put them (per step of their
+    # 25 000-step run), so the field is refreshed many times over in the first 20 %
+    # and keeps about half its correlation over the last 60 %
+    gamma: float | tuple = AUTHORS_SD_GAMMA_KNOTS
+    gamma_reference_steps: int | None = AUTHORS_SD_STEPS
     supersample: int = 2           # noise sub-pixels per side for pixel-space guidance (latent_factor 1);
                                    # latent guidance (SD ×8, ExactPrior ×2) reuses its render instead
     # training views; the exact prior's default is a pool of 64 views so its
@@ -137,15 +140,14 @@ class DistillConfig:
     def for_stable_diffusion(**overrides) -> "DistillConfig":
         """Defaults for SD-2.1-base (README "Stable Diffusion settings"): 512²
         renders (64² latents), 1000 steps; the authors' SD-stage t knots
-        980 → 692 (10 %) → 404 (50 %) → 212 and γ schedule (cfd-sde) at the
-        fractions of the run where they put them; DreamGaussian's splat
+        980 → 692 (10 %) → 404 (50 %) → 212 at the fractions of the run where
+        they put them (the γ schedule of cfd-sde is every backend's); DreamGaussian's splat
         learning rates and 5000 initial splats, densified every 10 % of the run
         until half-way (``densify_every`` follows ``steps`` unless given), random
         backgrounds. Prompt defaults (negative prompt, CFG, view suffixes) are
         the guidance's: ``cfd.guidance.stable_diffusion``."""
         steps = overrides.get("steps", 1000)
         base = DistillConfig(res=512, steps=steps, t_knots=AUTHORS_SD_T_KNOTS, cameras=CameraRanges(),
-                             gamma=AUTHORS_SD_GAMMA_KNOTS, gamma_reference_steps=AUTHORS_SD_STEPS,
                              init_splats=5000, densify_every=max(1, steps // 10), background="random",
                              lr_means=1e-3, lr_means_final=2e-5, lr_sh=1e-2, lr_opacity=5e-2,
                              lr_log_scales=5e-3, lr_quats=5e-3, preview_every=50, cpu_threads=None)

@@ -159,7 +159,8 @@ PARAMS = (  # the order of /generate's keyword parameters
                                 "SDS draws t in [t end, t start] if you change either, else in its own [20, 980]"),
     Param("t_end", "t end", "the last (smallest) timestep"),
     Param("lr_scale", "Learning-rate scale", "multiplies every Adam learning rate", float),
-    Param("gamma", "γ (CFD-SDE noise refresh per step)", "CFD-SDE only; a constant γ per step", float),
+    Param("gamma", "γ (CFD-SDE noise refresh per step)", "CFD-SDE only; a constant γ per step instead of the "
+          "schedule", float),
     Param("densify_every", "Densify/prune every N steps", "0 = a fixed splat count"),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
@@ -198,8 +199,7 @@ def help_text(name: str) -> str:
     if name == "backend":
         return f"{param.help} ({ranges}; default 'exact')"
     if name == "gamma":
-        return f"{param.help} ({ranges}; empty: the backend's schedule, exact and tiny-sd " \
-               f"{DistillConfig().gamma:g}, sd the authors' knots)"
+        return f"{param.help} ({ranges}; empty: the authors' schedule over the run's progress, every backend)"
     if name == "densify_every":
         return f"{param.help} ({ranges}; empty: the backend's, exact and tiny-sd 0 = off (a fixed " \
                f"{DistillConfig().init_splats} splats), sd every 10 % of the run)"

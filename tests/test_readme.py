@@ -81,13 +81,14 @@ def test_defaults_table_is_the_request_layers():
         "t": f"| t_start → t_end | {exact['t_start']} → {exact['t_end']} | {tiny['t_start']} → {tiny['t_end']} | "
              f"{sd['t_start']} → {sd['t_end']} (the authors' knots, through {base_sd.t_knots[1][1]} and "
              f"{base_sd.t_knots[2][1]}) |",
-        "gamma": f"| gamma (cfd-sde) | {base_exact.gamma} per step | {base_tiny.gamma} per step | the authors' "
-                 f"schedule, {base_sd.gamma[0][1]} → {base_sd.gamma[-1][1]} |",
+        "gamma": "| gamma (cfd-sde) | " + " | ".join(
+            [f"the authors' schedule, {base_sd.gamma[0][1]} → {base_sd.gamma[-1][1]}"] * 3) + " |",
         "densify": f"| densify_every | {base_exact.densify_every}: off (a fixed {base_exact.init_splats} splats) | "
                    f"{base_tiny.densify_every}: off (a fixed {base_tiny.init_splats} splats) | every 10 % of the run |",
         "prompt": f"| prompt | `{exact['prompt']}` | `{tiny['prompt']}` | `{sd['prompt']}` |",
     }
     assert base_sd.densify_every == base_sd.steps // 10
+    assert base_exact.gamma == base_tiny.gamma == base_sd.gamma   # one γ schedule, over the run's progress
     for name, row in rows.items():
         assert row in README, (name, row)
 
