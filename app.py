@@ -234,7 +234,8 @@ class Handlers:
         self.c = c
 
     def out(self, **values) -> dict:
-        """An update of the components named in ``values``."""
+        """An update of the components named in ``values`` (at least one: nothing
+        to change is ``gr.skip()``)."""
         return {self.c[name]: value for name, value in values.items()}
 
     def values(self, inputs: dict, compare: bool = False) -> dict:
@@ -246,14 +247,16 @@ class Handlers:
             values["methods"] = values["methods"] or []
         return values
 
-    def admit(self, inputs: dict, compare: bool, request):
-        """The validator of Generate and Compare (see ``_admission``)."""
+    def admit(self, inputs: dict, compare: bool, request) -> list[dict]:
+        """The validator of Generate and Compare (see ``_admission``): a verdict
+        per input, in the order gradio passes them."""
         try:
             req, methods, n_seeds = _parsed(self.values(inputs, compare), compare)
-            refusal = _refusal(req, len(methods) * n_seeds, request)
+            field, message = _refusal(req, len(methods) * n_seeds, request) or (None, "")
         except Exception:  # noqa: BLE001 - refused by the handler, with its message
-            refusal = None
-        return gr.validate(refusal is None, refusal[1] if refusal else "")
+            field, message = None, ""
+        target = self.c.get(field)
+        return [gr.validate(c is not target, message if c is target else "") for c in inputs]
 
     def admit_generate(self, inputs: dict, request: gr.Request = None):
         return self.admit(inputs, False, request)
@@ -280,12 +283,12 @@ class Handlers:
                 elif isinstance(event, Cancelled):
                     yield self.out(image=history[0]["image"] if history else None, status=event.status)
                 else:
-                    yield {}
+                    yield gr.skip()
         finally:
             start().release(_session(request))
         # gradio re-sends a generator's last output on completion; a repeated Model3D mesh
         # value cancels its viewer's lazy load, so the last output changes nothing
-        yield {}
+        yield gr.skip()
 
     def show_history(self, history, evt: gr.SelectData):
         """A click on the session's history shows that result again."""
@@ -299,6 +302,9 @@ class Handlers:
         values = self.values(inputs, compare=True)
         reset = {"use_btn": gr.Button("Use the selected seed", interactive=False)}
         for update in _compare(values, progress, request):
+            if not update and not reset:
+                yield gr.skip()
+                continue
             yield self.out(**{"compare_" + k if k in ("table", "status") else k: v for k, v in update.items()},
                            **reset)
             reset = {}
@@ -312,7 +318,7 @@ class Handlers:
 
     def use_seed(self, v):
         if not v:
-            return {}
+            return gr.skip()
         return self.out(seed=v["seed"], method=v["method"], tabs=gr.Tabs(selected="result"),
                         status=f"Seed {v['seed']} with {v['method']} set from the comparison — press **Generate**.")
 
