@@ -62,12 +62,9 @@ def failure(exc: BaseException, request=None) -> Failure:
 def _out_of_memory(request) -> Failure:
     import torch
 
-    from .params import RES_RANGE
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     res = request.res if request else None
-    lo = RES_RANGE[request.backend][0] if request else 16
-    lower = max(lo, (res or 2 * lo) // 2)
+    lower = request.lower_res() if request else 16
     return Failure("Out of memory", f"Out of memory at res={res}. Try a lower resolution (e.g. res={lower}) "
                    "or fewer seeds/views; nothing was saved.", exit_code=5)

@@ -37,7 +37,7 @@ from .errors import InputError
 from .export import PARTIAL_FILE, atomic_path
 from .gaussians import GaussianScene, save_ply
 
-__all__ = ["ARTEFACTS", "generate", "write_exports", "nearest_reference", "versions", "config_dict", "write_json"]
+__all__ = ["ARTEFACTS", "generate", "write_exports", "compare_job", "scene_fingerprint", "nearest_reference", "versions", "config_dict", "write_json"]
 
 ARTEFACTS = {  # key in the result's "files" → file name in out_dir
     "scene_ply": "scene.ply",
@@ -327,6 +327,40 @@ def write_exports(steps: list[ExportStep], folder: Path, timings: dict,
             notes[f"{step.key}_error"] = str(exc)   # nothing to export: the other artefacts still stand
         timings[step.stage] = timings.get(step.stage, 0.0) + time.perf_counter() - t0
     return files, notes
+
+
+COMPARE_FRAMES, COMPARE_RES = 24, 128   # each compared seed's orbit loop (GIF)
+
+
+def scene_fingerprint(scene: GaussianScene) -> str:
+    """A short hash of every parameter of ``scene`` (bit-level identity of two runs)."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in (scene.means, scene.log_scales, scene.quats, scene.opacity_logits, scene.sh):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def compare_job(config: DistillConfig, guidance, gif: Path, step_callback: Callable, should_stop: Callable[[], bool],
+                time_limit_s: float | None = None) -> dict | None:
+    """One run of a seed comparison (in a thread or a worker process): distil
+    ``config``, write its orbit GIF to ``gif``, measure its nearest variant;
+    ``time_limit_s``: the loop's wall-clock limit (``StepWatch``). Returns plain
+    data (gif, near, seconds, n_splats, fingerprint, steps_done, stopped_by), or
+    None if stopped."""
+    from .export import orbit_frames, write_gif
+
+    t0 = time.perf_counter()
+    watch = StepWatch(step_callback, should_stop, time_limit_s)
+    scene = distill(guidance, config, callback=watch)
+    if watch.cancelled(config.steps) or should_stop():
+        return None
+    with run_threads(guidance, config):
+        write_gif(orbit_frames(scene, n_frames=COMPARE_FRAMES, res=COMPARE_RES), gif)
+        near = nearest_reference(scene, guidance, config.res)
+    return {"gif": str(gif), "near": near, "seconds": time.perf_counter() - t0, "n_splats": len(scene),
+            "fingerprint": scene_fingerprint(scene), "steps_done": watch.steps_done, "stopped_by": watch.stopped_by}
 
 
 def run_record(config: DistillConfig, guidance, cond, watch: StepWatch, n_splats: int, cancelled: bool,

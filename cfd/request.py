@@ -108,6 +108,11 @@ class Request:
     model: str | None = None         # SD: hub id or local folder (None: $CFD_MODEL or the default)
     exports: ExportSettings = field(default_factory=ExportSettings)
 
+    def lower_res(self) -> int:
+        """The resolution to suggest after running out of memory: half this one,
+        within the backend's range."""
+        return max(RES_RANGE[self.backend][0], self.res // 2)
+
     def values(self) -> dict[str, Any]:
         """The request as plain keyword values (``parse_request`` of them gives it back)."""
         out = {name: getattr(self, name) for name in PARAM_NAMES}

@@ -41,7 +41,6 @@ RUN_TTL_S = 3600           # folders older than this that no active run owns are
 STOP_FILE = ".stop"        # in a run's folder: its work (in this process or a worker) stops
 ADMIT_TTL_S = 3600         # a session's admitted request that never started or finished frees its place after this
 STEP_EVENTS_EVERY_S = 0.2  # a run's progress events without a preview, at most this often
-COMPARE_FRAMES, COMPARE_RES = 24, 128   # each compared seed's orbit loop (GIF)
 RESULT_PREVIEW_RES = 256
 
 
@@ -97,7 +96,7 @@ class Item:
     near: dict | None         # nearest reference (exact prior): nearest, nearest_family, nearest_psnr, psnr
     seconds: float
     n_splats: int
-    fingerprint: str = ""     # hash of the final scene's parameters (``scene_fingerprint``)
+    fingerprint: str = ""     # hash of the final scene's parameters (``pipeline.scene_fingerprint``)
     limited_at: int | None = None   # the step the time limit stopped it at (None: it ran every step)
 
     @property
@@ -427,6 +426,8 @@ class Runner:
         Compared or Cancelled. On the exact prior on a CPU the runs go side by
         side to the worker processes (``self.workers``), one per core, each run
         exactly what it gives alone; elsewhere one after another in a thread."""
+        from .pipeline import compare_job
+
         jobs = [replace(base, method=m, seed=base.seed + k) for m in methods for k in range(n_seeds)]
         run = self.open(session)
         run.jobs = len(jobs)
@@ -438,8 +439,8 @@ class Runner:
             items = []
             for i, job in enumerate(jobs):
                 run.job = i
-                result = compare_job(job, guidance, run.folder / _gif_name(job), run.step_callback, run.stop.is_set,
-                                     time_limit_s=self.time_limit_s)
+                result = compare_job(job.config(), guidance, run.folder / _gif_name(job), run.step_callback,
+                                     run.stop.is_set, time_limit_s=self.time_limit_s)
                 if result is None:
                     return None
                 items.append(_item(job, result))
@@ -517,41 +518,6 @@ def _raised(event: dict) -> BaseException:
         return kind(event["message"])
     print(event.get("traceback") or "", file=sys.stderr)
     return RuntimeError(f"{event['type']}: {event['message']}")
-
-
-def scene_fingerprint(scene) -> str:
-    """A short hash of every parameter of ``scene`` (bit-level identity of two runs)."""
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=8)
-    for tensor in (scene.means, scene.log_scales, scene.quats, scene.opacity_logits, scene.sh):
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def compare_job(request: Request, guidance, gif: Path, step_callback: Callable, should_stop: Callable[[], bool],
-                cpu_threads: int | None = None, time_limit_s: float | None = None) -> dict | None:
-    """One run of a seed comparison (in a thread or a worker process): distil
-    ``request``, write its orbit GIF to ``gif``, measure its nearest variant.
-    ``cpu_threads``: instead of the config's (a worker beside others takes one;
-    the scene is the same at any thread count); ``time_limit_s``: the loop's
-    wall-clock limit (``pipeline.StepWatch``). Returns plain data (gif, near,
-    seconds, n_splats, fingerprint, steps_done, stopped_by), or None if stopped."""
-    from .distill import distill, run_threads
-    from .export import orbit_frames, write_gif
-    from .pipeline import StepWatch, nearest_reference
-
-    t0 = time.perf_counter()
-    config = request.config() if cpu_threads is None else replace(request.config(), cpu_threads=cpu_threads)
-    watch = StepWatch(step_callback, should_stop, time_limit_s)
-    scene = distill(guidance, config, callback=watch)
-    if watch.cancelled(config.steps) or should_stop():
-        return None
-    with run_threads(guidance, config):
-        write_gif(orbit_frames(scene, n_frames=COMPARE_FRAMES, res=COMPARE_RES), gif)
-        near = nearest_reference(scene, guidance, config.res)
-    return {"gif": str(gif), "near": near, "seconds": time.perf_counter() - t0, "n_splats": len(scene),
-            "fingerprint": scene_fingerprint(scene), "steps_done": watch.steps_done, "stopped_by": watch.stopped_by}
 
 
 def compare_table(items: list[Item]) -> str:

@@ -12,7 +12,7 @@ Protocol (JSON lines): the pool writes one job per line to a worker's stdin,
 "time_limit_s": seconds or None}``; the
 worker answers on stdout with ``{"job": id, "event": "step", "step", "steps", "t",
 "n_splats"}`` lines, then one ``{"event": "done", "result": {...}}`` (see
-``runner.compare_job``) or ``{"event": "error", "type", "message", "traceback"}``;
+``pipeline.compare_job``) or ``{"event": "error", "type", "message", "traceback"}``;
 its first line, once warmed up, is ``{"event": "ready"}``.
 A job stops at its next step once its ``stop_file`` exists, so Stop needs no
 shared memory. A worker runs with one torch thread, so a job's result is bit for
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import backends
     from . import request as rq
-    from .runner import compare_job
+    from .pipeline import compare_job
 
     argv = sys.argv[1:] if argv is None else argv
     out = sys.stdout
@@ -155,8 +156,10 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             request = rq.parse_request(job["values"])
-            result = compare_job(request, backends.prepare(request), Path(job["gif"]), step, stop_file.exists,
-                                 cpu_threads=1, time_limit_s=job.get("time_limit_s"))
+            # one thread beside the other workers: the scene is the same at any thread count
+            config = replace(request.config(), cpu_threads=1)
+            result = compare_job(config, backends.prepare(request), Path(job["gif"]), step, stop_file.exists,
+                                 time_limit_s=job.get("time_limit_s"))
             send({"job": job["job"], "event": "done", "result": result})
         except Exception as exc:  # noqa: BLE001 - handed to the pool, which re-raises it for the consumer
             send({"job": job["job"], "event": "error", "type": type(exc).__name__, "message": str(exc),
