@@ -192,11 +192,15 @@ RENDER_BATCH = 8   # cameras per render call of the exports
 
 
 def _batched_renders(scene: GaussianScene, cams: list[Camera], background=BACKGROUND):
-    """(frames done, RenderOutput of the next ≤ RENDER_BATCH cameras) along ``cams``, without grad."""
-    with torch.no_grad():
-        for i in range(0, len(cams), RENDER_BATCH):
-            chunk = cams[i:i + RENDER_BATCH]
-            yield i + len(chunk), render(scene, chunk, background)
+    """(frames done, RenderOutput of the next ≤ RENDER_BATCH cameras) along ``cams``, without grad.
+    No grad mode is held across a yield: interleaved generators (``noise_chunks``
+    beside ``orbit_chunks``) would otherwise restore each other's modes out of
+    order and leave gradients off for the caller."""
+    for i in range(0, len(cams), RENDER_BATCH):
+        chunk = cams[i:i + RENDER_BATCH]
+        with torch.no_grad():
+            out = render(scene, chunk, background)
+        yield i + len(chunk), out
 
 
 def orbit_video(scene: GaussianScene, path, n_frames: int = 48, res: int = 256, elevation_deg: float = ELEVATION_DEG,
@@ -267,11 +271,11 @@ def noise_chunks(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, 
     frames (for ``write_video`` to stream; with ``renders="orbit"`` nothing
     is held beyond a chunk)."""
     cams = [cam.scaled(supersample) for cam in orbit_cameras(n_frames, res)]
-    shown = orbit_cameras(n_frames, display_res) if isinstance(renders, str) else None
+    shown = orbit_chunks(scene, n_frames, display_res) if isinstance(renders, str) else None   # same batches
     k = 0
-    with torch.no_grad():
-        for done, out in _batched_renders(scene, cams):
-            chunk = []
+    for done, out in _batched_renders(scene, cams):
+        chunk = []
+        with torch.no_grad():   # not held across the yield (``_batched_renders``)
             for depth, alpha, cam_ss in zip(out.depth, out.alpha, cams[k:done]):
                 surfaces = [Surface(depth, alpha, cam_ss)] if source.needs_surface else None
                 noise = source.sample(round(k * (steps - 1) / max(n_frames - 1, 1)), (1, channels, res, res),
@@ -279,15 +283,14 @@ def noise_chunks(scene: GaussianScene, source: NoiseSource, n_frames: int = 48, 
                 on_object = torch.nn.functional.avg_pool2d((alpha > SURFACE_ALPHA).float()[None], supersample)[0]
                 chunk.append(noise_to_display(noise, on_object.cpu() > 0.5, display_res))
                 k += 1
-            chunk = torch.stack(chunk)
-            if shown is not None:
-                chunk = torch.cat([render(scene, shown[done - len(chunk):done], BACKGROUND).rgb.clamp(0, 1).cpu(),
-                                   chunk], dim=2)
-            elif renders is not None:
-                chunk = torch.cat([renders[done - len(chunk):done], chunk], dim=2)
-            yield chunk
-            if progress is not None:
-                progress(done, len(cams))
+        chunk = torch.stack(chunk)
+        if shown is not None:
+            chunk = torch.cat([next(shown), chunk], dim=2)
+        elif renders is not None:
+            chunk = torch.cat([renders[done - len(chunk):done], chunk], dim=2)
+        yield chunk
+        if progress is not None:
+            progress(done, len(cams))
 
 
 def noise_video(scene: GaussianScene, path, source: NoiseSource, n_frames: int = 48, res: int = 64,

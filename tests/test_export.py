@@ -7,7 +7,8 @@ import torch
 
 from cfd.cameras import Camera, orbit
 from cfd.export import (NEUTRAL_GREY, NOISE_NEGATIVE, NOISE_POSITIVE, NOISE_SPAN, export_glb, flip_scene_y,
-                        noise_frames, noise_to_display, noise_video, orbit_frames, orbit_video, save_viewer_ply,
+                        noise_chunks, noise_frames, noise_to_display, noise_video, orbit_frames, orbit_video,
+                        save_viewer_ply,
                         write_video)
 from cfd.gaussians import GaussianScene, init_scene, load_ply, make_scene, quat_to_rotmat
 from cfd.noise import NoiseSource
@@ -179,6 +180,23 @@ def test_noise_frames_draw_each_frame_at_its_step_next_to_the_renders(tmp_path, 
     path = noise_video(small_scene, tmp_path / "noise.mp4", Recorder(), n_frames=2, res=8, display_res=32)
     import imageio_ffmpeg
     assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == 2
+
+
+def test_noise_chunks_render_the_orbit_beside_the_noise_and_leave_gradients_on(small_scene):
+    """``renders="orbit"`` renders the orbit chunk by chunk (two interleaved
+    generators): the same frames as ``orbit_frames``, and the caller's grad mode
+    is untouched while chunks are streamed and afterwards."""
+    from cfd.noise import IIDNoise
+
+    assert torch.is_grad_enabled()
+    chunks, seen = noise_chunks(small_scene, IIDNoise(0), n_frames=12, res=8, display_res=32, renders="orbit"), []
+    for chunk in chunks:
+        seen.append(torch.is_grad_enabled())
+        assert chunk.shape[1:] == (32, 64, 3)
+    frames = torch.cat(list(noise_chunks(small_scene, IIDNoise(0), n_frames=12, res=8, display_res=32,
+                                         renders="orbit")))
+    assert seen == [True, True] and torch.is_grad_enabled()
+    assert torch.equal(frames[:, :, :32], orbit_frames(small_scene, n_frames=12, res=32))
 
 
 # ----------------------------------------------------------------- viewer PLY
