@@ -27,7 +27,8 @@ from gradio import processing_utils
 
 from cfd import backends, params
 from cfd import request as rq
-from cfd.errors import Failure, RequestError, failure
+from cfd.request import OverBudget
+from cfd.errors import Failure, failure
 from cfd.runner import Cancelled, Compared, Done, Item, Runner, SessionBusy, Stage, Step, compare_table
 from cfd.settings import setting
 
@@ -79,29 +80,29 @@ def _parsed(values: dict, compare: bool):
     return req, [req.method], 1
 
 
-def _refusal(req, runs: int, request) -> tuple[str, str] | None:
-    """(input, message) if the runner does not admit ``runs`` runs of ``req`` for
-    this session (``Runner.admit``: the work budget, shown on *steps*; one request
-    per session, shown on *prompt*), else None (the session's place is held)."""
+def _refusal(values: dict, compare: bool, request) -> tuple[str | None, str]:
+    """(input, message) when the runner does not admit the request of ``values``
+    for this session (``Runner.admit``: the work budget, shown on *steps*; one
+    request per session, shown on *prompt*), else (None, "") with the session's
+    place held. A request that does not parse passes: its handler refuses it with
+    the request layer's message."""
     try:
-        start().admit(req, runs, _session(request))
-    except RequestError as exc:
+        req, methods, n_seeds = _parsed(values, compare)
+        start().admit(req, len(methods) * n_seeds, _session(request))
+    except (OverBudget, SessionBusy) as exc:
         return ("prompt" if isinstance(exc, SessionBusy) else "steps"), str(exc)
-    return None
+    except Exception:  # noqa: BLE001 - refused by the handler, with its message
+        pass
+    return None, ""
 
 
 def _admission(names: tuple[str, ...], compare: bool = False):
     """The validator of an API endpoint with inputs ``names``: it runs when the
     request is sent, before it waits in the queue, and refuses at once what the
-    runner does not admit (``_refusal``). A request that does not parse passes:
-    its handler refuses it with the request layer's message."""
+    runner does not admit (``_refusal``), a verdict per input."""
     def admit(*args):
         *values, request = args
-        try:
-            req, methods, n_seeds = _parsed(dict(zip(names, values)), compare)
-            field, message = _refusal(req, len(methods) * n_seeds, request) or (None, "")
-        except Exception:  # noqa: BLE001 - refused by the handler, with its message
-            field, message = None, ""
+        field, message = _refusal(dict(zip(names, values)), compare, request)
         return [gr.validate(name != field, message if name == field else "") for name in names]
 
     # gradio passes the inputs positionally and injects gr.Request only into a named
@@ -250,11 +251,7 @@ class Handlers:
     def admit(self, inputs: dict, compare: bool, request) -> list[dict]:
         """The validator of Generate and Compare (see ``_admission``): a verdict
         per input, in the order gradio passes them."""
-        try:
-            req, methods, n_seeds = _parsed(self.values(inputs, compare), compare)
-            field, message = _refusal(req, len(methods) * n_seeds, request) or (None, "")
-        except Exception:  # noqa: BLE001 - refused by the handler, with its message
-            field, message = None, ""
+        field, message = _refusal(self.values(inputs, compare), compare, request)
         target = self.c.get(field)
         return [gr.validate(c is not target, message if c is target else "") for c in inputs]
 

@@ -37,7 +37,8 @@ from .errors import InputError
 from .export import PARTIAL_FILE, atomic_path
 from .gaussians import GaussianScene, save_ply
 
-__all__ = ["ARTEFACTS", "generate", "write_exports", "compare_job", "scene_fingerprint", "nearest_reference", "versions", "config_dict", "write_json"]
+__all__ = ["ARTEFACTS", "generate", "write_exports", "compare_job", "scene_fingerprint", "nearest_reference",
+           "versions", "config_dict", "write_json"]
 
 ARTEFACTS = {  # key in the result's "files" → file name in out_dir
     "scene_ply": "scene.ply",

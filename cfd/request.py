@@ -351,12 +351,16 @@ def work_units(request: Request, runs: int = 1) -> float:
     return runs * request.steps * request.views * request.res ** 2 / (d["steps"] * d["views"] * d["res"] ** 2)
 
 
+class OverBudget(RequestError):
+    """A request asks for more work than the app allows (``check_work``)."""
+
+
 def check_work(request: Request, runs: int, budget: float) -> None:
-    """RequestError when ``runs`` runs of ``request`` ask for more than ``budget``
+    """OverBudget when ``runs`` runs of ``request`` ask for more than ``budget``
     default runs of work (``work_units``), naming the budget and how to stay in it."""
     work = work_units(request, runs)
     if work > budget:
-        raise RequestError(
+        raise OverBudget(
             f"this request asks for {work:.3g}× the work of a default run ({runs} run(s) × {request.steps} steps × "
             f"{request.views} views × {request.res}² pixels) and this app allows {budget:g}× per request. Fix: "
             "fewer steps or views, a lower resolution, or fewer seeds or methods.")
