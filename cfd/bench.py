@@ -20,6 +20,7 @@ import torch
 from .cameras import orbit_camera
 from .framing import FOV_DEG, PSNR_VIEWS, RADIUS
 from .gaussians import init_scene
+from .guidance.stable_diffusion import CAMERA_INPUTS
 
 
 def _timeit(fn, repeats: int) -> float:
@@ -180,7 +181,7 @@ def _toy_summary(rs: list[dict], scenes: list, prior, selected: set, args) -> di
             "mean_seconds": round(statistics.mean(r["seconds"] for r in rs), 2)}
 
 
-ASYMMETRIC_FAMILIES = ("rubber_duck", "rocket", "snowman")   # a front and a back that differ: Janus shows
+ASYMMETRIC_FAMILIES = ("rubber duck", "rocket", "snowman")   # a front and a back that differ: Janus shows
 
 
 def bench_recipe(args) -> dict:
@@ -190,7 +191,7 @@ def bench_recipe(args) -> dict:
     agreement with it (``cfd.measures.view_agreement``; against Janus faces) and
     the distinct variants over seeds. The recipe: the backend's defaults with
     ``--set name=value`` request values, ``--config field=value`` DistillConfig
-    fields, ``--camera-input off``, ``--view-suffix off``."""
+    fields, ``--camera-input guided|both|off``, ``--view-suffix off``."""
     from .distill import distill
     from .measures import view_agreement
     from .pipeline import nearest_reference
@@ -202,7 +203,7 @@ def bench_recipe(args) -> dict:
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
     guidance = prepare(parse_request(backend=args.backend, prompt=prompts[0]))
-    guidance.camera_input, guidance.view_dependent = args.camera_input == "on", args.view_suffix == "on"
+    guidance.camera_input, guidance.view_dependent = args.camera_input, args.view_suffix == "on"
     refs = guidance.references
     runs = []
     for method in methods:
@@ -237,6 +238,49 @@ def bench_recipe(args) -> dict:
               "psnr": {"res": "the run's res", "views": PSNR_VIEWS}}
     return {"config": config, "runs": runs, "summary": summary}
 
+
+def bench_samples(args) -> dict:
+    """tiny-sd's own 2D images judged against the bundled ground truth (README
+    "tiny-sd"), the bound on what distillation can inherit: DDIM samples of each
+    prompt from orbit cameras, each classified by its best-matching reference view
+    (every bundled variant × ``REFERENCE_AZIMUTHS`` orbit views): in the prompt's
+    family, its PSNR, and whether that view faces the camera's way
+    (``cfd.measures.facing``; the asymmetric families' samples in their family)."""
+    from .backends import prepare
+    from .cameras import orbit_cameras
+    from .measures import REFERENCE_AZIMUTHS, facing, nearest_views
+    from .render import render
+    from .request import parse_request
+
+    prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
+    guidance = prepare(parse_request(backend=args.backend, prompt=prompts[0]))
+    guidance.camera_input, guidance.view_dependent = args.camera_input, args.view_suffix == "on"
+    refs, res = guidance.references, args.res
+    with torch.no_grad():
+        references = torch.stack([render(scene, orbit_cameras(REFERENCE_AZIMUTHS, res)).rgb.permute(0, 3, 1, 2)
+                                  for scene in refs.scenes])                    # [K, views, 3, H, W]
+    cameras = (orbit_cameras(args.azimuths, res) * args.samples)[:args.samples]
+    generator = torch.Generator().manual_seed(args.seed)
+    rows = []
+    for prompt in prompts:
+        family = set(refs.condition(prompt).positive)
+        images = guidance.sample(prompt, cameras, args.steps, args.guidance_scale, generator)
+        variant, view, best = nearest_views(images, references)
+        faces = facing(view, [c.azimuth_deg for c in cameras]).tolist()
+        for k, right_way, db, cam in zip(variant.tolist(), faces, best.tolist(), cameras):
+            rows.append({"prompt": prompt, "azimuth": cam.azimuth_deg, "nearest": refs.names[k],
+                         "family": refs.vocabulary.family(k), "in_family": k in family, "psnr": round(db, 2),
+                         "facing": right_way})
+    asym = [r["facing"] for r in rows if r["family"] in ASYMMETRIC_FAMILIES and r["in_family"]]
+    summary = {"in_family": sum(r["in_family"] for r in rows), "samples": len(rows),
+               "mean_psnr": round(statistics.mean(r["psnr"] for r in rows), 2),
+               "facing_asymmetric": round(statistics.mean(asym), 3) if asym else None}
+    print(f"| {args.label or 'samples'} | {summary['in_family']}/{summary['samples']} | {summary['mean_psnr']:.2f} | "
+          f"{summary['facing_asymmetric']} |", file=sys.stderr)
+    config = {"backend": args.backend, "prompts": prompts, "samples": args.samples, "azimuths": args.azimuths,
+              "res": res, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
+              "camera_input": args.camera_input, "view_suffix": args.view_suffix, "label": args.label}
+    return {"config": config, "samples": rows, "summary": summary}
 
 def _recipe_summary(rs: list[dict], prompts: list[str]) -> dict:
     """One method's line of ``bench_recipe`` over its runs ``rs``."""
@@ -587,7 +631,7 @@ def _gsplat_parity() -> dict:
 
 
 COMMANDS = {"render": bench_render, "noise": bench_noise, "toy": bench_toy, "speed": bench_speed,
-            "recipe": bench_recipe}
+            "recipe": bench_recipe, "samples": bench_samples}
 FAMILY_PROMPTS = ("a snowman,a mushroom,a rubber duck,a toy rocket,a cactus in a pot,a small tree in a pot,"
                   "sunflowers in a pot,tulips in a pot")
 
@@ -624,10 +668,31 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
                    help="a DistillConfig field beyond the request's (a Python literal), e.g. "
                         "loss_space='pixel', lr_sh=0.01, t_knots=((0,980),(1,20))")
-    p.add_argument("--camera-input", choices=["on", "off"], default="on")
-    p.add_argument("--view-suffix", choices=["on", "off"], default="on")
+    _model_input_options(p)
     p.add_argument("--label", default="", help="the recipe's name in the printed table row")
     p.add_argument("--json", type=Path)
+
+
+def _samples_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``bench samples``."""
+    p.add_argument("--backend", choices=["tiny-sd"], default="tiny-sd")
+    p.add_argument("--prompts", default=FAMILY_PROMPTS, help="comma-separated (default: the 8 family captions)")
+    p.add_argument("--samples", type=int, default=16, help="per prompt, cycling over --azimuths orbit cameras")
+    p.add_argument("--azimuths", type=int, default=8, help="orbit cameras (azimuth 0, 360/n, …)")
+    p.add_argument("--res", type=int, default=64)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    _model_input_options(p)
+    p.add_argument("--label", default="", help="the row's name in the printed table")
+    p.add_argument("--json", type=Path)
+
+
+def _model_input_options(p: argparse.ArgumentParser) -> None:
+    """What the model is told of the view: ``--camera-input``, ``--view-suffix``."""
+    p.add_argument("--camera-input", choices=CAMERA_INPUTS, default="guided",
+                   help="what the UNet is told of the camera per CFG branch (see CAMERA_INPUTS)")
+    p.add_argument("--view-suffix", choices=["on", "off"], default="on")
 
 
 def _speed_options(p: argparse.ArgumentParser) -> None:
@@ -668,6 +733,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path)
     _toy_options(sub.add_parser("toy", help="CFD vs SDS vs ablations on the exact prior (PSNR, diversity, time)"))
     _recipe_options(sub.add_parser("recipe", help="an SD recipe on tiny-sd against the bundled ground truth"))
+    _samples_options(sub.add_parser("samples", help="tiny-sd's own 2D samples against the bundled ground truth"))
     _speed_options(sub.add_parser("speed", help="per-step time breakdown of the loop"))
     return parser
 

@@ -4,6 +4,7 @@ side (against Janus faces).
 
     nearest_views(images, references)        # best (variant, view, PSNR) per image
     view_agreement(scene, reference, res)    # share of orbit views facing the right way
+    facing(best_view, azimuths)              # per image: its best match faces its own way
 
 PSNR is over images in [0, 1]. Views are orbit views (``cfd.framing``).
 """
@@ -48,7 +49,13 @@ def view_agreement(scene: GaussianScene, reference: GaussianScene, res: int, n_v
     ours = render(scene.detach(), orbit_cameras(n_views, res), background).rgb
     refs = render(reference.to(scene.device), orbit_cameras(REFERENCE_AZIMUTHS, res), background).rgb
     _, best, _ = nearest_views(ours.permute(0, 3, 1, 2), refs.permute(0, 3, 1, 2)[None])
-    true = torch.arange(n_views) * 360.0 / n_views
-    found = best.cpu().double() * 360.0 / REFERENCE_AZIMUTHS
-    error = (found - true + 180.0) % 360.0 - 180.0
-    return float((error.abs() <= tolerance_deg).double().mean())
+    return float(facing(best, torch.arange(n_views) * 360.0 / n_views, tolerance_deg).double().mean())
+
+
+def facing(best_view: Tensor, azimuths_deg: Tensor, tolerance_deg: float = AGREEMENT_TOLERANCE_DEG) -> Tensor:
+    """[B] bool: whether each image's best-matching reference view ``best_view`` [B]
+    (an index into ``REFERENCE_AZIMUTHS`` orbit views, azimuth 0 first) lies within
+    ``tolerance_deg`` of the image's own azimuth ``azimuths_deg`` [B] (degrees)."""
+    found = best_view.cpu().double() * 360.0 / REFERENCE_AZIMUTHS
+    error = (found - torch.as_tensor(azimuths_deg, dtype=torch.float64) + 180.0) % 360.0 - 180.0
+    return error.abs() <= tolerance_deg

@@ -4,8 +4,9 @@
 #   scripts/tiny_sd_recipes.sh OUT_DIR GROUP ...
 # groups: methods (every method or $METHODS, the 8 family captions × seeds 0-1 or $SEEDS), and ablations of CFD on
 # four families (duck, rocket, snowman: asymmetric; cactus) × seed 0: cfg, knots, camera,
-# views, lr, space, densify. Each run is single-threaded: two groups at a time fit a 2-core
-# CPU. JSON per recipe in OUT_DIR; the table rows on stderr (and in OUT_DIR/<recipe>.log).
+# views, lr, space, densify; facing: the camera input in the conditional branch only (the
+# default) or in both, CFD on the asymmetric families × seeds 0-3 and the model's 2D samples.
+# Each run is single-threaded: two groups at a time fit a 2-core CPU. JSON per recipe in OUT_DIR; the table rows on stderr (and in OUT_DIR/<recipe>.log).
 set -u
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/tiny_sd_recipes.sh OUT_DIR GROUP ...}
@@ -13,6 +14,7 @@ shift
 mkdir -p "$out"
 export OMP_NUM_THREADS=1
 FOUR="a rubber duck,a toy rocket,a snowman,a cactus in a pot"
+ASYMMETRIC="a rubber duck,a toy rocket,a snowman"
 
 recipe() {  # name, then bench recipe options
   local name=$1
@@ -34,9 +36,16 @@ for group in "$@"; do
     base)    ablation base ;;
     cfg)     for s in 3 30 71; do ablation "cfg-$s" --set guidance_scale=$s; done ;;
     knots)   ablation authors-t-knots --config "t_knots=((0.0,980),(0.1,692),(0.5,404),(1.0,212))" ;;
-    camera)  ablation no-camera-input --camera-input off
+    camera)  ablation camera-in-both-branches --camera-input both
+             ablation no-camera-input --camera-input off
              ablation no-view-suffix --view-suffix off
              ablation neither --camera-input off --view-suffix off ;;
+    facing)  for c in guided both; do   # the asymmetric families × seeds 0-3, and the model's own samples
+               recipe "facing-camera-$c" --prompts "$ASYMMETRIC" --seeds 0-3 --methods cfd --camera-input $c
+               .venv/bin/python -m cfd.bench samples --camera-input $c --label "samples-camera-$c" \
+                 --json "$out/samples-camera-$c.json" > /dev/null 2> "$out/samples-camera-$c.log"
+               grep '^| ' "$out/samples-camera-$c.log" >&2
+             done ;;
     views)   ablation 1-view-4x-steps --set views=1 --set steps=$((4 * ${STEPS:-200})) ;;
     lr)      ablation lr-x0.5 --set lr_scale=0.5
              ablation lr-x2 --set lr_scale=2

@@ -219,24 +219,6 @@ def train_unet(unet, text_encoder, latents, data: Renders, captions: Captions, s
 
 # ------------------------------------------------------------------ evaluation
 
-@torch.no_grad()
-def sample_images(guidance: StableDiffusionGuidance, prompt: str, cameras: list, steps: int, cfg_scale: float,
-                  generator: torch.Generator) -> torch.Tensor:
-    """DDIM samples [B, 3, H, W] in [0, 1] of ``prompt`` from ``cameras`` (the
-    guidance's own CFG, view suffix and camera input; empty negative prompt)."""
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler(**{k: v for k, v in guidance.scheduler_config.items() if not k.startswith("_")})
-    scheduler.set_timesteps(steps)
-    cond = guidance.condition(prompt, negative_prompt="", guidance_scale=cfg_scale)
-    h = cameras[0].height // guidance.latent_factor
-    x = torch.randn(len(cameras), guidance.channels, h, h, generator=generator)
-    for t in scheduler.timesteps:
-        eps = guidance.predict_noise(x, int(t), cameras, cond)
-        x = scheduler.step(eps, t, x).prev_sample
-    return guidance.decode(x)
-
-
 def evaluate(guidance, scenes, families, cfg: TrainConfig) -> dict:
     """VAE reconstruction on unseen views; DDIM samples of each family caption
     classified by their best-matching reference (variant, view)."""
@@ -251,7 +233,7 @@ def evaluate(guidance, scenes, families, cfg: TrainConfig) -> dict:
     per_family, hits, total, psnrs = {}, 0, 0, []
     for caption, members in families:
         cams = sample_cameras(cfg.eval_samples, cfg.res, cfg.res, generator, CameraRanges())
-        images = sample_images(guidance, caption, cams, cfg.eval_steps, cfg.eval_cfg, generator)
+        images = guidance.sample(caption, cams, cfg.eval_steps, cfg.eval_cfg, generator)
         variant, _, best = nearest_views(images, references)
         inside = sum(int(v) in members for v in variant.tolist())
         per_family[caption] = {"in_family": inside, "samples": len(cams), "mean_psnr": round(float(best.mean()), 2),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from cfd.measures import nearest_views, view_agreement
+from cfd.measures import REFERENCE_AZIMUTHS, facing, nearest_views, view_agreement
 from cfd.scenes import load_scene_set
 
 
@@ -33,3 +33,19 @@ def test_view_agreement_is_one_for_the_object_itself_and_low_for_a_janus_copy():
     scene = duck()
     assert view_agreement(scene, scene, 64) == 1.0
     assert view_agreement(janus(scene), scene, 64) <= 0.75
+
+
+def test_facing_compares_the_best_reference_azimuth_with_the_image_own_across_360():
+    step = 360 / REFERENCE_AZIMUTHS
+    best = torch.tensor([0, 3, REFERENCE_AZIMUTHS - 1, REFERENCE_AZIMUTHS // 2])
+    own = torch.tensor([40.0, 3 * step + 45.0, 30.0, 0.0])      # 345° vs 30°: 45° apart across 0
+    assert facing(best, own).tolist() == [True, True, True, False]
+    assert facing(best, own, tolerance_deg=10).tolist() == [False, False, False, False]
+
+
+def test_the_asymmetric_families_of_the_benchmarks_are_bundled_families():
+    from cfd.bench import ASYMMETRIC_FAMILIES
+    from cfd.scenes import list_scene_sets
+
+    names = {f.name for s in list_scene_sets() for f in s.families}
+    assert set(ASYMMETRIC_FAMILIES) <= names, names

@@ -41,18 +41,44 @@ def test_training_script_runs_end_to_end_on_the_micro_config(micro_model):
     assert guidance.latent_factor == 4 and guidance.camera_conditioned
 
 
-def test_the_unet_takes_the_camera_and_camera_input_off_feeds_zeros(micro_model):
+def test_the_unet_takes_the_camera_in_the_branches_camera_input_names(micro_model):
     guidance = StableDiffusionGuidance.from_pretrained(micro_model, device="cpu", dtype=torch.float32)
     front, back = (orbit_camera(a, 10, RADIUS, FOV_DEG, 32, 32) for a in (0, 180))
     cond = guidance.condition("a rubber duck", "", 3.0)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.nn.init.normal_(guidance.unet.class_embedding.linear_1.weight, std=1.0)
-    eps_front, eps_back = (guidance.predict_noise(x, 500, [c], cond) for c in (front, back))
-    assert not torch.allclose(eps_front, eps_back)
-    assert torch.equal(guidance.camera_labels([front, back]), camera_features([front, back]))
-    guidance.camera_input, guidance.view_dependent = False, False   # no camera signal at all
-    assert torch.equal(guidance.camera_labels([front, back], repeat=2), torch.zeros(4, 4))
+    features, none = camera_features([front, back]), torch.zeros(2, 4)
+    eps = {}
+    for mode, labels in (("guided", (none, features)), ("both", (features, features)), ("off", (none, none))):
+        guidance.camera_input = mode     # rows: [unconditional branch; conditional branch]
+        assert torch.equal(guidance.camera_labels([front, back]), torch.cat(labels)), mode
+        eps[mode] = [guidance.predict_noise(x, 500, [c], cond) for c in (front, back)]
+    assert not torch.allclose(*eps["guided"]) and not torch.allclose(*eps["both"])
+    assert not torch.allclose(eps["guided"][0], eps["both"][0])    # CFG scales the camera only when guided
+    guidance.view_dependent = False                                # no camera signal at all
     assert torch.equal(guidance.predict_noise(x, 500, [front], cond), guidance.predict_noise(x, 500, [back], cond))
+    with pytest.raises(ValueError, match="camera_input must be one of guided, both, off"):
+        StableDiffusionGuidance.from_pretrained(micro_model, device="cpu", camera_input="on")
+
+
+def test_the_model_samples_a_caption_seeded(micro_model):
+    guidance = StableDiffusionGuidance.from_pretrained(micro_model, device="cpu", dtype=torch.float32)
+    cams = [orbit_camera(a, 10, RADIUS, FOV_DEG, 32, 32) for a in (0, 90)]
+    a, b = (guidance.sample("a rubber duck", cams, 3, 3.0, torch.Generator().manual_seed(0)) for _ in range(2))
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+
+
+def test_the_sample_bench_judges_the_shipped_model_samples_against_the_bundled_objects(tmp_path):
+    from cfd import bench
+
+    out = tmp_path / "samples.json"
+    assert bench.main(["samples", "--prompts", "a rubber duck,a cactus", "--samples", "2", "--steps", "2",
+                       "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["samples"]) == 4 and result["summary"]["samples"] == 4
+    duck = [r for r in result["samples"] if r["prompt"] == "a rubber duck"]
+    assert [r["azimuth"] for r in duck] == [0.0, 45.0]
+    assert all(r["in_family"] == (r["family"] == "rubber duck") for r in duck)
 
 
 def test_camera_features_are_elevation_azimuth_and_distance():

@@ -57,6 +57,12 @@ VIEW_OVERHEAD_THRESHOLD_DEG = 60.0
 MODEL_ENV = "CFD_MODEL"
 TEXT_CACHE_SIZE = 256          # text embeddings kept per model (least recently used dropped first)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# What a camera-conditioned UNet (tiny-sd) is told of the camera, per CFG branch:
+# "guided": the conditional branch the camera, the unconditional branch none (the
+# zeros it was trained with), so CFG scales the camera as it scales the text (as
+# Zero-1-to-3 drops its pose with its image); "both": the camera in both branches;
+# "off": in neither. Measured on tiny-sd: README "tiny-sd".
+CAMERA_INPUTS = ("guided", "both", "off")
 
 # Per component subfolder: the config file it must hold, and whether it holds weights.
 _COMPONENT_FILES = (
@@ -67,6 +73,13 @@ _COMPONENT_FILES = (
     ("scheduler", "scheduler_config.json", False),
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def check_camera_input(camera_input: str) -> str:
+    """``camera_input`` if it is one of CAMERA_INPUTS, else ValueError naming them."""
+    if camera_input not in CAMERA_INPUTS:
+        raise ValueError(f"camera_input must be one of {', '.join(CAMERA_INPUTS)}, got {camera_input!r}")
+    return camera_input
 
 
 # ----------------------------------------------------------------- locating weights
@@ -210,7 +223,7 @@ class StableDiffusionGuidance:
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: Mapping, *,
-                 view_dependent: bool = True, camera_input: bool = True, device=None, dtype=None,
+                 view_dependent: bool = True, camera_input: str = "guided", device=None, dtype=None,
                  name: str = "Stable Diffusion"):
         self.device, self.dtype = _device_dtype(device, dtype)
         prediction_type = scheduler_config.get("prediction_type") or "epsilon"
@@ -233,9 +246,9 @@ class StableDiffusionGuidance:
         self.name = name
         self.view_dependent = view_dependent
         # a camera-conditioned UNet (tiny-sd) takes cameras.camera_features as its class
-        # labels; camera_input=False feeds zeros, the "no camera" it was trained with
+        # labels, as CAMERA_INPUTS says; zeros are the "no camera" it was trained with
         self.camera_conditioned = unet.config.get("class_embed_type") == "projection"
-        self.camera_input = camera_input
+        self.camera_input = check_camera_input(camera_input)
         # the objects a model was trained on (an ExactPrior; tiny-sd's are the bundled
         # ones), to measure results against; None for real SD
         self.references = None
@@ -253,7 +266,7 @@ class StableDiffusionGuidance:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, view_dependent: bool = True,
-                        camera_input: bool = True, device=None, dtype=None,
+                        camera_input: str = "guided", device=None, dtype=None,
                         name: str | None = None) -> "StableDiffusionGuidance":
         """Load SD from a hub id or local diffusers folder (see ``resolve_model``);
         ``name``: how messages call it (default "Stable Diffusion (<model>)").
@@ -323,16 +336,16 @@ class StableDiffusionGuidance:
                 self._embeddings.popitem(last=False)
         return embedding
 
-    def camera_labels(self, cameras: list[Camera], repeat: int = 1) -> Tensor | None:
-        """The UNet's class labels for ``cameras`` ([repeat·B, 4], the batch
-        repeated ``repeat`` times): ``camera_features``, zeros with camera_input
-        off; None for a UNet without camera input (real SD)."""
+    def camera_labels(self, cameras: list[Camera]) -> Tensor | None:
+        """The UNet's class labels [2B, 4] for the batch [unconditional; conditional]
+        of ``cameras`` (B of them): ``camera_features`` or zeros, as ``camera_input``
+        says (CAMERA_INPUTS); None for a UNet without camera input (real SD)."""
         if not self.camera_conditioned:
             return None
-        labels = camera_features(cameras)
-        if not self.camera_input:
-            labels = torch.zeros_like(labels)
-        return labels.repeat(repeat, 1).to(self.device, self.dtype)
+        features = camera_features(cameras)
+        none = torch.zeros_like(features)
+        branches = {"guided": (none, features), "both": (features, features), "off": (none, none)}
+        return torch.cat(branches[self.camera_input]).to(self.device, self.dtype)
 
     # -- the Guidance protocol
 
@@ -368,12 +381,30 @@ class StableDiffusionGuidance:
             x = x_t.detach().to(self.device, self.dtype)
             timesteps = torch.full((2 * batch,), t, device=self.device, dtype=torch.long)
             out = self.unet(torch.cat([x, x]), timesteps, encoder_hidden_states=torch.cat([uncond, text]),
-                            class_labels=self.camera_labels(cameras, repeat=2)).sample.float()
+                            class_labels=self.camera_labels(cameras)).sample.float()
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + cond.guidance_scale * (out_cond - out_uncond)
             if self.prediction_type == "v_prediction":
                 out = alpha * out + sigma * x_t.detach().to(self.device).float()
         return out.to(x_t.device)
+
+    @torch.no_grad()
+    def sample(self, prompt: str, cameras: list[Camera], steps: int = 50, guidance_scale: float = 3.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """The model's own images of ``prompt``: DDIM samples [B, 3, H, W] in [0, 1],
+        one per camera (its view suffix and camera input, as ``predict_noise``),
+        ``steps`` DDIM steps at CFG ``guidance_scale``, empty negative prompt; the
+        initial noise drawn on the CPU from ``generator``."""
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler(**{k: v for k, v in self.scheduler_config.items() if not k.startswith("_")})
+        scheduler.set_timesteps(steps)
+        cond = self.condition(prompt, negative_prompt="", guidance_scale=guidance_scale)
+        size = (cameras[0].height // self.latent_factor, cameras[0].width // self.latent_factor)
+        x = torch.randn(len(cameras), self.channels, *size, generator=generator).to(self.device)
+        for t in scheduler.timesteps:
+            x = scheduler.step(self.predict_noise(x, int(t), cameras, cond), t, x).prev_sample
+        return self.decode(x)
 
 
 # ----------------------------------------------------------------- SD-2.1-base with random weights
