@@ -84,12 +84,13 @@ def tiny_sd():
     import torch
 
     from .guidance.stable_diffusion import StableDiffusionGuidance
-    from .guidance.tiny_sd import TINY_SD_DIR
+    from .guidance.tiny_sd import TINY_SD_CAMERA_SCALE, TINY_SD_DIR
 
     if (problem := tiny_sd_problem()) is not None:
         raise GuidanceUnavailable(f"{problem}\n{SD_HINT}")
     def build():
-        guidance = StableDiffusionGuidance.from_pretrained(TINY_SD_DIR, dtype=torch.float32, name="tiny-sd")
+        guidance = StableDiffusionGuidance.from_pretrained(TINY_SD_DIR, dtype=torch.float32, name="tiny-sd",
+                                                           camera_scale=TINY_SD_CAMERA_SCALE)
         guidance.references = exact_prior()   # what it was trained on: run.json names the nearest variant
         return guidance
 

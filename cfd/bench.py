@@ -203,7 +203,7 @@ def bench_recipe(args) -> dict:
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
     guidance = prepare(parse_request(backend=args.backend, prompt=prompts[0]))
-    guidance.camera_input, guidance.view_dependent = args.camera_input, args.view_suffix == "on"
+    _set_model_inputs(guidance, args)
     refs = guidance.references
     runs = []
     for method in methods:
@@ -234,7 +234,8 @@ def bench_recipe(args) -> dict:
               file=sys.stderr)
     config = {"backend": args.backend, "prompts": prompts, "methods": methods, "seeds": seeds, "set": overrides,
               "config": configured,
-              "camera_input": args.camera_input, "view_suffix": args.view_suffix, "label": args.label,
+              "camera_input": args.camera_input, "camera_scale": guidance.camera_scale,
+              "view_suffix": args.view_suffix, "label": args.label,
               "psnr": {"res": "the run's res", "views": PSNR_VIEWS}}
     return {"config": config, "runs": runs, "summary": summary}
 
@@ -254,7 +255,7 @@ def bench_samples(args) -> dict:
 
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     guidance = prepare(parse_request(backend=args.backend, prompt=prompts[0]))
-    guidance.camera_input, guidance.view_dependent = args.camera_input, args.view_suffix == "on"
+    _set_model_inputs(guidance, args)
     refs, res = guidance.references, args.res
     with torch.no_grad():
         references = torch.stack([render(scene, orbit_cameras(REFERENCE_AZIMUTHS, res)).rgb.permute(0, 3, 1, 2)
@@ -279,7 +280,8 @@ def bench_samples(args) -> dict:
           f"{summary['facing_asymmetric']} |", file=sys.stderr)
     config = {"backend": args.backend, "prompts": prompts, "samples": args.samples, "azimuths": args.azimuths,
               "res": res, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
-              "camera_input": args.camera_input, "view_suffix": args.view_suffix, "label": args.label}
+              "camera_input": args.camera_input, "camera_scale": guidance.camera_scale,
+              "view_suffix": args.view_suffix, "label": args.label}
     return {"config": config, "samples": rows, "summary": summary}
 
 def _recipe_summary(rs: list[dict], prompts: list[str]) -> dict:
@@ -692,7 +694,22 @@ def _model_input_options(p: argparse.ArgumentParser) -> None:
     """What the model is told of the view: ``--camera-input``, ``--view-suffix``."""
     p.add_argument("--camera-input", choices=CAMERA_INPUTS, default="guided",
                    help="what the UNet is told of the camera per CFG branch (see CAMERA_INPUTS)")
+    p.add_argument("--camera-scale", type=_camera_scale, default="backend",
+                   help="the camera's own CFG scale with --camera-input guided, or 'cfg' (the CFG scale); "
+                        "default: the backend's")
     p.add_argument("--view-suffix", choices=["on", "off"], default="on")
+
+
+def _camera_scale(text: str):
+    """``--camera-scale``: a number, 'cfg' (None: the CFG scale) or 'backend' (keep it)."""
+    return text if text == "backend" else None if text == "cfg" else float(text)
+
+
+def _set_model_inputs(guidance, args) -> None:
+    """What ``_model_input_options`` asked of the view, on ``guidance``."""
+    guidance.camera_input, guidance.view_dependent = args.camera_input, args.view_suffix == "on"
+    if args.camera_scale != "backend":
+        guidance.camera_scale = args.camera_scale
 
 
 def _speed_options(p: argparse.ArgumentParser) -> None:

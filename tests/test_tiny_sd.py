@@ -15,7 +15,7 @@ from cfd import request as rq
 from cfd.cameras import camera_features, orbit_camera
 from cfd.framing import FOV_DEG, RADIUS
 from cfd.guidance.stable_diffusion import StableDiffusionGuidance
-from cfd.guidance.tiny_sd import TINY_SD_DIR, sample_caption, training_captions
+from cfd.guidance.tiny_sd import TINY_SD_CAMERA_SCALE, TINY_SD_DIR, sample_caption, training_captions
 from cfd.scenes import find_scene_sets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +59,28 @@ def test_the_unet_takes_the_camera_in_the_branches_camera_input_names(micro_mode
     assert torch.equal(guidance.predict_noise(x, 500, [front], cond), guidance.predict_noise(x, 500, [back], cond))
     with pytest.raises(ValueError, match="camera_input must be one of guided, both, off"):
         StableDiffusionGuidance.from_pretrained(micro_model, device="cpu", camera_input="on")
+
+
+def test_a_camera_scale_of_its_own_adds_a_branch_whose_weight_is_that_scale(micro_model):
+    guidance = StableDiffusionGuidance.from_pretrained(micro_model, device="cpu", dtype=torch.float32)
+    cam = orbit_camera(60, 10, RADIUS, FOV_DEG, 32, 32)
+    cond = guidance.condition("a rubber duck", "", 3.0)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.nn.init.normal_(guidance.unet.class_embedding.linear_1.weight, std=1.0)
+
+    def eps(camera_input="guided", camera_scale=None):
+        guidance.camera_input, guidance.camera_scale = camera_input, camera_scale
+        return guidance.predict_noise(x, 500, [cam], cond)
+
+    assert torch.allclose(eps(camera_scale=3.0), eps(), atol=1e-5)     # s_c = s: the two-branch CFG
+    camera_free = eps(camera_scale=0.0)
+    assert torch.allclose(camera_free, eps("off"), atol=1e-5)
+    step = eps() - camera_free                                        # what one CFG scale of camera adds
+    assert step.abs().max() > 1e-3
+    assert torch.allclose(eps(camera_scale=10.0), camera_free + 10 / 3 * step, atol=1e-4)
+    assert torch.equal(eps("both", 10.0), eps("both"))               # the scale is the guided mode's
+    with pytest.raises(ValueError, match="camera_scale must be a finite number ≥ 0"):
+        StableDiffusionGuidance.from_pretrained(micro_model, device="cpu", camera_scale=-1.0)
 
 
 def test_the_model_samples_a_caption_seeded(micro_model):
@@ -106,7 +128,7 @@ def test_the_shipped_folder_loads_offline_and_matches_its_model_card(monkeypatch
     assert backends.tiny_sd_problem() is None
     guidance = backends.tiny_sd()
     assert guidance.camera_conditioned and guidance.references is not None
-    assert guidance.name == "tiny-sd"
+    assert guidance.name == "tiny-sd" and guidance.camera_scale == TINY_SD_CAMERA_SCALE and guidance.camera_scaled
 
 
 def test_tiny_sd_backend_defaults_and_refusals():

@@ -23,6 +23,7 @@ so ``check_sd_weights`` and this module stay cheap.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -60,8 +61,11 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 # What a camera-conditioned UNet (tiny-sd) is told of the camera, per CFG branch:
 # "guided": the conditional branch the camera, the unconditional branch none (the
 # zeros it was trained with), so CFG scales the camera as it scales the text (as
-# Zero-1-to-3 drops its pose with its image); "both": the camera in both branches;
-# "off": in neither. Measured on tiny-sd: README "tiny-sd".
+# Zero-1-to-3 drops its pose with its image), or, given a camera scale s_c, with a
+# third branch (the text without the camera) and a scale of its own:
+#     ε̂ = ε(∅) + s (ε(text) − ε(∅)) + s_c (ε(text, camera) − ε(text))
+# "both": the camera in both branches; "off": in neither. Measured on tiny-sd:
+# README "tiny-sd".
 CAMERA_INPUTS = ("guided", "both", "off")
 
 # Per component subfolder: the config file it must hold, and whether it holds weights.
@@ -75,11 +79,14 @@ _COMPONENT_FILES = (
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-def check_camera_input(camera_input: str) -> str:
-    """``camera_input`` if it is one of CAMERA_INPUTS, else ValueError naming them."""
+def check_camera_input(camera_input: str, camera_scale: float | None) -> tuple[str, float | None]:
+    """(camera_input, camera_scale) if ``camera_input`` is one of CAMERA_INPUTS and
+    ``camera_scale`` None or a finite number ≥ 0, else ValueError naming the fix."""
     if camera_input not in CAMERA_INPUTS:
         raise ValueError(f"camera_input must be one of {', '.join(CAMERA_INPUTS)}, got {camera_input!r}")
-    return camera_input
+    if camera_scale is not None and not (math.isfinite(camera_scale) and camera_scale >= 0):
+        raise ValueError(f"camera_scale must be a finite number ≥ 0 or None (the CFG scale), got {camera_scale!r}")
+    return camera_input, camera_scale
 
 
 # ----------------------------------------------------------------- locating weights
@@ -223,8 +230,8 @@ class StableDiffusionGuidance:
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: Mapping, *,
-                 view_dependent: bool = True, camera_input: str = "guided", device=None, dtype=None,
-                 name: str = "Stable Diffusion"):
+                 view_dependent: bool = True, camera_input: str = "guided", camera_scale: float | None = None,
+                 device=None, dtype=None, name: str = "Stable Diffusion"):
         self.device, self.dtype = _device_dtype(device, dtype)
         prediction_type = scheduler_config.get("prediction_type") or "epsilon"
         if prediction_type not in PREDICTION_TYPES:
@@ -248,7 +255,7 @@ class StableDiffusionGuidance:
         # a camera-conditioned UNet (tiny-sd) takes cameras.camera_features as its class
         # labels, as CAMERA_INPUTS says; zeros are the "no camera" it was trained with
         self.camera_conditioned = unet.config.get("class_embed_type") == "projection"
-        self.camera_input = check_camera_input(camera_input)
+        self.camera_input, self.camera_scale = check_camera_input(camera_input, camera_scale)
         # the objects a model was trained on (an ExactPrior; tiny-sd's are the bundled
         # ones), to measure results against; None for real SD
         self.references = None
@@ -261,12 +268,12 @@ class StableDiffusionGuidance:
         """Guidance over already built diffusers/transformers components:
         UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer and the
         scheduler config dict. ``kwargs``: view_dependent, device, dtype, name
-        camera_input (see the class)."""
+        camera_input, camera_scale (see CAMERA_INPUTS)."""
         return cls(unet, vae, text_encoder, tokenizer, scheduler_config, **kwargs)
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, view_dependent: bool = True,
-                        camera_input: str = "guided", device=None, dtype=None,
+                        camera_input: str = "guided", camera_scale: float | None = None, device=None, dtype=None,
                         name: str | None = None) -> "StableDiffusionGuidance":
         """Load SD from a hub id or local diffusers folder (see ``resolve_model``);
         ``name``: how messages call it (default "Stable Diffusion (<model>)").
@@ -296,7 +303,8 @@ class StableDiffusionGuidance:
         except (OSError, ValueError) as err:
             raise GuidanceUnavailable(_unavailable_message(model, f"loading failed ({err})")) from err
         return cls.from_components(unet, vae, text_encoder, tokenizer, scheduler_config,
-                                   view_dependent=view_dependent, camera_input=camera_input, device=device,
+                                   view_dependent=view_dependent, camera_input=camera_input,
+                                   camera_scale=camera_scale, device=device,
                                    dtype=dtype, name=name or f"Stable Diffusion ({model})")
 
     # -- prompts
@@ -336,6 +344,11 @@ class StableDiffusionGuidance:
                 self._embeddings.popitem(last=False)
         return embedding
 
+    @property
+    def camera_scaled(self) -> bool:
+        """Whether the camera has a CFG scale of its own (a third UNet branch)."""
+        return self.camera_conditioned and self.camera_input == "guided" and self.camera_scale is not None
+
     def camera_labels(self, cameras: list[Camera]) -> Tensor | None:
         """The UNet's class labels [2B, 4] for the batch [unconditional; conditional]
         of ``cameras`` (B of them): ``camera_features`` or zeros, as ``camera_input``
@@ -365,9 +378,9 @@ class StableDiffusionGuidance:
 
     def predict_noise(self, x_t: Tensor, t: int, cameras: list[Camera], cond: "SDCondition") -> Tensor:
         """CFG noise prediction ε̂ = ε_u + s(ε_c − ε_u) for latents x_t [B, C, h, w] at
-        integer timestep t, one camera per batch item (for the view suffix), with
-        ``cond``'s prompts and scale s. One
-        UNet call on the batch [uncond; cond] of size 2B. Returns float32 [B, C, h, w]
+        integer timestep t, one camera per batch item (for the view suffix and a
+        camera-conditioned UNet, CAMERA_INPUTS), with ``cond``'s prompts and scale s.
+        One UNet call on the batch [uncond; cond] of size 2B (3B with a camera scale). Returns float32 [B, C, h, w]
         on x_t's device, without gradient. v-prediction models are converted with
         ε = α_t v + σ_t x_t."""
         batch = x_t.shape[0]
@@ -378,12 +391,17 @@ class StableDiffusionGuidance:
         with torch.no_grad():
             uncond = self.text_embedding(cond.negative_prompt).expand(batch, -1, -1)
             text = torch.cat([self.text_embedding(self.prompt_for(cond, c)) for c in cameras])
+            texts, labels = [uncond, text], self.camera_labels(cameras)
+            if self.camera_scaled:     # a third branch: the text without the camera
+                texts, labels = texts + [text], torch.cat([labels, labels[:batch]])
             x = x_t.detach().to(self.device, self.dtype)
-            timesteps = torch.full((2 * batch,), t, device=self.device, dtype=torch.long)
-            out = self.unet(torch.cat([x, x]), timesteps, encoder_hidden_states=torch.cat([uncond, text]),
-                            class_labels=self.camera_labels(cameras)).sample.float()
-            out_uncond, out_cond = out.chunk(2)
-            out = out_uncond + cond.guidance_scale * (out_cond - out_uncond)
+            timesteps = torch.full((len(texts) * batch,), t, device=self.device, dtype=torch.long)
+            out = self.unet(torch.cat([x] * len(texts)), timesteps, encoder_hidden_states=torch.cat(texts),
+                            class_labels=labels).sample.float().chunk(len(texts))
+            out_uncond, out_cond, out_text = out[0], out[1], out[-1]
+            out = out_uncond + cond.guidance_scale * (out_text - out_uncond)
+            if self.camera_scaled:
+                out = out + self.camera_scale * (out_cond - out_text)
             if self.prediction_type == "v_prediction":
                 out = alpha * out + sigma * x_t.detach().to(self.device).float()
         return out.to(x_t.device)
