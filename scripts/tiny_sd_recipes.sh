@@ -4,8 +4,8 @@
 #   scripts/tiny_sd_recipes.sh OUT_DIR GROUP ...
 # groups: methods (every method or $METHODS, the 8 family captions × seeds 0-1 or $SEEDS), and ablations of CFD on
 # four families (duck, rocket, snowman: asymmetric; cactus) × seed 0: cfg, knots, camera,
-# views, lr, space, densify; facing: the camera input in the conditional branch only (the
-# default) or in both, CFD on the asymmetric families × seeds 0-3 and the model's 2D samples.
+# views, lr, space, densify; facing: the camera's CFG (its own scale, the text's, or none),
+# CFD on the asymmetric families × seeds 0-3; samples: the model's own 2D samples.
 # Each run is single-threaded: two groups at a time fit a 2-core CPU. JSON per recipe in OUT_DIR; the table rows on stderr (and in OUT_DIR/<recipe>.log).
 set -u
 cd "$(dirname "$0")/.."
@@ -40,11 +40,23 @@ for group in "$@"; do
              ablation no-camera-input --camera-input off
              ablation no-view-suffix --view-suffix off
              ablation neither --camera-input off --view-suffix off ;;
-    facing)  for c in guided both; do   # the asymmetric families × seeds 0-3, and the model's own samples
-               recipe "facing-camera-$c" --prompts "$ASYMMETRIC" --seeds 0-3 --methods cfd --camera-input $c
-               .venv/bin/python -m cfd.bench samples --camera-input $c --label "samples-camera-$c" \
-                 --json "$out/samples-camera-$c.json" > /dev/null 2> "$out/samples-camera-$c.log"
-               grep '^| ' "$out/samples-camera-$c.log" >&2
+    facing)  # CFD on the asymmetric families × seeds 0-3: the camera's own CFG scale, and the camera
+             # scaled with the text (cfg) or given to both branches, at CFG 7.5 (the default) and 30
+             for c in 30 15 10 cfg; do
+               recipe "facing-camera-scale-$c" --prompts "$ASYMMETRIC" --seeds 0-3 --methods cfd --camera-scale $c
+             done
+             for g in 7.5 30; do
+               recipe "facing-cfg-$g-camera-cfg" --prompts "$ASYMMETRIC" --seeds 0-3 --methods cfd \
+                 --set guidance_scale=$g --camera-scale cfg
+               recipe "facing-cfg-$g-camera-both" --prompts "$ASYMMETRIC" --seeds 0-3 --methods cfd \
+                 --set guidance_scale=$g --camera-input both
+             done ;;
+    samples) # the model's own DDIM samples (CFG 3), the camera guided with its own scale or not, or in both
+             for c in "--camera-scale 30" "--camera-scale cfg" "--camera-input both"; do
+               name="samples${c// /-}"
+               .venv/bin/python -m cfd.bench samples $c --label "$name" --json "$out/$name.json" \
+                 > /dev/null 2> "$out/$name.log"
+               grep '^| ' "$out/$name.log" >&2
              done ;;
     views)   ablation 1-view-4x-steps --set views=1 --set steps=$((4 * ${STEPS:-200})) ;;
     lr)      ablation lr-x0.5 --set lr_scale=0.5
