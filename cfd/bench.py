@@ -691,7 +691,7 @@ def _samples_options(p: argparse.ArgumentParser) -> None:
 
 
 def _model_input_options(p: argparse.ArgumentParser) -> None:
-    """What the model is told of the view: ``--camera-input``, ``--view-suffix``."""
+    """What the model is told of the view: ``--camera-input``, ``--camera-scale``, ``--view-suffix``."""
     p.add_argument("--camera-input", choices=CAMERA_INPUTS, default="guided",
                    help="what the UNet is told of the camera per CFG branch (see CAMERA_INPUTS)")
     p.add_argument("--camera-scale", type=_camera_scale, default="backend",

@@ -242,7 +242,7 @@ def evaluate(guidance, scenes, families, cfg: TrainConfig) -> dict:
         psnrs += best.tolist()
     return {"vae_psnr": round(vae_psnr, 2), "samples_in_family": hits, "samples": total,
             "sample_psnr": round(sum(psnrs) / len(psnrs), 2), "ddim_steps": cfg.eval_steps,
-            "cfg": cfg.eval_cfg, "per_family": per_family}
+            "cfg": cfg.eval_cfg, "camera_input": guidance.camera_input, "per_family": per_family}
 
 
 # ------------------------------------------------------------------ the folder
@@ -312,7 +312,8 @@ def model_card_text(card: dict) -> str:
         f"text encoder {card['parameters']['text_encoder']:,}; {card['size_bytes'] / 2**20:.1f} MB.", "",
         "## Evaluation",
         f"- VAE reconstruction on unseen views: {e['vae_psnr']:.2f} dB.",
-        f"- DDIM {e['ddim_steps']} steps, CFG {e['cfg']:g}, random training cameras: "
+        f"- DDIM {e['ddim_steps']} steps, CFG {e['cfg']:g} (camera input {e['camera_input']}), "
+        "random training cameras: "
         f"{e['samples_in_family']}/{e['samples']} samples of the family captions show a variant of that "
         f"family (best-matching reference over {c['reference_views']} views per variant); mean PSNR to it "
         f"{e['sample_psnr']:.2f} dB.", "",

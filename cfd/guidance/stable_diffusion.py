@@ -380,8 +380,8 @@ class StableDiffusionGuidance:
         """CFG noise prediction ε̂ = ε_u + s(ε_c − ε_u) for latents x_t [B, C, h, w] at
         integer timestep t, one camera per batch item (for the view suffix and a
         camera-conditioned UNet, CAMERA_INPUTS), with ``cond``'s prompts and scale s.
-        One UNet call on the batch [uncond; cond] of size 2B (3B with a camera scale). Returns float32 [B, C, h, w]
-        on x_t's device, without gradient. v-prediction models are converted with
+        One UNet call on the batch [uncond; cond] of size 2B (3B with a camera scale).
+        Returns float32 [B, C, h, w] on x_t's device, without gradient. v-prediction models are converted with
         ε = α_t v + σ_t x_t."""
         batch = x_t.shape[0]
         if len(cameras) != batch:
