@@ -27,7 +27,6 @@ from gradio import processing_utils
 
 from cfd import backends, params
 from cfd import request as rq
-from cfd.request import OverBudget
 from cfd.errors import Failure, failure
 from cfd.runner import Cancelled, Compared, Done, Item, Runner, SessionBusy, Stage, Step, compare_table
 from cfd.settings import setting
@@ -89,7 +88,7 @@ def _refusal(values: dict, compare: bool, request) -> tuple[str | None, str]:
     try:
         req, methods, n_seeds = _parsed(values, compare)
         start().admit(req, len(methods) * n_seeds, _session(request))
-    except (OverBudget, SessionBusy) as exc:
+    except (rq.OverBudget, SessionBusy) as exc:
         return ("prompt" if isinstance(exc, SessionBusy) else "steps"), str(exc)
     except Exception:  # noqa: BLE001 - refused by the handler, with its message
         pass

@@ -398,10 +398,13 @@ class StableDiffusionGuidance:
             timesteps = torch.full((len(texts) * batch,), t, device=self.device, dtype=torch.long)
             out = self.unet(torch.cat([x] * len(texts)), timesteps, encoder_hidden_states=torch.cat(texts),
                             class_labels=labels).sample.float().chunk(len(texts))
-            out_uncond, out_cond, out_text = out[0], out[1], out[-1]
-            out = out_uncond + cond.guidance_scale * (out_text - out_uncond)
-            if self.camera_scaled:
-                out = out + self.camera_scale * (out_cond - out_text)
+            out_uncond, out_cond = out[:2]
+            if self.camera_scaled:   # the text scaled by s without the camera, the camera by s_c
+                out_text = out[2]
+                out = (out_uncond + cond.guidance_scale * (out_text - out_uncond)
+                       + self.camera_scale * (out_cond - out_text))
+            else:
+                out = out_uncond + cond.guidance_scale * (out_cond - out_uncond)
             if self.prediction_type == "v_prediction":
                 out = alpha * out + sigma * x_t.detach().to(self.device).float()
         return out.to(x_t.device)
