@@ -47,12 +47,18 @@ def render_views(scenes, cams):
         return [render(s, cams).rgb for s in scenes]
 
 
+# Variants per family: 8 seeds drawing evenly from 12 variants reach >= 5 different ones
+# 95 % of the time (from 8 variants 81 %, from 6 56 %), so a seed comparison shows
+# different objects because the family is wide enough, not by luck.
+FAMILY_MIN_VARIANTS = 12
+
+
 @pytest.mark.parametrize("scene_set", SETS, ids=lambda s: s.id)
-def test_every_family_has_at_least_six_variants_that_differ_from_every_view(scene_set):
-    """≥ 6 variants per family, every two of them further apart than
-    FAMILY_PAIR_MAX_PSNR over the 8 orbit views of the PSNR measure."""
+def test_every_family_has_twelve_variants_that_differ_from_every_view(scene_set):
+    """≥ FAMILY_MIN_VARIANTS variants per family, every two of them further apart
+    than FAMILY_PAIR_MAX_PSNR over the 8 orbit views of the PSNR measure."""
     for family in scene_set.families:
-        assert len(family.variants) >= 6, family.name
+        assert len(family.variants) >= FAMILY_MIN_VARIANTS, family.name
         images = render_views([load_ply(v.path) for v in family.variants], psnr_cameras(64))
         for (i, a), (j, b) in itertools.combinations(enumerate(images), 2):
             psnr = float(-10 * torch.log10((a - b).square().mean()))
