@@ -188,12 +188,13 @@ def bench_recipe(args) -> dict:
     """One SD recipe on tiny-sd judged against the bundled ground truth (README
     "tiny-sd"): per method over prompts × seeds, whether the nearest bundled
     variant is in the prompt's family, its PSNR (``nearest_reference``), the view
-    agreement with it (``cfd.measures.view_agreement``; against Janus faces) and
-    the distinct variants over seeds. The recipe: the backend's defaults with
+    agreement with it (``cfd.measures.view_agreement``; against Janus faces), the
+    PSNR after the best turn about the vertical (``cfd.measures.turned_psnr``: how
+    much of the distance is orientation) and the distinct variants over seeds. The recipe: the backend's defaults with
     ``--set name=value`` request values, ``--config field=value`` DistillConfig
     fields, ``--camera-input guided|both|off``, ``--view-suffix off``."""
     from .distill import distill
-    from .measures import view_agreement
+    from .measures import turned_psnr, view_agreement
     from .pipeline import nearest_reference
     from .backends import prepare
     from .request import parse_request, parse_seeds
@@ -219,9 +220,11 @@ def bench_recipe(args) -> dict:
                 k = refs.names.index(near["nearest"])
                 family = refs.vocabulary.family(k)
                 agreement = view_agreement(scene, refs.scenes[k], config.res)
+                turned, turn = turned_psnr(scene, refs.scenes[k], config.res)
                 runs.append({"method": method, "prompt": prompt, "seed": seed, "nearest": near["nearest"],
                              "family": family, "in_family": k in family_of_prompt,
                              "psnr": near["nearest_psnr"], "view_agreement": agreement,
+                             "psnr_best_turn": round(turned, 2), "best_turn_deg": turn,
                              "seconds": round(seconds, 2)})
                 print(f"recipe {method:>8} {prompt!r} seed {seed}: {near['nearest_psnr']:5.2f} dB "
                       f"({near['nearest']}, {family}) agreement {agreement:.2f} {seconds:5.1f} s", file=sys.stderr)
@@ -289,6 +292,7 @@ def _recipe_summary(rs: list[dict], prompts: list[str]) -> dict:
     asym = [r["view_agreement"] for r in rs if r["family"] in ASYMMETRIC_FAMILIES and r["in_family"]]
     return {"in_family": sum(r["in_family"] for r in rs), "runs": len(rs),
             "mean_psnr": round(statistics.mean(r["psnr"] for r in rs), 2),
+            "mean_psnr_best_turn": round(statistics.mean(r["psnr_best_turn"] for r in rs), 2),
             "view_agreement": round(statistics.mean(r["view_agreement"] for r in rs), 3),
             "view_agreement_asymmetric": round(statistics.mean(asym), 3) if asym else None,
             "distinct_variants_per_prompt": round(statistics.mean(
@@ -601,6 +605,7 @@ def bench_speed(args) -> dict:
               "densify_every": config.densify_every, "splat_curve": splats, "skipped_steps": skipped["steps"]}
     if args.backend == "exact":
         result.update(objects=len(guidance.scenes), prompt=args.prompt, guidance_scale=args.guidance_scale,
+                      reference_cache_mb=round(guidance.cache_size() / 2**20, 1),
                       weighed=len(guidance.condition(args.prompt, None, args.guidance_scale).support(
                           len(guidance.scenes))))
     else:

@@ -116,6 +116,7 @@ def test_bench_speed_reports_the_splat_curve_with_densification(tmp_path):
     curve = data["splat_curve"]
     assert curve[0] == [0, 2000] and len(curve) > 2 and all(b[1] > a[1] for a, b in zip(curve, curve[1:]))
     assert curve[-1][1] <= 8000 and "densify" in data["phases_ms"]
+    assert 0 < data["reference_cache_mb"] <= 512   # the prompt's reference renders, within the prior's cap
 
 
 def test_bench_toy_reports_the_one_psnr_measure(tmp_path):
