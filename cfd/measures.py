@@ -4,6 +4,7 @@ side (against Janus faces).
 
     nearest_views(images, references)        # best (variant, view, PSNR) per image
     view_agreement(scene, reference, res)    # share of orbit views facing the right way
+    turned_psnr(scene, reference, res)       # the PSNR measure after the best turn about the vertical
     facing(best_view, azimuths)              # per image: its best match faces its own way
 
 PSNR is over images in [0, 1]. Views are orbit views (``cfd.framing``).
@@ -50,6 +51,27 @@ def view_agreement(scene: GaussianScene, reference: GaussianScene, res: int, n_v
     refs = render(reference.to(scene.device), orbit_cameras(REFERENCE_AZIMUTHS, res), background).rgb
     _, best, _ = nearest_views(ours.permute(0, 3, 1, 2), refs.permute(0, 3, 1, 2)[None])
     return float(facing(best, torch.arange(n_views) * 360.0 / n_views, tolerance_deg).double().mean())
+
+
+@torch.no_grad()
+def turned_psnr(scene: GaussianScene, reference: GaussianScene, res: int, n_views: int = PSNR_VIEWS,
+                background=(1.0, 1.0, 1.0)) -> tuple[float, float]:
+    """(PSNR dB, turn°): the project's PSNR measure (``n_views`` orbit views at
+    res × res, one MSE over all of them) of ``scene`` against ``reference`` seen
+    turned by the best of ``REFERENCE_AZIMUTHS`` turns about the vertical axis
+    (0°, 15°, …; turn 0 is the measure itself, the turn is the reference's azimuth
+    minus the view's, in [0, 360)). Its gain over turn 0 is what of a result's
+    distance to its variant is orientation; the rest is how it looks.
+    ``n_views`` must divide ``REFERENCE_AZIMUTHS``."""
+    if REFERENCE_AZIMUTHS % n_views:
+        raise ValueError(f"n_views={n_views} must divide {REFERENCE_AZIMUTHS}")
+    ours = render(scene.detach(), orbit_cameras(n_views, res), background).rgb
+    refs = render(reference.to(scene.device), orbit_cameras(REFERENCE_AZIMUTHS, res), background).rgb
+    views = torch.arange(n_views) * (REFERENCE_AZIMUTHS // n_views)
+    mse = torch.stack([(ours - refs[(views + j) % REFERENCE_AZIMUTHS]).square().mean()
+                       for j in range(REFERENCE_AZIMUTHS)])
+    best = int(mse.argmin())
+    return float(-10 * torch.log10(mse[best].clamp_min(1e-10))), best * 360.0 / REFERENCE_AZIMUTHS
 
 
 def facing(best_view: Tensor, azimuths_deg: Tensor, tolerance_deg: float = AGREEMENT_TOLERANCE_DEG) -> Tensor:

@@ -300,7 +300,8 @@ def model_card_text(card: dict) -> str:
         f"{card['data']['variants']} variants × {c['views']} views = {card['data']['images']} renders at "
         f"{c['res']} px on white; captions: family caption 35 %, family alias 10 %, description 25 %, "
         f"variant name/alias 20 %, theme 10 % (of the {100 - 100 * c['empty_caption']:.0f} % non-empty), "
-        f"{100 * c['view_suffix']:.0f} % with a view suffix; {100 * c['no_camera']:.0f} % of camera inputs zeroed.", "",
+        f"{100 * c['view_suffix']:.0f} % with a view suffix; {100 * c['no_camera']:.0f} % of camera inputs zeroed. "
+        f"The scenes' files: SHA-256 {card['data']['scenes_sha256']} (`scenes_digest`).", "",
         "## Training",
         f"- VAE: {c['vae_steps']} steps × {c['vae_batch']}, final loss {card['losses']['vae_final']:.4f}; "
         f"latent scaling factor {card['scaling_factor']:.4f}; {t['vae']:.0f} s.",
@@ -350,8 +351,9 @@ def main(argv=None) -> int:
 
 
 def bundled_families(variants: int = 0):
-    """(scenes, their ``training_captions``, [(family caption, {its scenes' indices})])
-    of the bundled families, each cut to its first ``variants`` variants (0: all)."""
+    """(scenes, their ``training_captions``, [(family caption, {its scenes' indices})],
+    ``scenes_digest`` of their files) of the bundled families, each cut to its first
+    ``variants`` variants (0: all)."""
     sets = [replace(s, families=tuple(replace(f, variants=f.variants[:variants or None]) for f in s.families))
             for s in find_scene_sets()]
     families, k = [], 0
@@ -359,7 +361,14 @@ def bundled_families(variants: int = 0):
         for family in scene_set.families:
             families.append((family.caption, set(range(k, k + len(family.variants)))))
             k += len(family.variants)
-    return [load_ply(p) for s in sets for p in s.paths], training_captions(sets), families
+    paths = [p for s in sets for p in s.paths]
+    return [load_ply(p) for p in paths], training_captions(sets), families, scenes_digest(paths)
+
+
+def scenes_digest(paths: list[Path]) -> str:
+    """SHA-256 over the training scenes: each file's set folder, name and SHA-256, in order."""
+    lines = "".join(f"{p.parent.name}/{p.name} {sha256(p)}\n" for p in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def train(cfg: TrainConfig, out: Path) -> dict:
@@ -382,7 +391,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             print(f"[{now - started:7.0f} s] {phase} {step + 1}/{steps} loss {sum(recent) / len(recent):.4f}",
                   flush=True)
 
-    scenes, texts, families = bundled_families(cfg.variants)
+    scenes, texts, families, digest = bundled_families(cfg.variants)
     t0 = time.perf_counter()
     data = render_views(scenes, cfg.views, cfg.res, torch.Generator().manual_seed(cfg.seed))
     times["data"] = time.perf_counter() - t0
@@ -416,19 +425,20 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     times["evaluation"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - started
 
-    card = model_card(cfg, configs, data, families, vae_losses, unet_losses, scaling,
+    card = model_card(cfg, configs, data, families, digest, vae_losses, unet_losses, scaling,
                       (unet, vae, text_encoder), times, evaluation)
     write_folder(out, unet, vae, text_encoder, tokenizer, configs, card)
     return card
 
 
-def model_card(cfg, configs, data, families, vae_losses, unet_losses, scaling, modules, times, evaluation) -> dict:
+def model_card(cfg, configs, data, families, digest, vae_losses, unet_losses, scaling, modules, times,
+               evaluation) -> dict:
     """The model card's data (``write_folder`` adds the files' hashes and size)."""
     tail = unet_losses[-100:]
     return {
         "train_config": asdict(cfg), "configs": configs, "machine": _machine(),
         "data": {"variants": int(data.variant.max()) + 1, "images": len(data.images),
-                 "families": [f[0] for f in families]},
+                 "families": [f[0] for f in families], "scenes_sha256": digest},
         "losses": {"vae_final": sum(vae_losses[-100:]) / len(vae_losses[-100:]), "unet_first": unet_losses[0],
                    "unet_final": sum(tail) / len(tail),
                    "unet_curve": [round(sum(unet_losses[i:i + 100]) / len(unet_losses[i:i + 100]), 5)

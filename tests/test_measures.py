@@ -1,9 +1,11 @@
 """cfd.measures: best-matching reference views, and view agreement against Janus faces."""
 from __future__ import annotations
 
+import math
+
 import torch
 
-from cfd.measures import REFERENCE_AZIMUTHS, facing, nearest_views, view_agreement
+from cfd.measures import REFERENCE_AZIMUTHS, facing, nearest_views, turned_psnr, view_agreement
 from cfd.scenes import load_scene_set
 
 
@@ -21,6 +23,19 @@ def janus(scene):
     return type(scene).cat([front, mirrored])
 
 
+def turned(scene, degrees):
+    """``scene`` turned by ``degrees`` about the vertical (+y) axis: its means, and its rotations
+    composed with the turn's quaternion (w, x, y, z)."""
+    a = math.radians(degrees)
+    turn = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    w1, y1 = math.cos(a / 2), math.sin(a / 2)
+    w2, x2, y2, z2 = scene.quats.unbind(1)
+    out = scene.clone()
+    out.means = scene.means @ turn.T
+    out.quats = torch.stack([w1 * w2 - y1 * y2, w1 * x2 + y1 * z2, w1 * y2 + y1 * w2, w1 * z2 - y1 * x2], 1)
+    return out
+
+
 def test_nearest_views_finds_the_variant_and_view_an_image_shows():
     g = torch.Generator().manual_seed(0)
     references = torch.rand(3, 5, 3, 8, 8, generator=g)
@@ -33,6 +48,23 @@ def test_view_agreement_is_one_for_the_object_itself_and_low_for_a_janus_copy():
     scene = duck()
     assert view_agreement(scene, scene, 64) == 1.0
     assert view_agreement(janus(scene), scene, 64) <= 0.75
+
+
+def test_turned_psnr_finds_the_turn_of_a_turned_copy_and_is_the_psnr_measure_at_none():
+    from cfd.guidance.exact_prior import ExactPrior
+
+    scene = duck()
+    assert turned_psnr(scene, scene, 64) == (100.0, 0.0)           # identical renders: the clamp's 100 dB
+    quarter = turned(scene, 90)
+    db, turn = turned_psnr(quarter, scene, 64)
+    assert db > 40 and turn == 270.0                               # seen from 90° further round
+    prior = ExactPrior.bundled(["toys"])
+    measured = prior.scene_psnr(quarter, 64)[prior.names.index("yellow duck")]
+    assert measured < 25                                           # unturned, the measure sees another object
+    shifted = scene.clone()
+    shifted.means = scene.means + torch.tensor([0.05, 0.0, 0.0])
+    assert math.isclose(turned_psnr(shifted, scene, 64)[0], prior.scene_psnr(shifted, 64)[prior.names.index(
+        "yellow duck")], abs_tol=1e-4)                             # best at turn 0: the PSNR measure itself
 
 
 def test_facing_compares_the_best_reference_azimuth_with_the_image_own_across_360():

@@ -36,6 +36,7 @@ def test_training_script_runs_end_to_end_on_the_micro_config(micro_model):
     assert card["data"]["variants"] == sum(min(len(f.variants), train_tiny_sd.MICRO.variants)
                                            for s in find_scene_sets() for f in s.families)
     assert card["evaluation"]["samples"] == 8 * train_tiny_sd.MICRO.eval_samples
+    assert card["data"]["scenes_sha256"] == train_tiny_sd.bundled_families(train_tiny_sd.MICRO.variants)[3]
     assert card["files"] == train_tiny_sd.folder_hashes(micro_model)
     guidance = StableDiffusionGuidance.from_pretrained(micro_model, device="cpu", dtype=torch.float32)
     assert guidance.latent_factor == 4 and guidance.camera_conditioned
