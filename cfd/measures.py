@@ -60,8 +60,9 @@ def turned_psnr(scene: GaussianScene, reference: GaussianScene, res: int, n_view
     res × res, one MSE over all of them) of ``scene`` against ``reference`` seen
     turned by the best of ``REFERENCE_AZIMUTHS`` turns about the vertical axis
     (0°, 15°, …; turn 0 is the measure itself, the turn is the reference's azimuth
-    minus the view's, in [0, 360)). Its gain over turn 0 is what of a result's
-    distance to its variant is orientation; the rest is how it looks.
+    minus the view's, in [0, 360)). Its gain over turn 0 is the part of a
+    result's distance to its variant that orientation accounts for; the rest is
+    how it looks.
     ``n_views`` must divide ``REFERENCE_AZIMUTHS``."""
     if REFERENCE_AZIMUTHS % n_views:
         raise ValueError(f"n_views={n_views} must divide {REFERENCE_AZIMUTHS}")
