@@ -141,7 +141,8 @@ def bench_toy(args) -> dict:
         for seed in seeds:
             config = DistillConfig(method=method, weighting=weighting, seed=seed, steps=args.steps, res=args.res,
                                    batch_views=args.views, prompt=args.prompt,
-                                   guidance_scale=args.guidance_scale)
+                                   guidance_scale=args.guidance_scale,
+                                   **({} if args.t_knots is None else {"t_knots": args.t_knots}))
             t0 = time.perf_counter()
             scene = distill(prior, config)
             seconds = time.perf_counter() - t0
@@ -161,7 +162,8 @@ def bench_toy(args) -> dict:
     _print_table(summary, len(seeds), args.reach_db, args.prior, args.views)
     config = {"scenes": names, "methods": methods, "seeds": seeds, "steps": args.steps, "res": args.res,
               "reach_db": args.reach_db, "prior": args.prior, "views": args.views, "prompt": args.prompt,
-              "guidance_scale": args.guidance_scale, "psnr": {"res": args.res, "views": PSNR_VIEWS}}
+              "guidance_scale": args.guidance_scale, "t_knots": args.t_knots,
+              "psnr": {"res": args.res, "views": PSNR_VIEWS}}
     return {"config": config, "runs": runs, "summary": summary}
 
 
@@ -659,6 +661,9 @@ def _toy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 0,3,5")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--res", type=int, default=32)
+    p.add_argument("--t-knots", type=ast.literal_eval, default=None,
+                   help="the annealed methods' t knots ((progress, t), ...) as a Python literal, e.g. "
+                        "'((0, 980), (0.2, 980), (1, 20))' (default: DistillConfig's)")
     p.add_argument("--reach-db", type=float, default=25.0, help="PSNR at which a run counts as reaching its scene")
     p.add_argument("--figure", type=Path, help="write a PNG grid of final renders (method × seed)")
     p.add_argument("--json", type=Path)

@@ -120,22 +120,25 @@ def test_bench_speed_reports_the_splat_curve_with_densification(tmp_path):
 
 
 def test_bench_toy_reports_the_one_psnr_measure(tmp_path):
-    """bench toy's PSNR is pipeline.nearest_reference's (the app's, the CLI's run.json)."""
+    """bench toy's PSNR is pipeline.nearest_reference's (the app's, the CLI's run.json), of the run
+    its options describe (--t-knots reaches the run's t schedule)."""
     from cfd.distill import DistillConfig, distill
     from cfd.guidance.exact_prior import ExactPrior
     from cfd.pipeline import nearest_reference
 
     out = tmp_path / "toy.json"
     assert bench_main(["toy", "--methods", "cfd", "--seeds", "1", "--steps", "6", "--res", "16",
-                       "--json", str(out)]) == 0
+                       "--t-knots", "((0, 600), (1, 20))", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     config, run = data["config"], data["runs"][0]
     prior = ExactPrior.bundled(["toys"], multiview=config["prior"] == "multiview")
     scene = distill(prior, DistillConfig(seed=1, steps=6, res=16, batch_views=config["views"],
-                                         prompt=config["prompt"], guidance_scale=config["guidance_scale"]))
+                                         prompt=config["prompt"], guidance_scale=config["guidance_scale"],
+                                         t_knots=((0, 600), (1, 20))))
     near = nearest_reference(scene, prior, 16)
     assert run["psnr"] == [near["psnr"][n] for n in prior.names]
     assert config["psnr"] == {"res": 16, "views": 8} and near["psnr_res"] == 16
+    assert config["t_knots"] == [[0, 600], [1, 20]]
 
 
 def test_every_command_prints_its_help(capsys):
