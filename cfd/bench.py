@@ -192,9 +192,10 @@ def bench_recipe(args) -> dict:
     variant is in the prompt's family, its PSNR (``nearest_reference``), the view
     agreement with it (``cfd.measures.view_agreement``; against Janus faces), the
     PSNR after the best turn about the vertical (``cfd.measures.turned_psnr``: how
-    much of the distance is orientation) and the distinct variants over seeds. The recipe: the backend's defaults with
-    ``--set name=value`` request values, ``--config field=value`` DistillConfig
-    fields, ``--camera-input guided|both|off``, ``--view-suffix off``."""
+    much of the distance is orientation) and the distinct variants over seeds.
+    The recipe: the backend's defaults with ``--set name=value`` request values,
+    ``--config field=value`` DistillConfig fields, ``--camera-input
+    guided|both|off``, ``--view-suffix off``."""
     from .distill import distill
     from .measures import turned_psnr, view_agreement
     from .pipeline import nearest_reference

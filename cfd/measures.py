@@ -47,8 +47,7 @@ def view_agreement(scene: GaussianScene, reference: GaussianScene, res: int, n_v
     views lies within ``tolerance_deg`` of the view's own azimuth. 1 for a scene
     that looks like its variant from every side; a Janus scene (the front on the
     back too) scores about half. Renders at res × res on ``background``."""
-    ours = render(scene.detach(), orbit_cameras(n_views, res), background).rgb
-    refs = render(reference.to(scene.device), orbit_cameras(REFERENCE_AZIMUTHS, res), background).rgb
+    ours, refs = _orbit_renders(scene, reference, res, n_views, background)
     _, best, _ = nearest_views(ours.permute(0, 3, 1, 2), refs.permute(0, 3, 1, 2)[None])
     return float(facing(best, torch.arange(n_views) * 360.0 / n_views, tolerance_deg).double().mean())
 
@@ -66,13 +65,21 @@ def turned_psnr(scene: GaussianScene, reference: GaussianScene, res: int, n_view
     ``n_views`` must divide ``REFERENCE_AZIMUTHS``."""
     if REFERENCE_AZIMUTHS % n_views:
         raise ValueError(f"n_views={n_views} must divide {REFERENCE_AZIMUTHS}")
-    ours = render(scene.detach(), orbit_cameras(n_views, res), background).rgb
-    refs = render(reference.to(scene.device), orbit_cameras(REFERENCE_AZIMUTHS, res), background).rgb
+    ours, refs = _orbit_renders(scene, reference, res, n_views, background)
     views = torch.arange(n_views) * (REFERENCE_AZIMUTHS // n_views)
     mse = torch.stack([(ours - refs[(views + j) % REFERENCE_AZIMUTHS]).square().mean()
                        for j in range(REFERENCE_AZIMUTHS)])
     best = int(mse.argmin())
     return float(-10 * torch.log10(mse[best].clamp_min(1e-10))), best * 360.0 / REFERENCE_AZIMUTHS
+
+
+def _orbit_renders(scene: GaussianScene, reference: GaussianScene, res: int, n_views: int,
+                   background) -> tuple[Tensor, Tensor]:
+    """([n_views, res, res, 3] of ``scene``, [REFERENCE_AZIMUTHS, res, res, 3] of
+    ``reference``): their orbit views (azimuth 0 first) on ``background``."""
+    ours = render(scene.detach(), orbit_cameras(n_views, res), background).rgb
+    refs = render(reference.to(scene.device), orbit_cameras(REFERENCE_AZIMUTHS, res), background).rgb
+    return ours, refs
 
 
 def facing(best_view: Tensor, azimuths_deg: Tensor, tolerance_deg: float = AGREEMENT_TOLERANCE_DEG) -> Tensor:
