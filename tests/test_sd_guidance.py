@@ -332,3 +332,25 @@ def test_defaults_are_the_authors_sd_stage():
 
     assert DEFAULT_GUIDANCE_SCALE == 71.0   # their 70 in ε_c + s(ε_c − ε_u)
     assert DEFAULT_NEGATIVE_PROMPT.startswith("lack details, ugly, oversmoothed") and "blurry" in DEFAULT_NEGATIVE_PROMPT
+
+
+def test_sample_steps_with_epsilon_for_a_v_prediction_model(random_sd_model_v):
+    """``predict_noise`` answers ε for every model, so ``sample``'s DDIM steps must read
+    ε even when the model predicts v: given the exact ε of one latent, each
+    deterministic DDIM step lands on that latent noised to the next timestep."""
+    g = StableDiffusionGuidance.from_pretrained(random_sd_model_v, view_dependent=False, device="cpu")
+    target = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def exact_noise(x_t, t, cameras, cond):
+        alpha, sigma = g.schedule.alpha(t).item(), g.schedule.sigma(t).item()
+        calls.append((t, x_t, (x_t - alpha * target) / sigma))
+        return calls[-1][2]
+
+    g.predict_noise = exact_noise
+    g.decode = lambda latents: latents
+    g.sample(PROMPT, [cam(0), cam(90)], steps=10, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 10
+    for (_, _, noise), (t, x_t, _) in zip(calls, calls[1:]):
+        expected = g.schedule.alpha(t).item() * target + g.schedule.sigma(t).item() * noise
+        torch.testing.assert_close(x_t, expected, atol=1e-4, rtol=1e-4)

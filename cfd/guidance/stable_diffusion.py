@@ -418,7 +418,8 @@ class StableDiffusionGuidance:
         initial noise drawn on the CPU from ``generator``."""
         from diffusers import DDIMScheduler
 
-        scheduler = DDIMScheduler(**{k: v for k, v in self.scheduler_config.items() if not k.startswith("_")})
+        config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
+        scheduler = DDIMScheduler(**{**config, "prediction_type": "epsilon"})   # predict_noise gives ε
         scheduler.set_timesteps(steps)
         cond = self.condition(prompt, negative_prompt="", guidance_scale=guidance_scale)
         size = (cameras[0].height // self.latent_factor, cameras[0].width // self.latent_factor)
