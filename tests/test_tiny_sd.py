@@ -126,6 +126,7 @@ def test_the_shipped_folder_loads_offline_and_matches_its_model_card(monkeypatch
     card = json.loads((TINY_SD_DIR / "model_card.json").read_text())
     assert card["files"] == train_tiny_sd.folder_hashes(TINY_SD_DIR)
     assert card["size_bytes"] <= 25 * 2**20
+    assert card["data"]["scenes_sha256"] == train_tiny_sd.bundled_families()[3]   # trained on the bundled objects
     assert backends.tiny_sd_problem() is None
     guidance = backends.tiny_sd()
     assert guidance.camera_conditioned and guidance.references is not None
