@@ -85,6 +85,10 @@ class TrainConfig:
     reference_views: int = 64       # per variant, for classifying the samples
     threads: int = 2
 
+    def __post_init__(self):
+        if self.prediction_type not in LOSS_NAMES:
+            raise ValueError(f"prediction_type must be one of {', '.join(LOSS_NAMES)}, got {self.prediction_type!r}")
+
 
 MICRO = TrainConfig(res=32, width=0.25, variants=1, threads=1, views=2, vae_steps=2, vae_batch=4, unet_steps=2,
                     unet_batch=4, warmup=1, eval_views=1, eval_samples=1, eval_steps=2, reference_views=2)

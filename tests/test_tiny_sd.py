@@ -39,7 +39,9 @@ def test_training_script_runs_end_to_end_on_the_micro_config(micro_model):
     assert card["data"]["scenes_sha256"] == train_tiny_sd.bundled_families(train_tiny_sd.MICRO.variants)[3]
     assert card["files"] == train_tiny_sd.folder_hashes(micro_model)
     guidance = StableDiffusionGuidance.from_pretrained(micro_model, device="cpu", dtype=torch.float32)
-    assert guidance.latent_factor == 4 and guidance.camera_conditioned
+    assert guidance.latent_factor == 4 and guidance.camera_conditioned and guidance.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="prediction_type must be one of epsilon, v_prediction"):
+        train_tiny_sd.main(["--micro", "--set", "prediction_type=v", "--out", str(micro_model.parent / "x")])
 
 
 def test_the_unet_takes_the_camera_in_the_branches_camera_input_names(micro_model):
