@@ -410,8 +410,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     times["data"] = time.perf_counter() - t0
     print(f"[{times['data']:7.0f} s] rendered {len(data.images)} training views", flush=True)
 
-    configs = tiny_sd_configs(cfg.width, cfg.res)
-    configs["scheduler"]["prediction_type"] = cfg.prediction_type
+    configs = tiny_sd_configs(cfg.width, cfg.res, cfg.prediction_type)
     vae = AutoencoderKL(**configs["vae"])
     t0 = time.perf_counter()
     vae_losses = train_vae(vae, data, cfg, accelerator, log)

@@ -36,11 +36,12 @@ TINY_SD_VIEWS = 4
 TINY_SD_MAX_PROMPT_BYTES = 60  # its byte-level tokenizer reads 75; the longest view suffix takes 15
 
 
-def tiny_sd_configs(width: float = 1.0, res: int = TINY_SD_RES) -> dict[str, dict]:
+def tiny_sd_configs(width: float = 1.0, res: int = TINY_SD_RES,
+                    prediction_type: str = "v_prediction") -> dict[str, dict]:
     """Plain-data configs of tiny-sd's components: "unet", "vae" (diffusers kwargs),
     "text_encoder" (CLIPTextConfig kwargs) and "scheduler" (SD's noise schedule,
-    v-prediction), for res × res images. ``width`` multiplies every channel
-    count (the training script's micro config uses it)."""
+    the UNet's ``prediction_type``), for res × res images. ``width`` multiplies
+    every channel count (the training script's micro config uses it)."""
     def ch(*c: int) -> tuple[int, ...]:
         return tuple(max(8, int(v * width)) for v in c)
 
@@ -68,7 +69,7 @@ def tiny_sd_configs(width: float = 1.0, res: int = TINY_SD_RES) -> dict[str, dic
         },
         "scheduler": {
             "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
-            "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
+            "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": prediction_type,
             "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
         },
     }
