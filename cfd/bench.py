@@ -192,12 +192,15 @@ def bench_recipe(args) -> dict:
     variant is in the prompt's family, its PSNR (``nearest_reference``), the view
     agreement with it (``cfd.measures.view_agreement``; against Janus faces), the
     PSNR after the best turn about the vertical (``cfd.measures.turned_psnr``: how
-    much of the distance is orientation) and the distinct variants over seeds.
+    much of the distance is orientation), the detail ratio
+    (``cfd.measures.detail_ratio``: fine detail against the variant's, < 1
+    blurred, > 1 noisy) and the
+    distinct variants over seeds.
     The recipe: the backend's defaults with ``--set name=value`` request values,
     ``--config field=value`` DistillConfig fields, ``--camera-input
     guided|both|off``, ``--view-suffix off``."""
     from .distill import distill
-    from .measures import turned_psnr, view_agreement
+    from .measures import detail_ratio, turned_psnr, view_agreement
     from .pipeline import nearest_reference
     from .backends import prepare
     from .request import parse_request, parse_seeds
@@ -224,10 +227,12 @@ def bench_recipe(args) -> dict:
                 family = refs.vocabulary.family(k)
                 agreement = view_agreement(scene, refs.scenes[k], config.res)
                 turned, turn = turned_psnr(scene, refs.scenes[k], config.res)
+                detail = detail_ratio(scene, refs.scenes[k], config.res)
                 runs.append({"method": method, "prompt": prompt, "seed": seed, "nearest": near["nearest"],
                              "family": family, "in_family": k in family_of_prompt,
                              "psnr": near["nearest_psnr"], "view_agreement": agreement,
                              "psnr_best_turn": round(turned, 2), "best_turn_deg": turn,
+                             "detail": round(detail, 3),
                              "seconds": round(seconds, 2)})
                 print(f"recipe {method:>8} {prompt!r} seed {seed}: {near['nearest_psnr']:5.2f} dB "
                       f"({near['nearest']}, {family}) agreement {agreement:.2f} {seconds:5.1f} s", file=sys.stderr)
@@ -236,7 +241,8 @@ def bench_recipe(args) -> dict:
         summary[method] = _recipe_summary([r for r in runs if r["method"] == method], prompts)
         print(f"| {args.label or 'defaults'} | {method} | {summary[method]['in_family']}/{summary[method]['runs']} | "
               f"{summary[method]['mean_psnr']:.2f} | {summary[method]['view_agreement_asymmetric']} | "
-              f"{summary[method]['distinct_variants_per_prompt']} | {summary[method]['mean_seconds']:.1f} |",
+              f"{summary[method]['distinct_variants_per_prompt']} | {summary[method]['mean_detail']:.2f} | "
+              f"{summary[method]['mean_seconds']:.1f} |",
               file=sys.stderr)
     config = {"backend": args.backend, "prompts": prompts, "methods": methods, "seeds": seeds, "set": overrides,
               "config": configured,
@@ -251,11 +257,13 @@ def bench_samples(args) -> dict:
     "tiny-sd"), the bound on what distillation can inherit: DDIM samples of each
     prompt from orbit cameras, each classified by its best-matching reference view
     (every bundled variant × ``REFERENCE_AZIMUTHS`` orbit views): in the prompt's
-    family, its PSNR, and whether that view faces the camera's way
-    (``cfd.measures.facing``; the asymmetric families' samples in their family)."""
+    family, its PSNR, its detail ratio against that view
+    (``cfd.measures.high_frequency_ratio``), and whether that view faces the
+    camera's way (``cfd.measures.facing``; the asymmetric families' samples in
+    their family)."""
     from .backends import prepare
     from .cameras import orbit_cameras
-    from .measures import REFERENCE_AZIMUTHS, facing, nearest_views
+    from .measures import REFERENCE_AZIMUTHS, facing, high_frequency_ratio, nearest_views
     from .render import render
     from .request import parse_request
 
@@ -274,16 +282,18 @@ def bench_samples(args) -> dict:
         images = guidance.sample(prompt, cameras, args.steps, args.guidance_scale, generator)
         variant, view, best = nearest_views(images, references)
         faces = facing(view, [c.azimuth_deg for c in cameras]).tolist()
-        for k, right_way, db, cam in zip(variant.tolist(), faces, best.tolist(), cameras):
+        detail = high_frequency_ratio(images, references[variant, view]).tolist()
+        for k, right_way, db, ratio, cam in zip(variant.tolist(), faces, best.tolist(), detail, cameras):
             rows.append({"prompt": prompt, "azimuth": cam.azimuth_deg, "nearest": refs.names[k],
                          "family": refs.vocabulary.family(k), "in_family": k in family, "psnr": round(db, 2),
-                         "facing": right_way})
+                         "detail": round(ratio, 3), "facing": right_way})
     asym = [r["facing"] for r in rows if r["family"] in ASYMMETRIC_FAMILIES and r["in_family"]]
     summary = {"in_family": sum(r["in_family"] for r in rows), "samples": len(rows),
                "mean_psnr": round(statistics.mean(r["psnr"] for r in rows), 2),
+               "mean_detail": round(statistics.mean(r["detail"] for r in rows), 3),
                "facing_asymmetric": round(statistics.mean(asym), 3) if asym else None}
     print(f"| {args.label or 'samples'} | {summary['in_family']}/{summary['samples']} | {summary['mean_psnr']:.2f} | "
-          f"{summary['facing_asymmetric']} |", file=sys.stderr)
+          f"{summary['mean_detail']:.2f} | {summary['facing_asymmetric']} |", file=sys.stderr)
     config = {"backend": args.backend, "prompts": prompts, "samples": args.samples, "azimuths": args.azimuths,
               "res": res, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
               "camera_input": args.camera_input, "camera_scale": guidance.camera_scale,
@@ -296,6 +306,7 @@ def _recipe_summary(rs: list[dict], prompts: list[str]) -> dict:
     return {"in_family": sum(r["in_family"] for r in rs), "runs": len(rs),
             "mean_psnr": round(statistics.mean(r["psnr"] for r in rs), 2),
             "mean_psnr_best_turn": round(statistics.mean(r["psnr_best_turn"] for r in rs), 2),
+            "mean_detail": round(statistics.mean(r["detail"] for r in rs), 3),
             "view_agreement": round(statistics.mean(r["view_agreement"] for r in rs), 3),
             "view_agreement_asymmetric": round(statistics.mean(asym), 3) if asym else None,
             "distinct_variants_per_prompt": round(statistics.mean(

@@ -5,6 +5,8 @@ side (against Janus faces).
     nearest_views(images, references)        # best (variant, view, PSNR) per image
     view_agreement(scene, reference, res)    # share of orbit views facing the right way
     turned_psnr(scene, reference, res)       # the PSNR measure after the best turn about the vertical
+    detail_ratio(scene, reference, res)      # fine-detail energy against the variant's (<1 blurred, >1 noisy)
+    high_frequency_ratio(images, references) # the same for images
     facing(best_view, azimuths)              # per image: its best match faces its own way
 
 PSNR is over images in [0, 1]. Views are orbit views (``cfd.framing``).
@@ -12,6 +14,7 @@ PSNR is over images in [0, 1]. Views are orbit views (``cfd.framing``).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .cameras import orbit_cameras
@@ -19,6 +22,7 @@ from .framing import PSNR_VIEWS
 from .gaussians import GaussianScene
 from .render import render
 
+DETAIL_SIGMA_PX = 1.0            # high frequencies: what a Gaussian blur of this σ (pixels) removes
 AGREEMENT_TOLERANCE_DEG = 45.0   # an orbit view agrees if its best-matching reference azimuth is this close
 REFERENCE_AZIMUTHS = 24          # reference views for view_agreement (every 15°)
 
@@ -71,6 +75,45 @@ def turned_psnr(scene: GaussianScene, reference: GaussianScene, res: int, n_view
                        for j in range(REFERENCE_AZIMUTHS)])
     best = int(mse.argmin())
     return float(-10 * torch.log10(mse[best].clamp_min(1e-10))), best * 360.0 / REFERENCE_AZIMUTHS
+
+
+@torch.no_grad()
+def detail_ratio(scene: GaussianScene, reference: GaussianScene, res: int, n_views: int = PSNR_VIEWS,
+            background=(1.0, 1.0, 1.0)) -> float:
+    """``high_frequency_ratio`` of ``scene``'s ``n_views`` orbit views (res × res)
+    against ``reference``'s from the same azimuths, over all views at once: 1 for
+    the variant itself, below 1 for a result blurrier than its variant, above 1
+    for one noisier (speckled with detail the variant lacks). ``n_views`` must divide ``REFERENCE_AZIMUTHS``."""
+    if REFERENCE_AZIMUTHS % n_views:
+        raise ValueError(f"n_views={n_views} must divide {REFERENCE_AZIMUTHS}")
+    ours, refs = _orbit_renders(scene, reference, res, n_views, background)
+    same_azimuths = refs[torch.arange(n_views) * (REFERENCE_AZIMUTHS // n_views)]
+    return float(high_frequency_ratio(ours.permute(0, 3, 1, 2).flatten(0, 1)[None],
+                                      same_azimuths.permute(0, 3, 1, 2).flatten(0, 1)[None])[0])
+
+
+def high_frequency_ratio(images: Tensor, references: Tensor, sigma_px: float = DETAIL_SIGMA_PX) -> Tensor:
+    """[B]: the energy of each image's high frequencies (the image minus its Gaussian
+    blur of σ = ``sigma_px`` pixels, edges replicated) over its reference's, for
+    images and references [B, C, H, W]: 1 for as much fine detail as the
+    reference, below 1 for blur, above 1 for noise (speckle)."""
+    def detail_energy(x: Tensor) -> Tensor:
+        return (x - gaussian_blur(x, sigma_px)).square().mean(dim=(-3, -2, -1))
+
+    return detail_energy(images) / detail_energy(references).clamp_min(1e-12)
+
+
+def gaussian_blur(images: Tensor, sigma_px: float) -> Tensor:
+    """[B, C, H, W] blurred by a separable Gaussian of σ = ``sigma_px`` pixels
+    (radius 3σ, edges replicated)."""
+    radius = max(1, round(3 * sigma_px))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-x.square() / (2 * sigma_px ** 2))
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    out = F.pad(images, (radius,) * 4, mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def _orbit_renders(scene: GaussianScene, reference: GaussianScene, res: int, n_views: int,

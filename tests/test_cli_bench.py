@@ -167,3 +167,22 @@ def test_a_run_stopped_by_non_finite_gradients_exits_4_with_the_message(tmp_path
     monkeypatch.setattr(cfd.pipeline, "generate", stops)
     assert cli_main(["generate", "--steps", "10", "--out", str(tmp_path / "run")]) == 4
     assert "error: step 6: the gradient was NaN or infinite" in capsys.readouterr().err
+
+
+def test_bench_recipe_and_samples_judge_tiny_sd_against_the_bundled_objects(tmp_path):
+    """The JSON of ``bench recipe`` and ``bench samples`` (README "tiny-sd") on a 10-step run and two samples."""
+    recipe = tmp_path / "recipe.json"
+    assert bench_main(["recipe", "--prompts", "a rubber duck", "--methods", "cfd", "--seeds", "0",
+                       "--set", "steps=10", "--json", str(recipe)]) == 0
+    run, = json.loads(recipe.read_text())["runs"]
+    assert run["method"] == "cfd" and run["seed"] == 0 and 0 <= run["view_agreement"] <= 1
+    assert run["psnr_best_turn"] >= run["psnr"] - 0.01 and run["detail"] > 0
+    summary = json.loads(recipe.read_text())["summary"]["cfd"]
+    assert summary["runs"] == 1 and summary["mean_detail"] == run["detail"]
+
+    samples = tmp_path / "samples.json"
+    assert bench_main(["samples", "--prompts", "a rubber duck", "--samples", "2", "--steps", "2",
+                       "--json", str(samples)]) == 0
+    out = json.loads(samples.read_text())
+    assert len(out["samples"]) == 2 and all(s["detail"] > 0 and s["psnr"] > 5 for s in out["samples"])
+    assert out["summary"]["samples"] == 2

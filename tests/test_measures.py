@@ -81,3 +81,34 @@ def test_the_asymmetric_families_of_the_benchmarks_are_bundled_families():
 
     names = {f.name for s in list_scene_sets() for f in s.families}
     assert set(ASYMMETRIC_FAMILIES) <= names, names
+
+
+def test_high_frequency_ratio_is_one_for_the_reference_above_for_noise_below_for_blur():
+    from cfd.measures import gaussian_blur, high_frequency_ratio
+
+    reference = render_duck_views()
+    speckled = (reference + 0.05 * torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    ratios = high_frequency_ratio(torch.cat([reference, speckled, gaussian_blur(reference, 1.0)]),
+                                  reference.repeat(3, 1, 1, 1)).view(3, len(reference))
+    itself, noisy, blurred = ratios
+    assert torch.allclose(itself, torch.ones_like(itself)) and (noisy > 1.5).all() and (blurred < 0.5).all()
+    flat = torch.full_like(reference, 0.5)
+    assert torch.allclose(gaussian_blur(flat, 2.0), flat)          # a flat image is its own blur
+
+
+def test_detail_ratio_is_one_for_the_variant_and_rises_with_noisy_splat_colours():
+    from cfd.measures import detail_ratio
+
+    scene = duck()
+    assert detail_ratio(scene, scene, 64) == 1.0
+    noisy = scene.clone()
+    noisy.sh = noisy.sh + 2.0 * torch.randn(noisy.sh.shape, generator=torch.Generator().manual_seed(0))
+    assert detail_ratio(noisy, scene, 64) > 1.3            # 1.60 measured
+
+
+def render_duck_views():
+    """[4, 3, 64, 64]: four orbit views of the yellow duck on white."""
+    from cfd.cameras import orbit_cameras
+    from cfd.render import render
+
+    return render(duck(), orbit_cameras(4, 64)).rgb.permute(0, 3, 1, 2)
