@@ -4,7 +4,7 @@
 #   scripts/tiny_sd_recipes.sh OUT_DIR GROUP ...
 # groups: methods (every method or $METHODS, the 8 family captions × seeds 0-1 or $SEEDS), and ablations of CFD on
 # four families (duck, rocket, snowman: asymmetric; cactus) × seed 0: cfg, knots, camera,
-# views, lr, space, densify; facing: the camera's CFG (its own scale, the text's, or none),
+# views, lr, space, densify, detail; facing: the camera's CFG (its own scale, the text's, or none),
 # CFD on the asymmetric families × seeds 0-3; samples: the model's own 2D samples.
 # Each run is single-threaded: two groups at a time fit a 2-core CPU. JSON per recipe in OUT_DIR; the table rows on stderr (and in OUT_DIR/<recipe>.log).
 set -u
@@ -34,7 +34,7 @@ for group in "$@"; do
     methods) m=${METHODS:-cfd,sds,iid,fixed2d,cfd-sde}   # METHODS=cfd,sds SEEDS=0 split it over processes
              recipe "methods-${m//,/-}-seeds${SEEDS:-0-1}" --methods "$m" --seeds "${SEEDS:-0-1}" ;;
     base)    ablation base ;;
-    cfg)     for s in 3 30 71; do ablation "cfg-$s" --set guidance_scale=$s; done ;;
+    cfg)     for s in 3 7.5 30 71; do ablation "cfg-$s" --set guidance_scale=$s; done ;;
     knots)   ablation authors-t-knots --config "t_knots=((0.0,980),(0.1,692),(0.5,404),(1.0,212))" ;;
     camera)  ablation camera-in-both-branches --camera-input both
              ablation no-camera-input --camera-input off
@@ -51,8 +51,10 @@ for group in "$@"; do
                recipe "facing-cfg-$g-camera-both" --prompts "$ASYMMETRIC" --seeds 0-3 --methods cfd \
                  --set guidance_scale=$g --camera-input both
              done ;;
-    samples) # the model's own DDIM samples (CFG 3), the camera guided with its own scale or not, or in both
-             for c in "--camera-scale 30" "--camera-scale cfg" "--camera-input both"; do
+    samples) # the model's own DDIM samples (CFG 3), the camera guided with its own scale or not, or in
+             # both; and at the distillation's CFG 15 with the camera's 30
+             for c in "--camera-scale 30" "--camera-scale cfg" "--camera-input both" \
+                      "--guidance-scale 15 --camera-scale 30"; do
                name="samples${c// /-}"
                .venv/bin/python -m cfd.bench samples $c --label "$name" --json "$out/$name.json" \
                  > /dev/null 2> "$out/$name.log"
@@ -61,9 +63,15 @@ for group in "$@"; do
     views)   ablation 1-view-4x-steps --set views=1 --set steps=$((4 * ${STEPS:-200})) ;;
     lr)      ablation lr-x0.5 --set lr_scale=0.5
              ablation lr-x2 --set lr_scale=2
-             ablation sh-lr-x0.2 --config "lr_sh=0.009" ;;
+             ablation sh-lr-x0.67 --config "lr_sh=0.009" ;;
     space)   ablation pixel-space --config "loss_space='pixel'" ;;
     densify) ablation densify --set densify_every=20 ;;
+    detail)  # what the blur and noise (cfd.measures.detail_ratio) answer to: the method, the colours'
+             # learning rate, the splats, Adam's memory
+             recipe sds-four --prompts "$FOUR" --seeds 0 --methods sds
+             ablation sh-lr-x0.33 --config "lr_sh=0.0045"
+             ablation 500-splats --config "init_splats=500"
+             ablation adam-beta2-0.999 --config "adam_betas=(0.9,0.999)" ;;
     *) echo "unknown group $group" >&2; exit 2 ;;
   esac
 done
