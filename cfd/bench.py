@@ -194,8 +194,7 @@ def bench_recipe(args) -> dict:
     PSNR after the best turn about the vertical (``cfd.measures.turned_psnr``: how
     much of the distance is orientation), the detail ratio
     (``cfd.measures.detail_ratio``: fine detail against the variant's, < 1
-    blurred, > 1 noisy) and the
-    distinct variants over seeds.
+    blurred, > 1 noisy) and the distinct variants over seeds.
     The recipe: the backend's defaults with ``--set name=value`` request values,
     ``--config field=value`` DistillConfig fields, ``--camera-input
     guided|both|off``, ``--view-suffix off``."""

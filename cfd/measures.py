@@ -79,11 +79,12 @@ def turned_psnr(scene: GaussianScene, reference: GaussianScene, res: int, n_view
 
 @torch.no_grad()
 def detail_ratio(scene: GaussianScene, reference: GaussianScene, res: int, n_views: int = PSNR_VIEWS,
-            background=(1.0, 1.0, 1.0)) -> float:
+                 background=(1.0, 1.0, 1.0)) -> float:
     """``high_frequency_ratio`` of ``scene``'s ``n_views`` orbit views (res × res)
     against ``reference``'s from the same azimuths, over all views at once: 1 for
     the variant itself, below 1 for a result blurrier than its variant, above 1
-    for one noisier (speckled with detail the variant lacks). ``n_views`` must divide ``REFERENCE_AZIMUTHS``."""
+    for one noisier (speckled with detail the variant lacks). ``n_views`` must
+    divide ``REFERENCE_AZIMUTHS``."""
     if REFERENCE_AZIMUTHS % n_views:
         raise ValueError(f"n_views={n_views} must divide {REFERENCE_AZIMUTHS}")
     ours, refs = _orbit_renders(scene, reference, res, n_views, background)

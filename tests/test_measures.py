@@ -96,14 +96,16 @@ def test_high_frequency_ratio_is_one_for_the_reference_above_for_noise_below_for
     assert torch.allclose(gaussian_blur(flat, 2.0), flat)          # a flat image is its own blur
 
 
-def test_detail_ratio_is_one_for_the_variant_and_rises_with_noisy_splat_colours():
+def test_detail_ratio_is_one_for_the_variant_above_with_noisy_colours_below_with_larger_splats():
     from cfd.measures import detail_ratio
 
     scene = duck()
     assert detail_ratio(scene, scene, 64) == 1.0
-    noisy = scene.clone()
+    noisy, blurred = scene.clone(), scene.clone()
     noisy.sh = noisy.sh + 2.0 * torch.randn(noisy.sh.shape, generator=torch.Generator().manual_seed(0))
+    blurred.log_scales = blurred.log_scales + math.log(2)
     assert detail_ratio(noisy, scene, 64) > 1.3            # 1.60 measured
+    assert detail_ratio(blurred, scene, 64) < 0.7          # 0.47 measured
 
 
 def render_duck_views():
