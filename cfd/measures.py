@@ -67,10 +67,8 @@ def turned_psnr(scene: GaussianScene, reference: GaussianScene, res: int, n_view
     result's distance to its variant that orientation accounts for; the rest is
     how it looks.
     ``n_views`` must divide ``REFERENCE_AZIMUTHS``."""
-    if REFERENCE_AZIMUTHS % n_views:
-        raise ValueError(f"n_views={n_views} must divide {REFERENCE_AZIMUTHS}")
+    views = _reference_views_at_orbit_azimuths(n_views)
     ours, refs = _orbit_renders(scene, reference, res, n_views, background)
-    views = torch.arange(n_views) * (REFERENCE_AZIMUTHS // n_views)
     mse = torch.stack([(ours - refs[(views + j) % REFERENCE_AZIMUTHS]).square().mean()
                        for j in range(REFERENCE_AZIMUTHS)])
     best = int(mse.argmin())
@@ -85,10 +83,9 @@ def detail_ratio(scene: GaussianScene, reference: GaussianScene, res: int, n_vie
     the variant itself, below 1 for a result blurrier than its variant, above 1
     for one noisier (speckled with detail the variant lacks). ``n_views`` must
     divide ``REFERENCE_AZIMUTHS``."""
-    if REFERENCE_AZIMUTHS % n_views:
-        raise ValueError(f"n_views={n_views} must divide {REFERENCE_AZIMUTHS}")
+    views = _reference_views_at_orbit_azimuths(n_views)
     ours, refs = _orbit_renders(scene, reference, res, n_views, background)
-    same_azimuths = refs[torch.arange(n_views) * (REFERENCE_AZIMUTHS // n_views)]
+    same_azimuths = refs[views]
     return float(high_frequency_ratio(ours.permute(0, 3, 1, 2).flatten(0, 1)[None],
                                       same_azimuths.permute(0, 3, 1, 2).flatten(0, 1)[None])[0])
 
@@ -115,6 +112,14 @@ def gaussian_blur(images: Tensor, sigma_px: float) -> Tensor:
     out = F.pad(images, (radius,) * 4, mode="replicate")
     out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _reference_views_at_orbit_azimuths(n_views: int) -> Tensor:
+    """[n_views]: the indices of the ``REFERENCE_AZIMUTHS`` orbit views at the
+    azimuths of ``n_views`` orbit views (ValueError unless ``n_views`` divides it)."""
+    if REFERENCE_AZIMUTHS % n_views:
+        raise ValueError(f"n_views={n_views} must divide {REFERENCE_AZIMUTHS}")
+    return torch.arange(n_views) * (REFERENCE_AZIMUTHS // n_views)
 
 
 def _orbit_renders(scene: GaussianScene, reference: GaussianScene, res: int, n_views: int,
