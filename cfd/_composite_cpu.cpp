@@ -1,6 +1,8 @@
 // Tiled front-to-back compositing of projected Gaussian splats on the CPU, with
-// its backward: the C++ kernel behind cfd.render.composite (built at first use by
-// torch.utils.cpp_extension.load; the pure-torch _Composite is its reference).
+// its backward: the C++ kernel behind cfd.render.composite (built ahead of use by
+// cfd/cpu_kernel.py, in a child process, and only loaded by a request; the
+// pure-torch _Composite is its reference). Its ops live in the namespace
+// CFD_OPS_NAMESPACE, which the build sets per source hash.
 //
 // Input: the (tile, splat) intersections, front to back per tile (tile t's
 // splats are tile_splats[tile_start[t] .. tile_start[t+1])), and per splat its
@@ -131,6 +133,12 @@ void check(const at::Tensor& x, at::ScalarType type, int64_t dim, const char* na
               " of shape ", x.sizes());
 }
 
+// x's size along dim is size (every index the kernel computes stays inside x).
+void check_size(const at::Tensor& x, int64_t dim, int64_t size, const char* name, const char* what) {
+  TORCH_CHECK(x.size(dim) == size, name, ": expected size ", size, " along dim ", dim, " (", what, "), got shape ",
+              x.sizes());
+}
+
 // What both passes read: the intersections and the splats, checked, with the
 // tile layout and thresholds.
 struct Inputs {
@@ -153,12 +161,38 @@ struct Inputs {
     check(means2d, at::kFloat, 2, "means2d");
     check(conics, at::kFloat, 2, "conics");
     check(log_opacities, at::kFloat, 1, "log_opacities");
+    // the layout: tiles of the image, n_tiles a whole number of views
+    TORCH_CHECK(tile_size > 0 && tiles_x > 0 && tiles_y > 0, "tile_size, tiles_x, tiles_y: expected > 0, got ",
+                tile_size, ", ", tiles_x, ", ", tiles_y);
+    TORCH_CHECK(width > 0 && height > 0 && (width + tile_size - 1) / tile_size == tiles_x &&
+                    (height + tile_size - 1) / tile_size == tiles_y,
+                "width, height: expected ", tiles_x, " × ", tiles_y, " tiles of ", tile_size, " px, got ", width,
+                " × ", height, " px");
+    TORCH_CHECK(tile_start.size(0) >= 1 && (tile_start.size(0) - 1) % (tiles_x * tiles_y) == 0,
+                "tile_start: expected 1 + views · ", tiles_x * tiles_y, " entries, got ", tile_start.size(0));
     n_tiles = tile_start.size(0) - 1;
     n_pix = tile_size * tile_size;
     M = features.size(0);
     F = features.size(1);
+    // one row per splat in every per-splat tensor
+    check_size(means2d, 0, M, "means2d", "splats, as features");
+    check_size(means2d, 1, 2, "means2d", "x, y");
+    check_size(conics, 0, M, "conics", "splats, as features");
+    check_size(conics, 1, 3, "conics", "a, b, c");
+    check_size(log_opacities, 0, M, "log_opacities", "splats, as features");
     start = tile_start.data_ptr<int64_t>();
     pairs = tile_splats.data_ptr<int64_t>();
+    // tile t's pairs are pairs[start[t] .. start[t + 1]), all inside tile_splats,
+    // and each pair's splat is one of the M
+    const int64_t P = tile_splats.size(0);
+    TORCH_CHECK(start[0] == 0 && start[n_tiles] == P, "tile_start: expected to run from 0 to ", P,
+                " (the pairs in tile_splats), got ", start[0], " … ", start[n_tiles]);
+    for (int64_t t = 0; t < n_tiles; ++t)
+      TORCH_CHECK(start[t] <= start[t + 1], "tile_start: expected non-decreasing, got ", start[t], " then ",
+                  start[t + 1], " at tile ", t);
+    for (int64_t k = 0; k < P; ++k)
+      TORCH_CHECK(pairs[k] >= 0 && pairs[k] < M, "tile_splats: expected splat indices in [0, ", M, "), got ",
+                  pairs[k], " at pair ", k);
     feat = features.data_ptr<float>();
     means = means2d.data_ptr<float>();
     conic = conics.data_ptr<float>();
@@ -259,6 +293,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
   check(grad_out, at::kFloat, 3, "grad_out");
   check(final_T, at::kFloat, 2, "final_T");
   check(n_used, at::kInt, 2, "n_used");
+  check_size(grad_out, 0, in.n_tiles, "grad_out", "tiles");
+  check_size(grad_out, 1, in.n_pix, "grad_out", "pixels per tile");
+  check_size(grad_out, 2, in.F, "grad_out", "features");
+  check_size(final_T, 0, in.n_tiles, "final_T", "tiles");
+  check_size(final_T, 1, in.n_pix, "final_T", "pixels per tile");
+  check_size(n_used, 0, in.n_tiles, "n_used", "tiles");
+  check_size(n_used, 1, in.n_pix, "n_used", "pixels per tile");
   const int64_t n_tiles = in.n_tiles, n_pix = in.n_pix, M = in.M, F = in.F, P = tile_splats.size(0);
   const int64_t* pairs = in.pairs;
   const float* feat = in.feat;
@@ -356,7 +397,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
 
 }  // namespace
 
-TORCH_LIBRARY(cfd_composite_cpu, m) {
+// The ops' namespace: cfd_composite_cpu_<source hash> as cfd/cpu_kernel.py builds
+// it, so two builds (two sources) can be loaded in one process without clashing.
+#ifndef CFD_OPS_NAMESPACE
+#define CFD_OPS_NAMESPACE cfd_composite_cpu
+#endif
+// one more macro level, so CFD_OPS_NAMESPACE is expanded before TORCH_LIBRARY pastes it
+#define CFD_TORCH_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+
+CFD_TORCH_LIBRARY(CFD_OPS_NAMESPACE, m) {
   m.def(
       "forward(Tensor tile_start, Tensor tile_splats, Tensor features, Tensor means2d, Tensor conics, "
       "Tensor log_opacities, int tile_size, int tiles_x, int tiles_y, int width, int height, "

@@ -16,11 +16,12 @@ The CPU compositor has two implementations of these semantics, each with a
 hand-written backward, both fed by one front-to-back (tile, splat) intersection
 list: a C++ kernel (``cfd/_composite_cpu.cpp``: gsplat's rasterizer on the CPU,
 each pixel walks its tile's splats up to its own early stop; parallel over
-tiles and bit-identical for any number of threads), built by
-``torch.utils.cpp_extension`` at first use and cached by torch; and the
-pure-torch ``composite_torch``, its reference, which evaluates padded buckets of
-tiles in bulk. ``composite`` takes the C++ kernel when it builds (else it warns
-once and falls back); ``CFD_CPU_KERNEL=torch`` forces the pure-torch one.
+tiles and bit-identical for any number of threads), built ahead of serving
+(``build_cpu_kernel``: ``make``, the app's start-up, ``python -m cfd.cpu_kernel``)
+and only loaded here; and the pure-torch ``composite_torch``, its reference,
+which evaluates padded buckets of tiles in bulk. ``composite`` takes the C++
+kernel when it is built (else it warns once and falls back);
+``CFD_CPU_KERNEL=torch`` forces the pure-torch one.
 
 A batch of C views is one compositing problem on CPU: the projection is
 vectorised over views, each (view, splat) pair is one projected splat and the
@@ -29,16 +30,10 @@ the compositor run once for all views.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
-import shutil
-import subprocess
-import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -362,51 +357,31 @@ def _intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int,
 
 # ------------------------------------------------------------ C++ compositor
 
-_KERNEL_SOURCE = Path(__file__).with_name("_composite_cpu.cpp")
-_kernel_lock = threading.Lock()
-
-
 def cpu_kernel():
-    """The C++ compositor's ops (``torch.ops.cfd_composite_cpu``: forward, backward),
-    or None: when ``CFD_CPU_KERNEL=torch`` asks for the pure-torch compositor, or
-    when the kernel did not build (warned once). Builds it on the first call."""
+    """The C++ compositor's ops (``torch.ops.cfd_composite_cpu_<hash>``: forward,
+    backward), or None: when ``CFD_CPU_KERNEL=torch`` asks for the pure-torch
+    compositor, or when the kernel is not built (warned once). Never builds and
+    never waits: the build happens ahead of serving (``build_cpu_kernel``)."""
     choice = os.environ.get("CFD_CPU_KERNEL", "")
     if choice == "torch":
         return None
     if choice:
         raise ValueError(f"CFD_CPU_KERNEL={choice!r}: set it to 'torch' (the pure-torch compositor) or unset it")
-    with _kernel_lock:
-        return _build_cpu_kernel()
+    from . import cpu_kernel as kernel  # imported here: `python -m cfd.cpu_kernel` imports cfd first
+
+    return kernel.load()
 
 
-@functools.cache
-def _build_cpu_kernel():
-    """Compile ``_composite_cpu.cpp`` (torch caches the build under
-    ~/.cache/torch_extensions and only loads it later), or None with a warning."""
-    from torch.utils import cpp_extension
+def build_cpu_kernel(timeout_s: float = 300.0) -> bool:
+    """Build the C++ compositor ahead of serving (at install, at start-up): in a
+    child process, under a file lock the OS releases if its holder dies, stopped
+    after ``timeout_s``; keyed by a hash of its source, torch's version and flags.
+    True once built (at once when it already is); False with one warning on a
+    failure or a timeout, after which ``composite`` uses pure torch. Safe to call
+    from several threads and processes at once. ``cfd.cpu_kernel.build``."""
+    from . import cpu_kernel as kernel
 
-    if shutil.which("ninja") is None:  # pip's ninja is on PATH only in an activated venv
-        try:
-            import ninja
-            os.environ["PATH"] = os.pathsep.join(filter(None, [os.environ.get("PATH"), ninja.BIN_DIR]))
-        except ImportError:
-            pass
-    try:
-        cpp_extension.load("cfd_composite_cpu", [str(_KERNEL_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
-    except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as err:
-        warnings.warn(f"cfd.render: the C++ CPU compositor did not build ({_build_error(err)}); "
-                      "compositing with pure torch (several times slower)", RuntimeWarning)
-        return None
-    return torch.ops.cfd_composite_cpu
-
-
-def _build_error(err: Exception) -> str:
-    """A failed build in one line: the compiler's or the shell's first complaint (a
-    line with "error" or "not found"), else the message's first line."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    cause = next((line for line in lines[1:] if "error" in line.lower() or "not found" in line), None)
-    return (cause or (lines[0] if lines else type(err).__name__))[:300]
+    return kernel.build(timeout_s)
 
 
 class _CompositeCpp(torch.autograd.Function):
@@ -414,7 +389,7 @@ class _CompositeCpp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, means2d, conics, opacities, isect):
-        kernel = _build_cpu_kernel()
+        kernel = cpu_kernel()
         inputs = (features.contiguous(), means2d.contiguous(), conics.contiguous(), opacities.log().contiguous())
         out, final_T, n_used = kernel.forward(isect.tile_start, isect.tile_splats, *inputs, *isect.geometry,
                                               ALPHA_MIN, ALPHA_MAX, T_MIN)

@@ -27,6 +27,15 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if "slow" not in item.keywords]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kernel_built():
+    """The C++ compositor built before any test renders (as the app's start-up
+    and ``make`` build it), so every render of the suite uses one compositor."""
+    from cfd.render import build_cpu_kernel
+
+    build_cpu_kernel()
+
+
 @pytest.fixture(scope="session")
 def random_sd_model(tmp_path_factory) -> Path:
     """Folder of a small random-weight ε-prediction SD pipeline (diffusers layout)."""

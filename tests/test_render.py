@@ -5,19 +5,21 @@ import warnings
 
 import pytest
 import torch
-from torch.utils import cpp_extension
 
+from cfd import cpu_kernel as kernel
 from cfd.cameras import orbit_camera
 from cfd.gaussians import init_scene, make_scene
-from cfd.render import (T_MIN, _build_cpu_kernel, composite, composite_reference, composite_torch, cpu_kernel,
+from cfd.render import (T_MIN, build_cpu_kernel, composite, composite_reference, composite_torch, cpu_kernel,
                         project, render)
 
 
 @pytest.fixture
 def cpp(monkeypatch):
-    """The C++ compositor in use (``CFD_CPU_KERNEL`` unset). Skips where there is no
-    C++ compiler; where there is one, the kernel must build."""
+    """The C++ compositor in use (``CFD_CPU_KERNEL`` unset), built ahead as ``make``
+    and the app's start-up build it (at once where it is built). Skips where there
+    is no C++ compiler; where there is one, the kernel must build."""
     monkeypatch.delenv("CFD_CPU_KERNEL", raising=False)
+    build_cpu_kernel()
     if cpu_kernel() is None:
         if shutil.which(os.environ.get("CXX", "c++")) is None:
             pytest.skip("no C++ compiler: the pure-torch compositor stands in")
@@ -302,23 +304,18 @@ def test_cfd_cpu_kernel_torch_forces_the_torch_compositor(monkeypatch):
         composite(*args)
 
 
-def test_a_failed_build_warns_once_and_falls_back_to_torch(monkeypatch):
-    def no_compiler(*args, **kwargs):
-        raise RuntimeError("Error building extension 'cfd_composite_cpu'\nc++: fatal error: no such compiler")
-
+def test_an_unbuilt_kernel_warns_once_and_falls_back_to_torch(monkeypatch, tmp_path):
     monkeypatch.delenv("CFD_CPU_KERNEL", raising=False)
-    monkeypatch.setattr(cpp_extension, "load", no_compiler)
-    _build_cpu_kernel.cache_clear()
-    try:
-        args = composite_inputs()
-        with pytest.warns(RuntimeWarning, match="did not build .*no such compiler"):
-            out = composite(*args)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert torch.equal(composite(*args), out)
-        assert torch.equal(out, composite_torch(*args))
-    finally:
-        _build_cpu_kernel.cache_clear()  # the next caller builds (loads) the real kernel
+    monkeypatch.setenv("CFD_KERNEL_DIR", str(tmp_path))  # an empty cache: not built
+    for name, value in (("_ops", None), ("_warned", set()), ("_registered", lambda ns: None)):
+        monkeypatch.setattr(kernel, name, value)  # as in a fresh process
+    args = composite_inputs()
+    with pytest.warns(RuntimeWarning, match="not built .*pure torch"):
+        out = composite(*args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(composite(*args), out)
+    assert torch.equal(out, composite_torch(*args))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat's kernels")
