@@ -293,8 +293,126 @@ def test_at_cfg_1_only_the_prompts_variants_are_rendered_and_weighed():
     cams = cameras(3, seed=2, res=2 * RES)
     x_t = torch.randn(3, 3, RES, RES, generator=torch.Generator().manual_seed(0))
     eps = prior.predict_noise(x_t, 400, cams, cond)
-    rendered = {k for images, done in prior._cache.values() for k, d in enumerate(done) if d}
+    rendered = {k for (_, _, _, k) in prior._cache}
     assert rendered == set(cond.positive)
+    assert prior.cache_size() == len(cond.positive) * 3 * 3 * RES * RES * 4   # their images alone
     full = prior.condition("a rocket", guidance_scale=1.0 + 1e-9)       # CFG ≠ 1 weighs every object
     assert full.support(len(prior.scenes)) == tuple(range(len(prior.scenes)))
     torch.testing.assert_close(prior.predict_noise(x_t, 400, cams, full), eps, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------- the reference cache
+
+def fresh(prior, cache_bytes=None, multiview=False) -> ExactPrior:
+    """A prior over the fixture's scenes with an empty reference cache."""
+    p = ExactPrior(prior.scenes, vocabulary=prior.vocabulary, supersample=1, multiview=multiview)
+    if cache_bytes is not None:
+        p.cache_bytes = cache_bytes
+    return p
+
+
+@pytest.fixture
+def renders(prior, monkeypatch):
+    """Every render the prior makes of the fixture's scenes: (object, views) per call."""
+    import cfd.guidance.exact_prior as module
+
+    calls, index = [], {id(s): k for k, s in enumerate(prior.scenes)}
+
+    def counted(scene, cams, background):
+        calls.append((index.get(id(scene)), len(cams)))
+        return render(scene, cams, background)
+
+    monkeypatch.setattr(module, "render", counted)
+    return calls
+
+
+def image_bytes(res: int) -> int:
+    return 3 * res * res * 4
+
+
+def test_the_cache_holds_only_the_objects_rendered(prior):
+    """Conditioning on a subset caches that subset's images alone, once per view."""
+    p = fresh(prior)
+    cond = p.condition("a rubber duck and a rocket")
+    assert len(cond.positive) == 2 < len(p.scenes)
+    cams = cameras(3, seed=21)
+    x_t = torch.randn(3, 3, RES, RES, generator=torch.Generator().manual_seed(2))
+    p.predict_noise(x_t, 500, cams, cond)
+    assert p.cache_size() == 3 * len(cond.positive) * image_bytes(RES)
+    assert {(view, k) for view, _, _, k in p._cache} == {(p._view_key(c), k) for c in cams for k in cond.positive}
+    p.predict_noise(x_t, 400, cams, cond)               # the same views: nothing new
+    assert p.cache_size() == 3 * len(cond.positive) * image_bytes(RES)
+
+
+def test_a_full_cache_evicts_the_least_recently_used_to_admit_a_new_resolution(prior, renders):
+    from collections import Counter
+
+    calls, objects, cams = renders, (0, 2), cameras(2, seed=22)
+    per_res = {r: len(cams) * len(objects) * image_bytes(r) for r in (8, 12, 16, 20)}
+    p = fresh(prior, cache_bytes=per_res[8] + per_res[16] + per_res[20])   # room for three resolutions
+    first = {r: p.reference_images(cams, r, r, objects) for r in (8, 12, 16)}
+    assert p.cache_size() == per_res[8] + per_res[12] + per_res[16]
+    p.reference_images(cams, 8, 8, objects)             # 8 is now more recent than 12
+    calls.clear()
+    p.reference_images(cams, 20, 20, objects)           # a fourth resolution is cached…
+    assert calls == [(0, 2), (2, 2)]                    # (one batched render per object)
+    sizes = {w for _, w, _, _ in p._cache}
+    assert sizes == {8, 16, 20}                          # …by evicting the least recently used, 12
+    assert p.cache_size() == per_res[8] + per_res[16] + per_res[20] <= p.cache_bytes
+    calls.clear()
+    assert torch.equal(p.reference_images(cams, 20, 20, objects), p.reference_images(cams, 20, 20, objects))
+    assert calls == []                                   # held: no render
+    again = p.reference_images(cams, 12, 12, objects)   # evicted: rendered again, the same values
+    assert calls == [(0, 2), (2, 2)] and torch.equal(again, first[12])
+    # 16 was the least recently used: three of its four images made the room
+    assert Counter(w for _, w, _, _ in p._cache) == {8: 4, 12: 4, 16: 1, 20: 4}
+    assert p.cache_size() == sum(image.nbytes for image in p._cache.values()) <= p.cache_bytes
+
+
+def test_an_entry_larger_than_the_cap_is_returned_not_cached(prior):
+    p = fresh(prior, cache_bytes=image_bytes(RES) - 1)
+    refs = p.reference_images(cameras(2, seed=23), RES, RES, (1,))
+    assert refs.shape == (2, 1, 3, RES, RES) and p.cache_size() == 0 and not p._cache
+    assert torch.equal(refs, fresh(prior).reference_images(cameras(2, seed=23), RES, RES, (1,)))
+
+
+def test_psnr_references_count_against_the_same_cap(prior):
+    from cfd.framing import PSNR_VIEWS
+    from cfd.guidance.exact_prior import _PSNR_VIEWS
+
+    res, K = 16, len(prior.scenes)
+    psnr_bytes = K * PSNR_VIEWS * image_bytes(res)
+    p = fresh(prior)
+    expected = p.scene_psnr(prior.scenes[1], res)
+    assert p.cache_size() == psnr_bytes
+    assert p.scene_psnr(prior.scenes[1], res) == expected   # from the cache
+    # a cap with room for the PSNR renders and one training image: training views evict them
+    p = fresh(prior, cache_bytes=psnr_bytes + image_bytes(RES))
+    p.scene_psnr(prior.scenes[1], res)
+    p.reference_images(cameras(1, seed=24), RES, RES, (0,))
+    assert p.cache_size() == psnr_bytes + image_bytes(RES)
+    p.reference_images(cameras(1, seed=25), RES, RES, (0,))   # one more: the oldest PSNR render goes
+    assert p.cache_size() == (K - 1) * PSNR_VIEWS * image_bytes(res) + 2 * image_bytes(RES)
+    assert [key[3] for key in p._cache if key[0] is _PSNR_VIEWS] == list(range(1, K))
+    assert p.scene_psnr(prior.scenes[1], res) == expected    # re-rendered, the same values
+
+
+@pytest.mark.parametrize("multiview", [False, True])
+def test_outputs_do_not_depend_on_the_cache(prior, multiview):
+    """Bit for bit the same ε̂, weights, references and PSNR with no cache, a small
+    one that evicts on every call, and a large one."""
+    outputs = []
+    for cap in (0, 2 * 3 * image_bytes(RES), 2**30):
+        p = fresh(prior, cache_bytes=cap, multiview=multiview)
+        out = []
+        for step, (cond, seed) in enumerate([(p.condition("a toy", "a snowman", 3.0), 31),
+                                             (p.condition("a rocket"), 32), (p.condition("a toy", "a snowman", 3.0), 31)]):
+            cams = cameras(2, seed=seed)
+            x_t = torch.randn(2, 3, RES, RES, generator=torch.Generator().manual_seed(step))
+            out += [p.predict_noise(x_t, 300 + step, cams, cond), p.posterior_weights(x_t, 300 + step, cams, cond)]
+        out += [p.reference_images(cameras(2, seed=31), RES, RES), torch.tensor(p.scene_psnr(prior.scenes[2], 16))]
+        assert p.cache_size() <= cap
+        outputs.append(out)
+    assert outputs[0][0].shape == (2, 3, RES, RES)
+    for other in outputs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outputs[0], other))

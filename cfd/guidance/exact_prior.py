@@ -36,6 +36,9 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +57,8 @@ from cfd.vocabulary import Vocabulary
 DEFAULT_EXACT_GUIDANCE_SCALE = 1.0
 # share of the unconditional prior's mass on the objects a negative prompt names
 NEGATIVE_EMPHASIS = 0.9
+# the view part of the reference cache's keys for the PSNR views (unlike any Camera.key)
+_PSNR_VIEWS = object()
 
 
 @dataclass(frozen=True)
@@ -126,10 +131,12 @@ class ExactPrior:
         self.name = name
         self.schedule = NoiseSchedule.stable_diffusion()
         self.alphas_cumprod = self.schedule.alphas_cumprod
-        self.cache_bytes = 512 * 2**20   # memoised reference renders, see reference_images
-        self._cache: dict = {}
+        # memoised reference renders (training and PSNR views), least recently used
+        # evicted beyond this many bytes; see reference_images and scene_psnr
+        self.cache_bytes = 512 * 2**20
+        self._cache: OrderedDict[Hashable, Tensor] = OrderedDict()   # one image per object and view
         self._cached_bytes = 0
-        self._psnr_cache: dict = {}
+        self._cache_lock = threading.Lock()   # a server's warm-up thread shares the prior with runs
 
     @classmethod
     def bundled(cls, set_ids: list[str] | None = None, originals: bool = False, **kwargs) -> "ExactPrior":
@@ -155,7 +162,9 @@ class ExactPrior:
     def to(self, device) -> "ExactPrior":
         """Move the reference scenes (renders then run on ``device``); returns self."""
         self.scenes = [s.to(device) for s in self.scenes]
-        self._cache, self._cached_bytes, self._psnr_cache = {}, 0, {}
+        with self._cache_lock:
+            self._cache.clear()
+            self._cached_bytes = 0
         return self
 
     def encode(self, rgb: Tensor) -> Tensor:
@@ -176,29 +185,36 @@ class ExactPrior:
         all K) from every camera, rendered at f× width × height and box-filtered (the
         camera's aspect ratio must match).
 
-        Renders are kept per view (``Camera.key``, else the camera's matrices) and
-        object, in the layout the posterior reads ([K,3,h,w] per view), up to
-        ``cache_bytes``: a training distribution over a finite pool of views
-        (``CameraRanges.pool``) renders each reference view of each object it
-        needs once per prior, and only the objects a run's condition can weigh
+        Renders are kept per view (``Camera.key``, else the camera's matrices),
+        size and object — only those rendered — in one cache with the PSNR
+        references, least recently used evicted beyond ``cache_bytes``: a training
+        distribution over a finite pool of views (``CameraRanges.pool``) renders
+        each reference view of each object it needs once while the cache holds
+        it, and only the objects a run's condition can weigh
         (``ExactCondition.support``). Missing renders are made one object at a
         time for all the views that lack it (one batched render call)."""
         objects = tuple(range(len(self.scenes))) if objects is None else tuple(objects)
         f = self.latent_factor
         cams = [self._scaled(cam, f * width, f * height) for cam in cameras]
-        views = [self._view_entry(cam, width, height) for cam in cams]
+        if not objects:
+            return torch.zeros(len(cams), 0, 3, height, width, device=self.device)
+        keys = [self._view_key(cam) for cam in cams]
+        images: dict[tuple[int, int], Tensor] = {}     # (view i, object k) → [3,h,w], this call's
         missing: dict[int, list[int]] = {}
-        for i, (images, done) in enumerate(views):
+        for i, view in enumerate(keys):
             for k in objects:
-                if not done[k]:
+                image = self._cache_get((view, width, height, k))
+                if image is None:
                     missing.setdefault(k, []).append(i)
+                else:
+                    images[i, k] = image
         for k, rows in missing.items():
             rgb = render(self.scenes[k], [cams[i] for i in rows], self.background).rgb
             for i, image in zip(rows, self.encode(rgb.permute(0, 3, 1, 2))):
-                views[i][0][k] = image
-                views[i][1][k] = True
-        index = torch.tensor(objects, device=self.device)
-        return torch.stack([images.index_select(0, index) for images, _ in views])
+                images[i, k] = image = _own(image)
+                self._cache_put((keys[i], width, height, k), image)
+        return torch.stack([images[i, k] for i in range(len(cams)) for k in objects]).unflatten(
+            0, (len(cams), len(objects)))
 
     @staticmethod
     def _scaled(cam: Camera, width: int, height: int) -> Camera:
@@ -210,20 +226,34 @@ class ExactPrior:
                              f"the image size {width}x{height}")
         return scaled
 
-    def _view_entry(self, cam: Camera, width: int, height: int) -> tuple[Tensor, list[bool]]:
-        """(images [K,3,height,width], rendered: K flags) of one view: the cached entry,
-        or a new one (cached while the cache has room)."""
-        view = cam.key if cam.key is not None else (cam.viewmat.cpu().numpy().tobytes(),
+    @staticmethod
+    def _view_key(cam: Camera) -> Hashable:
+        """What names a view in the cache: its ``key``, else its matrices."""
+        return cam.key if cam.key is not None else (cam.viewmat.cpu().numpy().tobytes(),
                                                    cam.K.cpu().numpy().tobytes())
-        key = (view, width, height)
-        entry = self._cache.get(key)
-        if entry is None:
-            entry = (torch.zeros(len(self.scenes), 3, height, width, device=self.device),
-                     [False] * len(self.scenes))
-            if self._cached_bytes + entry[0].nbytes <= self.cache_bytes:
-                self._cache[key] = entry
-                self._cached_bytes += entry[0].nbytes
-        return entry
+
+    def _cache_get(self, key: Hashable) -> Tensor | None:
+        """The cached render under ``key`` (now the most recently used), or None."""
+        with self._cache_lock:
+            image = self._cache.get(key)
+            if image is not None:
+                self._cache.move_to_end(key)
+            return image
+
+    def _cache_put(self, key: Hashable, image: Tensor) -> None:
+        """Cache ``image``, evicting the least recently used renders until it fits
+        in ``cache_bytes``; one larger than the whole cap is not cached."""
+        size = image.nbytes
+        with self._cache_lock:
+            old = self._cache.pop(key, None)
+            if old is not None:
+                self._cached_bytes -= old.nbytes
+            if size > self.cache_bytes:
+                return
+            while self._cached_bytes + size > self.cache_bytes:
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+            self._cache[key] = image
+            self._cached_bytes += size
 
     @torch.no_grad()
     def scene_psnr(self, scene: GaussianScene, res: int, n_views: int = PSNR_VIEWS) -> list[float]:
@@ -231,20 +261,25 @@ class ExactPrior:
         both rendered alike over the prior's background from the views of the
         project's one PSNR measure (``cfd.cameras.psnr_cameras``: ``n_views`` orbit
         views at res × res). Sharpness and mode of a distilled scene; the
-        references' renders are memoised per (res, n_views)."""
+        references' renders [V,H,W,3] are memoised per (res, n_views) and object
+        in the reference cache (``reference_images``), under the same cap."""
         cams = psnr_cameras(res, n_views)
-        key = ("psnr", res, n_views)
-        refs = self._psnr_cache.get(key)
-        if refs is None:
-            refs = torch.stack([render(ref, cams, self.background).rgb for ref in self.scenes])  # [K,V,H,W,3]
-            self._psnr_cache[key] = refs
+        refs = []
+        for k, ref in enumerate(self.scenes):
+            key = (_PSNR_VIEWS, res, n_views, k)
+            rgb = self._cache_get(key)
+            if rgb is None:
+                rgb = _own(render(ref, cams, self.background).rgb)
+                self._cache_put(key, rgb)
+            refs.append(rgb)
+        refs = torch.stack(refs)                                                   # [K,V,H,W,3]
         ours = render(scene.detach().to(self.device), cams, self.background).rgb
         mse = (ours[None] - refs).square().mean(dim=(1, 2, 3, 4))
         return [float(v) for v in -10 * torch.log10(mse.clamp_min(1e-10))]
 
     def cache_size(self) -> int:
         """Bytes held by the reference renders (training views and PSNR views)."""
-        return self._cached_bytes + sum(r.nbytes for r in self._psnr_cache.values())
+        return self._cached_bytes
 
     # -- text and CFG
 
@@ -326,3 +361,11 @@ class ExactPrior:
             x0_u = mean(log_prior_u)
             x0 = x0_u + cond.guidance_scale * (x0 - x0_u)
         return (x - alpha * x0) / sigma
+
+
+def _own(image: Tensor) -> Tensor:
+    """``image`` in storage of its own (contiguous, no larger than it), so that the
+    cache's byte count is what it holds; a copy where it is a view of a batch."""
+    if image.is_contiguous() and image.untyped_storage().nbytes() == image.nbytes:
+        return image
+    return image.clone(memory_format=torch.contiguous_format)
