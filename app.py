@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,13 +29,16 @@ from gradio import processing_utils
 from cfd import backends, params
 from cfd import request as rq
 from cfd.errors import Failure, failure
-from cfd.runner import Cancelled, Compared, Done, Item, Runner, SessionBusy, Stage, Step, compare_table
-from cfd.settings import setting
+from cfd.render import build_cpu_kernel
+from cfd.runner import (Cancelled, ClientBusy, Compared, Done, Item, Runner, SessionBusy, Stage, Step,
+                        compare_table)
+from cfd.settings import SettingError, check_settings, setting
 
 EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 HISTORY_SIZE = 6
 PROGRESS_EVERY_S = 0.25
 RUNNER: Runner | None = None   # the engine, made by start() (its root honours CFD_RUNS_DIR then)
+KERNEL_BUILD_S = 300           # the most start-up waits for the C++ compositor's first build
 _START_LOCK = threading.Lock()
 # gsplat.js (Model3D's splat viewer) paints its canvas black whatever clear_color says;
 # gallery captions wrap instead of being cut
@@ -47,18 +51,23 @@ every seed follows the probability-flow ODE to its own sharp object (CFD), where
 
 
 def start() -> Runner:
-    """The app's engine, started once: the runner (its ``cfd-runs`` folder under
-    CFD_RUNS_DIR, swept), the first run's references rendered in the background,
-    Compare's worker processes warmed up the same way. Returns the runner."""
+    """The app's engine, started once: the C++ CPU compositor built if it is not
+    (in a child process, bounded by KERNEL_BUILD_S; on a failure every run
+    composites with pure torch), so no request waits on a build and every run of
+    this process uses one compositor; the runner (its ``cfd-runs`` folder under
+    CFD_RUNS_DIR, swept), the first run's references rendered in the background;
+    Compare's worker processes start, warmed up the same way, when the first
+    Compare needs them. Returns the runner."""
     global RUNNER
     with _START_LOCK:
         if RUNNER is None:
             runner = Runner()
+            build_cpu_kernel(KERNEL_BUILD_S)
             runner.sweep()
             # not a daemon: a process that exits at once waits for it (seconds) instead
             # of being aborted in the middle of a torch op
             threading.Thread(target=backends.warm_up, name="cfd-warm-up").start()
-            runner.workers.start(rq.parse_request().values())
+            runner.workers.warm_values = rq.parse_request().values()   # workers start when a Compare needs them
             RUNNER = runner
     return RUNNER
 
@@ -71,6 +80,19 @@ def _session(request) -> str | None:
     return getattr(request, "session_hash", None)
 
 
+def _client(request) -> str | None:
+    """The address a request came from: the first of X-Forwarded-For where the
+    app trusts its proxy (CFD_TRUST_FORWARDED; on by default on a Space, whose
+    proxy sets it), else the connection's peer."""
+    if request is None:
+        return None
+    if setting("CFD_TRUST_FORWARDED"):
+        forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
+        if forwarded:
+            return forwarded
+    return getattr(getattr(request, "client", None), "host", None)
+
+
 def _parsed(values: dict, compare: bool):
     """(request, methods, n_seeds) of the values (one method, one seed for a generation)."""
     if compare:
@@ -81,17 +103,21 @@ def _parsed(values: dict, compare: bool):
 
 def _refusal(values: dict, compare: bool, request) -> tuple[str | None, str]:
     """(input, message) when the runner does not admit the request of ``values``
-    for this session (``Runner.admit``: the work budget, shown on *steps*; one
-    request per session, shown on *prompt*), else (None, "") with the session's
-    place held. A request that does not parse passes: its handler refuses it with
-    the request layer's message."""
+    (``Runner.admit``: the work budget, shown on *steps*; one request per
+    session and a few per client address, shown on *prompt*), else (None, "")
+    with the session's place held for its handler (``_admitted``). A request
+    that does not parse passes: its handler refuses it with the request layer's
+    message."""
+    runner = start()
     try:
         req, methods, n_seeds = _parsed(values, compare)
-        start().admit(req, len(methods) * n_seeds, _session(request))
-    except (rq.OverBudget, SessionBusy) as exc:
-        return ("prompt" if isinstance(exc, SessionBusy) else "steps"), str(exc)
+        ticket = runner.admit(req, len(methods) * n_seeds, _session(request), _client(request))
+    except (rq.OverBudget, SessionBusy, ClientBusy) as exc:
+        return ("steps" if isinstance(exc, rq.OverBudget) else "prompt"), str(exc)
     except Exception:  # noqa: BLE001 - refused by the handler, with its message
-        pass
+        return None, ""
+    if not _session(request):   # no session to find it by: a check only; the handler takes its own place
+        runner.release(ticket)
     return None, ""
 
 
@@ -113,12 +139,20 @@ def _admission(names: tuple[str, ...], compare: bool = False):
     return admit
 
 
-def _prepared(values: dict, compare: bool = False):
-    """(request, methods, n_seeds, guidance) or gr.Error — before any folder exists."""
+def _admitted(values: dict, request, compare: bool = False):
+    """(request, methods, n_seeds, guidance, ticket) or gr.Error — before any
+    folder exists. The ticket is the request's place: the one its validator
+    took, or taken now where no validator ran (admission is never skipped);
+    the caller releases it (``Runner.release``) when the request ends."""
+    runner = start()
+    ticket = runner.claim(_session(request))
     try:
         req, methods, n_seeds = _parsed(values, compare)
-        return req, methods, n_seeds, backends.prepare(req)
+        if ticket is None:
+            ticket = runner.admit(req, len(methods) * n_seeds, _session(request), _client(request))
+        return req, methods, n_seeds, backends.prepare(req), ticket
     except Exception as exc:  # noqa: BLE001 - every refusal becomes a clear message
+        runner.release(ticket)
         raise _error(failure(exc)) from None
 
 
@@ -142,6 +176,11 @@ def _events(events, progress):
         raise _error(f) from None
 
 
+def _optional(files: dict, key: str) -> str | None:
+    """An optional artefact's path (None: it could not be made; run.json says why)."""
+    return str(files[key]) if key in files else None
+
+
 def _cached(path) -> str:
     """A copy in gradio's cache (outlives the run's folder: the session history)."""
     return processing_utils.save_file_to_cache(path, processing_utils.get_upload_folder())
@@ -153,7 +192,7 @@ def _entry(done: Done) -> dict:
     return {"caption": done.caption, "status": done.status, "summary": done.summary,
             "image": processing_utils.save_img_array_to_cache(done.image, processing_utils.get_upload_folder(),
                                                               format="png"),
-            "viewer": f["viewer_ply"], "glb": f.get("glb"), "render": f["render_mp4"], "noise": f["noise_mp4"],
+            "viewer": f["viewer_ply"], "glb": f.get("glb"), "render": f.get("render_mp4"), "noise": f.get("noise_mp4"),
             "downloads": [f[key] for key in done.download_keys]}
 
 
@@ -171,19 +210,20 @@ def generate(prompt=None, seed=None, steps=None, guidance_scale=None, method=Non
              densify_every=None, progress=gr.Progress(), request: gr.Request = None):
     """API: distil one scene; yields (viewer_ply, render_video, noise_video, summary, downloads, status)."""
     values = {k: v for k, v in locals().items() if k in params.PARAM_NAMES}
+    ticket = None
     try:
-        req, _, _, guidance = _prepared(values)
+        req, _, _, guidance, ticket = _admitted(values, request)
         for event in _events(start().generate(req, guidance, _session(request), config=req.config()), progress):
             if isinstance(event, Done):
                 f = event.files
-                yield (str(f["viewer_ply"]), str(f["render_mp4"]), str(f["noise_mp4"]), event.summary,
+                yield (str(f["viewer_ply"]), _optional(f, "render_mp4"), _optional(f, "noise_mp4"), event.summary,
                        event.downloads, event.status)
             elif isinstance(event, Cancelled):
                 yield None, None, None, {"cancelled": True, "steps_done": event.steps_done}, None, event.status
             else:
                 yield (gr.skip(),) * 6
     finally:
-        start().release(_session(request))
+        start().release(ticket)
 
 
 def compare(prompt=None, seed=None, steps=None, guidance_scale=None, methods=None, backend=None, n_seeds=None,
@@ -198,9 +238,10 @@ def compare(prompt=None, seed=None, steps=None, guidance_scale=None, methods=Non
 
 def _compare(values, progress, request):
     """Updates of a seed comparison: dicts with gallery, table, status and items
-    (the runs' request values), or nothing new ({}). Frees the session's place."""
+    (the runs' request values), or nothing new ({}). Frees the request's place."""
+    ticket = None
     try:
-        base, methods, n_seeds, guidance = _prepared(values, compare=True)
+        base, methods, n_seeds, guidance, ticket = _admitted(values, request, compare=True)
         items: list[Item] = []
         total = len(methods) * n_seeds
         yield {"gallery": gr.Gallery(value=[], columns=n_seeds), "table": "", "status": f"**Running** {total} runs …",
@@ -210,8 +251,7 @@ def _compare(values, progress, request):
                 items = sorted([*items, event], key=lambda i: (methods.index(i.request.method), i.request.seed))
                 status = f"**Running** · {len(items)}/{total} done …"
             elif isinstance(event, Compared):
-                status = (f"**Done** · {len(items)} runs in {event.seconds:.0f} s — click a result, then *Use seed …* "
-                          "to take it to Generate")
+                status = event.status
             elif isinstance(event, Cancelled):
                 status = "**Cancelled**"
             else:   # a step or heartbeat: nothing new to show
@@ -220,7 +260,7 @@ def _compare(values, progress, request):
             yield {"gallery": [(str(i.gif), i.caption) for i in items], "table": compare_table(items),
                    "status": status, "items": [i.request.values() for i in items]}
     finally:
-        start().release(_session(request))
+        start().release(ticket)
 
 
 # ------------------------------------------------------------------ the UI's handlers
@@ -264,8 +304,9 @@ class Handlers:
         """The Generate button: the result's components and the history; the
         last finished result stays until a new one."""
         history = inputs[self.c["history"]]
+        ticket = None
         try:
-            req, _, _, guidance = _prepared(self.values(inputs))
+            req, _, _, guidance, ticket = _admitted(self.values(inputs), request)
             yield self.out(status=f"**Running** · {req.label()} on {params.BACKEND_NAMES[req.backend]} …")
             for event in _events(start().generate(req, guidance, _session(request)), progress):
                 if isinstance(event, Step) and event.preview is not None:
@@ -281,7 +322,7 @@ class Handlers:
                 else:
                     yield gr.skip()
         finally:
-            start().release(_session(request))
+            start().release(ticket)
         # gradio re-sends a generator's last output on completion; a repeated Model3D mesh
         # value cancels its viewer's lazy load, so the last output changes nothing
         yield gr.skip()
@@ -289,7 +330,7 @@ class Handlers:
     def show_history(self, history, evt: gr.SelectData):
         """A click on the session's history shows that result again."""
         entry = history[evt.index]
-        if not all(Path(entry[k]).is_file() for k in ("viewer", "render", "noise")):
+        if not all(Path(entry[k]).is_file() for k in ("viewer", "render", "noise") if entry[k]):
             raise gr.Error("That result's files have expired (older than an hour); generate it again.",
                            print_exception=False)
         return self.out(**{k: entry[k] for k in RESULT})
@@ -527,14 +568,25 @@ def create_app() -> gr.Blocks:
         run = dict(concurrency_id="distill", concurrency_limit=concurrency, preprocess=False, show_progress="minimal")
         _api(run)
         _wire(c, run)
-    demo.queue(default_concurrency_limit=concurrency, max_size=setting("CFD_QUEUE_SIZE"))
+        demo.unload(_session_ended)
+    # api_open=False: the REST routes (/gradio_api/run/…) would skip the queue and its validators
+    demo.queue(default_concurrency_limit=concurrency, max_size=setting("CFD_QUEUE_SIZE"), api_open=False)
     return demo
+
+
+def _session_ended(request: gr.Request):
+    """A closed or reloaded tab: its runs stop and its places are freed (a
+    request still queued when the tab closed never reaches its handler)."""
+    if RUNNER is not None:
+        RUNNER.stop(_session(request))
 
 
 def launch_kwargs() -> dict:
     """Launch settings: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured; only
     the run folders' root is served; the app's CSS. Starts the engine."""
-    kwargs = {"allowed_paths": [str(start().root)], "show_error": True, "css": CSS}
+    # show_error=False: an unexpected exception's text never reaches the page; every
+    # failure of a run is a gr.Error with its own words (an internal one: an incident id)
+    kwargs = {"allowed_paths": [str(start().root)], "show_error": False, "css": CSS}
     if os.environ.get("GRADIO_SERVER_NAME"):
         kwargs["server_name"] = os.environ["GRADIO_SERVER_NAME"]
     if os.environ.get("GRADIO_SERVER_PORT"):
@@ -542,7 +594,20 @@ def launch_kwargs() -> dict:
     return kwargs
 
 
-demo = create_app()
+def main() -> int:
+    """``python app.py``: check every setting, then serve. A bad setting is one
+    message naming it, its range and the fix, and exit status 2 (as the CLI's
+    bad flags)."""
+    try:
+        check_settings()
+        app, kwargs = create_app(), launch_kwargs()
+    except SettingError as exc:
+        print(f"app.py: {exc}", file=sys.stderr)
+        return 2
+    app.launch(**kwargs)
+    return 0
 
-if __name__ == "__main__":
-    demo.launch(**launch_kwargs())
+
+if __name__ == "__main__":   # `python app.py`, as the Space runs it: main() builds the app itself
+    sys.exit(main())
+demo = create_app()   # the app when the module is imported (`gradio app.py`, tests)

@@ -7,6 +7,7 @@ first run.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from pathlib import Path
@@ -52,9 +53,35 @@ def bundled_objects() -> str:
     """What prompts can name among the bundled objects (families, variants,
     themes: ``Vocabulary.describe``), read from the scene sets' metadata
     without loading a scene."""
-    from .scenes import find_scene_sets, vocabulary
+    return _vocabulary(()).describe()
 
-    return vocabulary(find_scene_sets()).describe()
+
+@functools.cache
+def _vocabulary(scenes: tuple[str, ...]):
+    """The exact prior's vocabulary over ``scenes`` (PLY paths: their names) or
+    the bundled objects, from metadata alone."""
+    from .scenes import find_scene_sets, vocabulary
+    from .vocabulary import Vocabulary
+
+    return Vocabulary.from_names([Path(p).stem for p in scenes]) if scenes else vocabulary(find_scene_sets())
+
+
+def objects_weighed(request: Request) -> int:
+    """How many objects' references a step of ``request`` weighs on the exact
+    prior (``ExactCondition.support``: the prompt's objects at CFG 1, every
+    object otherwise); 1 on the other backends. No scene is loaded."""
+    if request.backend != "exact":
+        return 1
+    vocabulary = _vocabulary(tuple(request.scenes))
+    if request.guidance_scale != 1 or not request.prompt:
+        return len(vocabulary)
+    return max(1, len(vocabulary.select(request.prompt)))
+
+
+def objects_factor(request: Request) -> float:
+    """``objects_weighed`` over the backend's default request's (for the work
+    budget, ``request.work_units``)."""
+    return objects_weighed(request) / objects_weighed(parse_request({"backend": request.backend}))
 
 
 def exact_prior(scenes: tuple[str, ...] = ()):

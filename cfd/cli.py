@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Exit status: 0 done, 2 bad input, 3 guidance unavailable, 4 the run stopped on a
-    non-finite gradient, 5 out of memory, 1 an internal error (its traceback printed;
+    non-finite gradient, 5 out of memory, 6 disk full, 1 an internal error (its traceback printed;
     ``cfd.errors.failure``); batch: the number of failed jobs."""
     from .errors import failure
 
@@ -110,5 +110,5 @@ def main(argv=None) -> int:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - every failure gets its one message and exit status
         problem = failure(exc)
-        print(f"error: {problem.message}", file=sys.stderr)
+        print(f"error: {problem.message}" + (f" ({problem.detail})" if problem.detail else ""), file=sys.stderr)
         return problem.exit_code

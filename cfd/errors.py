@@ -5,14 +5,22 @@ the CLI and the batch runner say about it.
   out of range, an environment setting, an unreadable PLY, an output folder that
   is not ours. Its message names the problem and the fix.
 - Everything else that escapes a run is ours: an internal error, logged with its
-  traceback and reported with a short message.
+  traceback under a short incident id and reported to people with that id only
+  (its text may name files and internals; ``Failure.detail`` keeps it for the
+  command line, whose user is the operator).
+
+Told apart by type first: a refused input whose text mentions memory is still a
+refused input; only an exception that is not classified by its type is read for
+the allocator's out-of-memory words.
 
     failure(exc, request) -> Failure(title, message, expected, exit_code)
 """
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
+import uuid
 
 
 class InputError(ValueError):
@@ -27,11 +35,13 @@ class Failure(Exception):
     """A run could not be done: ``title`` and ``message`` for people;
     ``expected`` is False for bugs (their traceback was logged); ``exit_code``
     for the command line (2 input, 3 model unavailable, 4 stopped on a
-    non-finite gradient, 5 out of memory, 1 internal)."""
+    non-finite gradient, 5 out of memory, 6 disk full, 1 internal); ``detail``: an internal
+    error's own text (for the log and the command line, never for the public)."""
 
-    def __init__(self, title: str, message: str, expected: bool = True, exit_code: int = 1):
+    def __init__(self, title: str, message: str, expected: bool = True, exit_code: int = 1, detail: str = ""):
         super().__init__(message)
         self.title, self.message, self.expected, self.exit_code = title, message, expected, exit_code
+        self.detail = detail
 
 
 def failure(exc: BaseException, request=None) -> Failure:
@@ -45,8 +55,7 @@ def failure(exc: BaseException, request=None) -> Failure:
     if isinstance(exc, Failure):
         return exc
     text = str(exc)
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower() \
-            or "can't allocate memory" in text.lower():
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return _out_of_memory(request)
     if isinstance(exc, GuidanceUnavailable):
         return Failure("Model unavailable", text, exit_code=3)   # the text names the model and the fix
@@ -54,9 +63,26 @@ def failure(exc: BaseException, request=None) -> Failure:
         return Failure("Invalid input", text, exit_code=2)
     if isinstance(exc, NonFiniteGradient):
         return Failure("Run stopped", f"{text} Nothing was saved.", exit_code=4)
-    traceback.print_exception(exc, file=sys.stderr)  # a bug: keep its traceback in the log
-    return Failure("Internal error", f"The run failed ({type(exc).__name__}: {text}); nothing was saved. "
-                   "An internal error, not your input: its traceback is in the log.", expected=False)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return Failure("Disk full", "The server's disk is full, so this run's files could not be written; nothing "
+                       "was saved. Try again later (finished runs' files are removed an hour after their run).",
+                       exit_code=6)
+    if isinstance(exc, RuntimeError) and any(words in text.lower() for words in OUT_OF_MEMORY_WORDS):
+        return _out_of_memory(request)   # torch's allocators say it in a RuntimeError's text
+    return internal_failure(exc)
+
+
+OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory")
+
+
+def internal_failure(exc: BaseException) -> Failure:
+    """A bug: its traceback goes to the log under a new incident id; people see the id only."""
+    incident = uuid.uuid4().hex[:8]
+    print(f"cfd: internal error {incident}:", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
+    return Failure("Internal error", f"An internal error stopped the run (incident {incident}); nothing was saved. "
+                   "It is not your input: the server's log has the details under this id.", expected=False,
+                   detail=f"{type(exc).__name__}: {exc}")
 
 
 def _out_of_memory(request) -> Failure:

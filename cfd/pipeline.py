@@ -14,7 +14,9 @@
 Atomic: everything is written into a hidden staging folder next to ``out_dir``
 and moved into place only when the run has finished; a failed or cancelled run
 leaves nothing behind (unless ``keep_partial`` asks for the partial scene's
-artefacts). Used by the app and the CLI; nothing here imports gradio.
+artefacts). The videos and the GLB are optional: one that cannot be written is
+noted in run.json (``<key>_error``) and the run stands without it. Used by the
+app and the CLI; nothing here imports gradio.
 """
 from __future__ import annotations
 
@@ -189,10 +191,12 @@ class StepWatch:
 @dataclass(frozen=True)
 class ExportStep:
     """One artefact of a run: ``write(path)`` writes it. ``stage``: the name
-    ``stage_progress`` and the timings use; ``optional``: a ValueError (nothing to
-    export, e.g. a fully transparent scene for the GLB) is noted in run.json as
-    ``<key>_error`` instead of failing the run; ``announce``: report the stage as
-    started (0 of 1) for a step that reports no progress of its own."""
+    ``stage_progress`` and the timings use; ``optional``: the run stands without
+    it, so any error writing it (nothing to export, e.g. a fully transparent
+    scene for the GLB; out of memory in marching cubes; a failed encoder) is
+    noted in run.json as ``<key>_error`` instead of failing the run;
+    ``announce``: report the stage as started (0 of 1) for a step that reports
+    no progress of its own."""
 
     stage: str
     key: str                       # in ARTEFACTS
@@ -241,8 +245,8 @@ def export_steps(scene: GaussianScene, guidance, config: DistillConfig, steps_do
              ExportStep("ply", "viewer_ply", lambda p: export.save_viewer_ply(scene, p))]
     if preview_res:
         steps.append(ExportStep("preview", "preview_png", write_preview))
-    return steps + [ExportStep("render_video", "render_mp4", write_render),
-                    ExportStep("noise_video", "noise_mp4", write_noise),
+    return steps + [ExportStep("render_video", "render_mp4", write_render, optional=True),
+                    ExportStep("noise_video", "noise_mp4", write_noise, optional=True),
                     ExportStep("glb", "glb", lambda p: export.export_glb(scene, p, resolution=glb_resolution),
                                optional=True, announce=True)]
 
@@ -257,9 +261,10 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
     guidance: a ``cfd.guidance`` backend; config: the ``DistillConfig`` (its
         seed drives the run and the noise video).
     callback: passed on to ``distill`` (return True to stop the run).
-    should_stop: polled after every step; True stops the run there. Whether the
-        run was cancelled is decided once, when the loop ends: stopped before
-        its last step. A finished run is exported whatever comes after.
+    should_stop: polled after every step and before every export; True stops
+        the run there. Stopped before its last step, or during its exports, the
+        run is cancelled: nothing is published (unless ``keep_partial``, for a
+        stop inside the loop).
     time_limit_s: wall-clock seconds the loop may take; past them it stops and
         the scene so far is exported as the result (run.json: ``"stopped_by":
         "time limit"`` and its ``steps_done``). None: no limit.
@@ -273,8 +278,9 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
 
     Returns ``{"cancelled", "out_dir", "files": {key: path}, "summary": run.json
     data, "scene": the final (or partial) scene, on the CPU}`` (no files and no
-    out_dir when a cancelled run wrote nothing). An unmeshable GLB is skipped
-    (``summary["glb_error"]``); any other error removes the staging folder.
+    out_dir when a cancelled run wrote nothing). An optional artefact that
+    fails (the videos, the GLB) is skipped (``summary["<key>_error"]``); any
+    other error removes the staging folder.
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir)                                                           # 1. check the inputs
@@ -297,7 +303,12 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         steps = export_steps(scene, guidance, config, watch.steps_done, video_frames=video_frames,
                              video_res=video_res, noise_res=noise_res, glb_resolution=glb_resolution,
                              preview_res=preview_res, ply_sh_degree=ply_sh_degree, stage_progress=stage_progress)
-        files, extra = write_exports(steps, staging.path, timings, stage_progress)   # 4. exports
+        try:
+            files, extra = write_exports(steps, staging.path, timings, stage_progress,    # 4. exports
+                                         None if cancelled else should_stop)   # keep_partial's were asked for
+        except ExportsStopped:   # Stop during the exports: nothing is published, the slot is free at once
+            return {"cancelled": True, "out_dir": None, "files": {}, "summary": record(scene, True, {}),
+                    "scene": scene.to("cpu")}
         t0 = time.perf_counter()
         extra.update(nearest_reference(scene, guidance, config.res) or {})
         timings["nearest"] = time.perf_counter() - t0
@@ -309,23 +320,31 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
             "summary": data, "scene": scene.to("cpu")}
 
 
-def write_exports(steps: list[ExportStep], folder: Path, timings: dict,
-                  stage_progress: StageProgress | None) -> tuple[dict[str, str], dict]:
+class ExportsStopped(Exception):
+    """Stop came while a run's exports were being written (``write_exports``)."""
+
+
+def write_exports(steps: list[ExportStep], folder: Path, timings: dict, stage_progress: StageProgress | None,
+                  should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, str], dict]:
     """Run ``steps`` in order into ``folder``: (files written, key → name; notes
-    for run.json: an optional step's ``<key>_error``). Adds each stage's seconds
-    to ``timings``."""
+    for run.json: an optional step's ``<key>_error``, "Type: message"). Adds
+    each stage's seconds to ``timings``. ExportsStopped when ``should_stop()``
+    is true before a step."""
     files, notes = {}, {}
     for step in steps:
+        if should_stop is not None and should_stop():
+            raise ExportsStopped(step.key)
         t0 = time.perf_counter()
         if step.announce and stage_progress is not None:
             stage_progress(step.stage, 0, 1)
         try:
             step.write(folder / ARTEFACTS[step.key])
             files[step.key] = ARTEFACTS[step.key]
-        except ValueError as exc:
+        except Exception as exc:  # noqa: BLE001 - an optional artefact fails alone; run.json says why
             if not step.optional:
                 raise
-            notes[f"{step.key}_error"] = str(exc)   # nothing to export: the other artefacts still stand
+            (folder / ARTEFACTS[step.key]).unlink(missing_ok=True)
+            notes[f"{step.key}_error"] = f"{type(exc).__name__}: {exc}"
         timings[step.stage] = timings.get(step.stage, 0.0) + time.perf_counter() - t0
     return files, notes
 

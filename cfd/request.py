@@ -342,25 +342,47 @@ def parse_compare(values: Mapping[str, Any] | None = None, **kwargs) -> tuple[Re
     return base, methods, n_seeds
 
 
-def work_units(request: Request, runs: int = 1) -> float:
+def splat_ceiling(config: DistillConfig) -> int:
+    """The most splats a run of ``config`` can hold: a densification round grows
+    each chosen splat into two, so it at most doubles the count, and it runs at
+    steps s < densify_until × steps with (s + 1) % densify_every = 0; never past
+    ``max_splats``."""
+    if not config.densify_every:
+        return config.init_splats
+    rounds = math.ceil(config.densify_until * config.steps) // config.densify_every
+    return min(config.max_splats, config.init_splats * 2 ** min(rounds, 64))
+
+
+def work_units(request: Request, runs: int = 1, objects_factor: float = 1.0) -> float:
     """The work of ``runs`` runs of ``request`` in default runs of its backend
-    (on this machine: ``params.defaults``): steps × views × res² × runs over
-    the same product of the defaults. A default generation is 1; the default
-    seed comparison (4 seeds × CFD and SDS) is 8."""
+    (on this machine: ``params.defaults``): steps × views × res² × runs, times
+    the splats it may grow to (``splat_ceiling``) where that exceeds the default
+    run's (a step's render and backward are linear in the splats), times
+    ``objects_factor`` (the exact prior: how many more objects a step weighs
+    than the default's, ``backends.objects_factor``), over the same product of
+    the defaults. A default generation is 1; the default seed comparison (4
+    seeds × CFD and SDS) is 8."""
     d = defaults(request.backend)
-    return runs * request.steps * request.views * request.res ** 2 / (d["steps"] * d["views"] * d["res"] ** 2)
+    splats = splat_ceiling(request.config()) / splat_ceiling(parse_request({"backend": request.backend}).config())
+    return (runs * request.steps * request.views * request.res ** 2 * max(1.0, splats) * max(1.0, objects_factor)
+            / (d["steps"] * d["views"] * d["res"] ** 2))
 
 
 class OverBudget(RequestError):
     """A request asks for more work than the app allows (``check_work``)."""
 
 
-def check_work(request: Request, runs: int, budget: float) -> None:
+def check_work(request: Request, runs: int, budget: float, objects_factor: float = 1.0) -> None:
     """OverBudget when ``runs`` runs of ``request`` ask for more than ``budget``
     default runs of work (``work_units``), naming the budget and how to stay in it."""
-    work = work_units(request, runs)
+    work = work_units(request, runs, objects_factor)
     if work > budget:
+        ceiling = splat_ceiling(request.config())
+        extra = (f" × up to {ceiling} splats" if ceiling > splat_ceiling(parse_request(
+            {"backend": request.backend}).config()) else "") + \
+            (f" × {objects_factor:.3g}× the objects weighed per step" if objects_factor > 1 else "")
         raise OverBudget(
             f"this request asks for {work:.3g}× the work of a default run ({runs} run(s) × {request.steps} steps × "
-            f"{request.views} views × {request.res}² pixels) and this app allows {budget:g}× per request. Fix: "
-            "fewer steps or views, a lower resolution, or fewer seeds or methods.")
+            f"{request.views} views × {request.res}² pixels{extra}) and this app allows {budget:g}× per request. "
+            "Fix: fewer steps or views, a lower resolution, fewer seeds or methods, densifying less often (a larger "
+            "densify_every, or 0), or CFG 1 on the exact prior.")

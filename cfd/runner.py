@@ -39,7 +39,9 @@ from .workers import WorkerPool
 
 RUN_TTL_S = 3600           # folders older than this that no active run owns are swept
 STOP_FILE = ".stop"        # in a run's folder: its work (in this process or a worker) stops
-ADMIT_TTL_S = 3600         # a session's admitted request that never started or finished frees its place after this
+ADMIT_TTL_S = 3600         # an admitted request that started but never finished frees its place after this
+QUEUED_TTL_S = 300         # … one that never started (its client left the queue) after this; if it does start
+                           # later, its handler takes a place anew
 STEP_EVENTS_EVERY_S = 0.2  # a run's progress events without a preview, at most this often
 RESULT_PREVIEW_RES = 256
 
@@ -138,8 +140,11 @@ class Done:
                 f"{s['psnr_res']} px)" if "nearest" in s else "")
         limited = (f" · **stopped by the time limit** after {s['steps_done']}/{s['steps']} steps"
                    if s.get("stopped_by") == "time limit" else "")
+        missing = [name for key, name in (("render_mp4", "orbit video"), ("noise_mp4", "noise video"), ("glb", "GLB"))
+                   if f"{key}_error" in s]
+        skipped = f" · could not make the {', '.join(missing)} (run.json says why)" if missing else ""
         return (f"**Done** in {s['timings_s']['total']:.1f} s · {self.request.label()} · {s['n_splats']} splats"
-                f"{limited}{near}")
+                f"{limited}{near}{skipped}")
 
     @property
     def caption(self) -> str:
@@ -159,9 +164,19 @@ class Cancelled:
 
 @dataclass
 class Compared:
-    """A finished seed comparison (its runs came as Items)."""
+    """A finished seed comparison (its runs came as Items): ``done`` of its
+    ``runs`` runs finished before the request's time limit."""
 
     seconds: float
+    done: int
+    runs: int
+
+    @property
+    def status(self) -> str:
+        limited = ("" if self.done == self.runs else
+                   f" · **the time limit ended the comparison**: the other {self.runs - self.done} run(s) did not start")
+        return (f"**Done** · {self.done} runs in {self.seconds:.0f} s{limited} — click a result, then *Use seed …* "
+                "to take it to Generate")
 
 
 # ------------------------------------------------------------------ one run
@@ -269,6 +284,20 @@ class SessionBusy(RequestError):
     """A session asked for a second request while its first is queued or running."""
 
 
+class ClientBusy(RequestError):
+    """A client address asked for more requests than it may have queued or running."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request's place (``Runner.admit``), freed by ``Runner.release``."""
+
+    session: str | None
+    client: str | None
+    since: float              # time.monotonic() when admitted
+    claimed: bool = False     # its handler has started (``Runner.claim``)
+
+
 def runs_folder(parent: Path | str) -> Path:
     """``parent``/cfd-runs, created with its marker file; InputError if a folder of
     that name exists without the marker (not ours: never served, never swept)."""
@@ -287,41 +316,66 @@ class Runner:
     CFD_RUNS_DIR), Stop per session, the sweep."""
 
     def __init__(self, root: Path | str | None = None, ttl_s: float = RUN_TTL_S, workers: int | None = None,
-                 max_work: float | None = None, time_limit_s: float | None = None):
+                 max_work: float | None = None, time_limit_s: float | None = None,
+                 max_per_client: int | None = None):
         """``max_work``: most work one request may ask for, in default runs
         (``request.work_units``; None: $CFD_MAX_WORK); ``time_limit_s``:
-        wall-clock seconds one run may distil before it stops and keeps what
-        it has (None: $CFD_RUN_LIMIT_S)."""
+        wall-clock seconds one request may distil (a comparison's runs all
+        together) before it stops and keeps what it has (None:
+        $CFD_RUN_LIMIT_S); ``max_per_client``: requests one client address may
+        have queued or running (None: $CFD_MAX_PER_CLIENT)."""
         self.root = runs_folder(root or os.environ.get("CFD_RUNS_DIR") or Path(tempfile.gettempdir()) / "cfd-app")
         self.ttl_s = ttl_s
         self.max_work = setting("CFD_MAX_WORK") if max_work is None else max_work
         self.time_limit_s = setting("CFD_RUN_LIMIT_S") if time_limit_s is None else time_limit_s
         self.workers = WorkerPool(default_workers() if workers is None else workers)
+        self.max_per_client = setting("CFD_MAX_PER_CLIENT") if max_per_client is None else max_per_client
         self._runs: dict[str, set[Run]] = {}
-        self._admitted: dict[str, float] = {}   # session → when its one request was admitted
+        self._tickets: set[Ticket] = set()   # the admitted requests, queued or running
         self._lock = threading.Lock()
 
-    # -- admission: what one request may ask for, one request per session at a time
+    # -- admission: what one request may ask for; one request per session, a few per client address
 
-    def admit(self, request: Request, runs: int = 1, session: str | None = None) -> None:
+    def admit(self, request: Request, runs: int = 1, session: str | None = None,
+              client: str | None = None) -> "Ticket":
         """Refuse (RequestError, at once: before the request waits in a queue)
-        work beyond ``max_work`` and a second request of ``session`` while its
-        first is queued or running; else hold ``session``'s one place until
-        ``release(session)`` (a place not released is freed after ``ADMIT_TTL_S``)."""
-        check_work(request, runs, self.max_work)
-        if not session:
-            return
+        work beyond ``max_work`` (``request.check_work``, counting the objects
+        the exact prior weighs), a second request of ``session`` while its first
+        is queued or running, and more than ``max_per_client`` requests of
+        ``client`` (an address); else hold a place for them until
+        ``release(ticket)`` (a place never released is freed after
+        ``QUEUED_TTL_S`` if its request never started, ``ADMIT_TTL_S`` if it did)."""
+        from .backends import objects_factor
+
+        check_work(request, runs, self.max_work, objects_factor(request))
         with self._lock:
-            since = self._admitted.get(session)
-            if since is not None and time.monotonic() - since < ADMIT_TTL_S:
+            now = time.monotonic()
+            self._tickets = {t for t in self._tickets if now - t.since < (ADMIT_TTL_S if t.claimed else QUEUED_TTL_S)}
+            if session and any(t.session == session for t in self._tickets):
                 raise SessionBusy("this session already has a request queued or running: wait for it to finish, "
                                   "or press Stop, then try again")
-            self._admitted[session] = time.monotonic()
+            if client and sum(t.client == client for t in self._tickets) >= self.max_per_client:
+                raise ClientBusy(f"your address already has {self.max_per_client} request(s) queued or running, "
+                                 "the most this app allows: wait for one to finish, then try again")
+            ticket = Ticket(session, client, now)
+            self._tickets.add(ticket)
+        return ticket
 
-    def release(self, session: str | None) -> None:
-        """Free ``session``'s place (its request finished, failed or was stopped)."""
+    def claim(self, session: str | None) -> "Ticket | None":
+        """The ticket the validator admitted for ``session``'s request, now taken
+        by its handler (None if there is none: admit the request then)."""
         with self._lock:
-            self._admitted.pop(session or "", None)
+            ticket = next((t for t in self._tickets if session and t.session == session and not t.claimed), None)
+            if ticket is not None:
+                ticket.claimed = True
+            return ticket
+
+    def release(self, ticket: "Ticket | None") -> None:
+        """Free the place ``ticket`` holds (its request finished, failed or was
+        stopped); a ticket already freed frees nothing, so a late release never
+        frees the place of the session's next request."""
+        with self._lock:
+            self._tickets.discard(ticket)
 
     # -- bookkeeping
 
@@ -352,11 +406,12 @@ class Runner:
             return [r for runs in self._runs.values() for r in runs]
 
     def stop(self, session: str | None) -> int:
-        """Ask every run of ``session`` to stop and free its place (``admit``);
+        """Ask every run of ``session`` to stop and free its places (``admit``);
         returns how many runs. None stops nothing."""
         if not session:
             return 0
-        self.release(session)
+        with self._lock:
+            self._tickets = {t for t in self._tickets if t.session != session}
         runs = self.runs(session)
         for run in runs:
             run.cancel()
@@ -424,7 +479,7 @@ class Runner:
         """``base`` for seeds seed … seed + n_seeds − 1 with each method: Step
         events, an Item per finished run (orbit GIF, nearest variant), then
         Compared or Cancelled. On the exact prior on a CPU the runs go side by
-        side to the worker processes (``self.workers``), one per core, each run
+        side to the worker processes (``self.workers``), one per usable core, each run
         exactly what it gives alone; elsewhere one after another in a thread."""
         from .pipeline import compare_job
 
@@ -435,12 +490,18 @@ class Runner:
         side_by_side = self.workers.size > 1 and len(jobs) > 1 and base.backend == "exact" \
             and str(getattr(guidance, "device", "cpu")) == "cpu"
 
+        deadline = time.time() + self.time_limit_s   # one limit for the whole request, across processes
+
         def in_turn(run: Run):
             items = []
             for i, job in enumerate(jobs):
+                if run.stop.is_set():
+                    return None
+                if time.time() >= deadline:   # the request's time is up: what finished is kept
+                    break
                 run.job = i
                 result = compare_job(job.config(), guidance, run.folder / _gif_name(job), run.step_callback,
-                                     run.stop.is_set, time_limit_s=self.time_limit_s)
+                                     run.stop.is_set, time_limit_s=deadline - time.time())
                 if result is None:
                     return None
                 items.append(_item(job, result))
@@ -448,18 +509,24 @@ class Runner:
             return items
 
         try:
-            run.start(lambda run: self._side_by_side(run, jobs) if side_by_side else in_turn(run))
+            run.start(lambda run: self._side_by_side(run, jobs, deadline) if side_by_side else in_turn(run))
             items = yield from self._events(run, base)
             if items is None:
                 yield Cancelled(run.job * base.steps, len(jobs) * base.steps)
                 return
-            yield Compared(time.perf_counter() - started)
+            yield Compared(time.perf_counter() - started, len(items), len(jobs))
         finally:
             run.finish()
 
-    def _side_by_side(self, run: Run, jobs: list[Request]) -> list[Item] | None:
+    def _side_by_side(self, run: Run, jobs: list[Request], deadline: float | None = None) -> list[Item] | None:
         """``jobs`` in the worker processes; their events forwarded to ``run``; the
-        Items in job order, or None once stopped. A failed job stops the others."""
+        Items in job order (a job that never started, its ``deadline`` passed, has
+        none), or None once stopped. A failed job (a worker that died or hung
+        included) stops the others. ``deadline``: time.time() by which every job's
+        loop stops and keeps what it has. After Stop this returns within about two
+        seconds, even with a hung worker: the pool answers a stopped run's queued
+        jobs at once and kills a worker that goes on past its stop grace."""
+        stop_wait_s = 2.0   # after Stop, the longest this waits for the jobs' last events
         steps = [0] * len(jobs)
         items: list[Item | None] = [None] * len(jobs)
         errors: list[dict] = []
@@ -483,18 +550,26 @@ class Runner:
 
         for i, job in enumerate(jobs):
             self.workers.submit({"job": i, "values": job.values(), "gif": str(run.folder / _gif_name(job)),
-                                 "stop_file": str(run.folder / STOP_FILE), "time_limit_s": self.time_limit_s},
+                                 "stop_file": str(run.folder / STOP_FILE), "time_limit_s": self.time_limit_s,
+                                 "deadline": deadline},
                                 handler(i, job))
-        for _ in jobs:
-            left.acquire()
+        answered, stopped_at = 0, None
+        while answered < len(jobs):
+            if left.acquire(timeout=0.2):
+                answered += 1
+            elif run.stop.is_set():
+                stopped_at = stopped_at or time.monotonic()
+                if time.monotonic() - stopped_at > stop_wait_s:
+                    break
         if errors:
             raise _raised(errors[0])
-        return None if run.stop.is_set() else items
+        return None if run.stop.is_set() else [item for item in items if item is not None]
 
 
 def default_workers() -> int:
-    """Worker processes for side-by-side runs: $CFD_WORKERS, else one per core
-    (1 = every run in the app's own process)."""
+    """Worker processes for side-by-side runs: $CFD_WORKERS, else the cores this
+    process may run on (affinity, cgroup CPU quota), at most 8
+    (``workers.default_worker_count``; 1 = every run in the app's own process)."""
     return setting("CFD_WORKERS")
 
 
@@ -508,7 +583,8 @@ def _item(job: Request, result: dict) -> Item:
 
 
 _RAISED = {"RequestError": RequestError, "SettingError": InputError, "InputError": InputError,
-           "GuidanceUnavailable": GuidanceUnavailable, "NonFiniteGradient": NonFiniteGradient}
+           "GuidanceUnavailable": GuidanceUnavailable, "NonFiniteGradient": NonFiniteGradient,
+           "MemoryError": MemoryError, "OutOfMemoryError": MemoryError}
 
 
 def _raised(event: dict) -> BaseException:
@@ -516,6 +592,8 @@ def _raised(event: dict) -> BaseException:
     kind = _RAISED.get(event["type"])
     if kind is not None:
         return kind(event["message"])
+    if event.get("errno"):   # e.g. the disk filled up under a worker's files
+        return OSError(event["errno"], event["message"])
     print(event.get("traceback") or "", file=sys.stderr)
     return RuntimeError(f"{event['type']}: {event['message']}")
 

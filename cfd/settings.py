@@ -33,15 +33,23 @@ SETTINGS = {
                             "backend (steps × views × pixels × runs)"),
     "CFD_RUN_LIMIT_S": Setting(float, 600.0, 1, 86_400, "wall-clock seconds one run of the app may distil before "
                                "it stops and keeps what it has"),
-    "CFD_WORKERS": Setting(int, None, 1, 256, "Compare's worker processes on a CPU (default: one per core)"),
+    "CFD_WORKERS": Setting(int, None, 1, 256, "Compare's worker processes on a CPU (default: the cores this "
+                           "process may use, at most 8)"),
+    "CFD_MAX_PER_CLIENT": Setting(int, 2, 1, 10_000, "requests one client address may have queued or running"),
+    "CFD_TRUST_FORWARDED": Setting(int, None, 0, 1, "1: a client's address is the first of X-Forwarded-For, as "
+                                   "the Space's proxy sets it (default 1 on a Space, else 0: the connection's)"),
     "CFD_BATCH_TIMEOUT_H": Setting(float, 24.0, 0.01, 10_000, "hours a batch process waits for the slowest one"),
     "GRADIO_SERVER_PORT": Setting(int, 7860, 1, 65535, "the app's port"),
 }
 
 
 def default_for(name: str) -> float:
-    if name == "CFD_WORKERS":
-        return os.cpu_count() or 1
+    if name == "CFD_WORKERS":   # the cores this process may use (affinity, cgroup quota), at most 8
+        from .workers import default_worker_count
+
+        return default_worker_count()
+    if name == "CFD_TRUST_FORWARDED":
+        return int(bool(os.environ.get("SPACE_ID")))
     return SETTINGS[name].default
 
 
@@ -62,3 +70,15 @@ def setting(name: str) -> float:
     if not spec.lo <= value <= spec.hi:
         raise SettingError(f"{valid}; got {value:g}. {fix}")
     return value
+
+
+def check_settings() -> None:
+    """Every setting checked at once: one SettingError naming each bad one and its fix."""
+    problems = []
+    for name in SETTINGS:
+        try:
+            setting(name)
+        except SettingError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingError("\n".join(problems))

@@ -364,7 +364,7 @@ def test_out_of_memory_suggests_a_lower_resolution(served, monkeypatch):
     assert wait_until(lambda: not run_dirs(runs), 30)
 
 
-def test_unexpected_failure_is_a_clear_error_and_leaves_nothing(served, monkeypatch):
+def test_unexpected_failure_is_a_clear_error_and_leaves_nothing(served, monkeypatch, capfd):
     app, client, runs = served
 
     def boom(*args, **kwargs):
@@ -373,8 +373,56 @@ def test_unexpected_failure_is_a_clear_error_and_leaves_nothing(served, monkeypa
     monkeypatch.setattr("cfd.pipeline.generate", boom)
     with pytest.raises(Exception) as excinfo:
         generate(client)
-    assert "The run failed (RuntimeError: renderer exploded); nothing was saved." in error_text(excinfo)
+    text = error_text(excinfo)
+    incident = re.search(r"An internal error stopped the run \(incident ([0-9a-f]{8})\); nothing was saved", text)
+    assert incident and "renderer exploded" not in text and "Traceback" not in text, text   # no internals shown
+    log = capfd.readouterr().err
+    assert f"internal error {incident.group(1)}" in log and "renderer exploded" in log   # the log has them
     assert wait_until(lambda: not run_dirs(runs), 30)
+
+
+def test_the_rest_route_that_skips_the_queue_is_closed(served):
+    """POST /gradio_api/run/generate would skip the queue and its admission: it
+    is refused, and nothing runs."""
+    import httpx
+
+    app, client, runs = served
+    response = httpx.post(f"{client.src}gradio_api/run/generate", json={"data": [None] * 14}, timeout=30)
+    assert response.status_code >= 400 and not run_dirs(runs) and not app.RUNNER.runs(), response.text
+
+
+def test_a_request_whose_validator_did_not_run_is_admitted_by_its_handler(served, monkeypatch):
+    app, client, runs = served
+    monkeypatch.setattr(app, "_refusal", lambda *args: (None, ""))   # as if the validator were skipped
+    with pytest.raises(Exception) as excinfo:
+        generate(client, steps=3000, views=8, res=128)
+    assert "asks for 120× the work of a default run" in error_text(excinfo), error_text(excinfo)
+    assert not run_dirs(runs) and not app.RUNNER._tickets
+
+
+def test_one_address_holds_at_most_its_places_whatever_its_sessions(served, monkeypatch, tmp_path):
+    """CFD_MAX_PER_CLIENT per address (behind a trusted proxy: the first of
+    X-Forwarded-For); new session hashes from one address do not add places."""
+    app, client, runs = served
+    monkeypatch.setenv("CFD_TRUST_FORWARDED", "1")
+    monkeypatch.setattr(app.RUNNER, "max_per_client", 1)
+    same = [Client(client.src, verbose=False, download_files=str(tmp_path), headers={"X-Forwarded-For": "192.0.2.9"})
+            for _ in range(2)]
+    other = Client(client.src, verbose=False, download_files=str(tmp_path), headers={"X-Forwarded-For": "192.0.2.10"})
+    try:
+        job = same[0].submit(prompt="a toy", seed=5, steps=3000, api_name="/generate")
+        _wait_running(app, runs, same[0].session_hash)
+        with pytest.raises(Exception) as excinfo:
+            generate(same[1], steps=10)
+        assert "prompt: your address already has 1 request(s) queued or running" in error_text(excinfo)
+        queued = other.submit(prompt="a toy", seed=2, steps=10, api_name="/generate")   # another address: admitted
+        app.RUNNER.stop(same[0].session_hash)
+        job.result(timeout=60)
+        assert Path(queued.result(timeout=120)[0]).is_file()
+        assert Path(generate(same[1], steps=10)[0]).is_file()   # the stopped request's place is free
+    finally:
+        for c in (*same, other):
+            c.close()
 
 
 # --------------------------------------------------------------------- settings

@@ -56,7 +56,7 @@ def test_an_internal_error_exits_1_with_its_traceback(tmp_path, monkeypatch, cap
     monkeypatch.setattr("cfd.pipeline.distill", broken)
     assert cli_main(["generate", "--steps", "10", "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
-    assert "The run failed (ValueError: a shape check inside the loop)" in err and "internal error" in err
+    assert "An internal error stopped the run (incident " in err and "(ValueError: a shape check inside the loop)" in err
     assert "Traceback" in err
     assert not (tmp_path / "run").exists()
 

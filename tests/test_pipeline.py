@@ -1,4 +1,5 @@
-"""pipeline.generate: cancellation is decided once, when the loop ends."""
+"""pipeline.generate: when a run counts as cancelled (Stop in the loop or during the exports),
+what a failed optional artefact leaves."""
 from __future__ import annotations
 
 import pytest
@@ -26,12 +27,27 @@ def test_a_run_stopped_on_its_last_step_is_finished_not_cancelled(prior, tmp_pat
     assert (tmp_path / "run" / "scene.ply").is_file()
 
 
-def test_a_stop_during_the_exports_keeps_the_finished_run(prior, tmp_path):
-    stopped = []
-    stages = lambda stage, done, total: stopped.append(stage)   # noqa: E731 - the Stop comes while exporting
-    result = generate(prior, small(), tmp_path / "run", should_stop=lambda: bool(stopped), stage_progress=stages,
-                      **EXPORTS)
-    assert stopped and result["cancelled"] is False and (tmp_path / "run" / "run.json").is_file()
+def test_a_stop_during_the_exports_ends_them_and_publishes_nothing(prior, tmp_path):
+    stages = []
+    result = generate(prior, small(), tmp_path / "run", should_stop=lambda: bool(stages),
+                      stage_progress=lambda stage, done, total: stages.append(stage), **EXPORTS)
+    assert stages == ["render_video"]   # the first stage reported progress, then Stop: no later export ran
+    assert result["cancelled"] is True and result["out_dir"] is None and result["summary"]["steps_done"] == 10
+    assert not any(tmp_path.iterdir())   # the staging folder is gone too
+
+
+def test_an_optional_export_that_fails_leaves_the_run_standing(prior, tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError("marching cubes: cannot allocate the grid")
+
+    monkeypatch.setattr("cfd.export.export_glb", no_memory)
+    monkeypatch.setattr("cfd.export.write_video", lambda chunks, path: 1 / 0)   # the encoder breaks as well
+    result = generate(prior, small(), tmp_path / "run", **EXPORTS)
+    summary = result["summary"]
+    assert result["cancelled"] is False and set(result["files"]) == {"scene_ply", "viewer_ply", "run_json"}
+    assert summary["glb_error"] == "MemoryError: marching cubes: cannot allocate the grid"
+    assert summary["render_mp4_error"].startswith("ZeroDivisionError") and "noise_mp4_error" in summary
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json", "scene.ply", "viewer.ply"]
 
 
 def test_a_run_stopped_early_writes_nothing(prior, tmp_path):

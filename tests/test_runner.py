@@ -69,7 +69,7 @@ def test_a_run_stopped_by_non_finite_gradients_is_an_expected_failure_with_advic
 
 
 def test_an_internal_error_is_logged_and_told_apart_from_bad_input(capfd):
-    from cfd.errors import InputError
+    from cfd.errors import InputError, RequestError
     from cfd.runner import failure
 
     try:
@@ -77,8 +77,15 @@ def test_an_internal_error_is_logged_and_told_apart_from_bad_input(capfd):
     except ValueError as exc:
         bug = failure(exc)
     assert not bug.expected and bug.title == "Internal error" and bug.exit_code == 1
-    assert "timestep 1200" in bug.message and "Traceback" in capfd.readouterr().err
+    incident = bug.message.split("incident ")[1][:8]
+    assert "timestep 1200" not in bug.message and "timestep 1200" in bug.detail   # internals stay in the log
+    log = capfd.readouterr().err
+    assert f"internal error {incident}" in log and "Traceback" in log and "timestep 1200" in log
     refusal = failure(InputError("scenes: a.ply: no such file"))
+    zebra = failure(RequestError("prompt: no object named 'a zebra that ran out of memory'"))
+    assert zebra.title == "Invalid input" and zebra.exit_code == 2   # classified by type, not by its words
+    assert failure(RuntimeError("DefaultCPUAllocator: can't allocate memory")).title == "Out of memory"
+    assert failure(MemoryError()).title == "Out of memory"
     assert refusal.expected and refusal.title == "Invalid input" and refusal.exit_code == 2
     assert "Traceback" not in capfd.readouterr().err
 
@@ -145,19 +152,73 @@ def test_admission_refuses_work_over_the_budget_and_a_second_request_per_session
     from cfd.request import parse_request, work_units
     from cfd.runner import SessionBusy
 
-    runner = Runner(tmp_path, max_work=24)
+    runner = Runner(tmp_path, max_work=24, max_per_client=100)
     default, big = parse_request(), parse_request(steps=3000, views=8, res=128)
     assert work_units(default) == 1 and work_units(default, runs=8) == 8 and work_units(big) == 120
     with pytest.raises(InputError, match=r"asks for 120× the work of a default run .* allows 24× per request"):
         runner.admit(big, 1, "a")
     with pytest.raises(InputError, match=r"asks for 40×"):
         runner.admit(default, 40, "a")
-    runner.admit(default, 8, "a")                        # a default comparison
+    first = runner.admit(default, 8, "a")                # a default comparison
     with pytest.raises(SessionBusy, match="already has a request queued or running"):
         runner.admit(default, 1, "a")
     runner.admit(default, 1, "b")                        # another session is not held up
     runner.admit(default, 1, None)                       # nor are requests without a session
-    runner.release("a")
-    runner.admit(default, 1, "a")
+    runner.release(first)
+    second = runner.admit(default, 1, "a")
     runner.stop("a")                                     # Stop frees the place too
+    third = runner.admit(default, 1, "a")
+    runner.release(second)                               # the stopped request's late release …
+    with pytest.raises(SessionBusy):                     # … frees nothing of the next one's
+        runner.admit(default, 1, "a")
+    assert runner.claim("a") is third and runner.claim("a") is None   # its handler takes it, once
+    runner.release(third)
     runner.admit(default, 1, "a")
+
+
+def test_admission_limits_requests_per_client_address(tmp_path):
+    from cfd.request import parse_request
+    from cfd.runner import ClientBusy
+
+    runner, default = Runner(tmp_path, max_per_client=2), parse_request()
+    tickets = [runner.admit(default, 1, f"session-{k}", "10.0.0.7") for k in range(2)]
+    with pytest.raises(ClientBusy, match="your address already has 2 request"):   # new session hashes do not help
+        runner.admit(default, 1, "session-2", "10.0.0.7")
+    runner.admit(default, 1, "session-3", "10.0.0.8")   # another address is not held up
+    runner.release(tickets[0])
+    runner.admit(default, 1, "session-2", "10.0.0.7")
+
+
+def test_a_place_whose_request_never_started_is_freed_sooner_than_a_running_ones(tmp_path):
+    from cfd.request import parse_request
+    from cfd.runner import QUEUED_TTL_S, SessionBusy
+
+    runner, default = Runner(tmp_path), parse_request()
+    queued, running = runner.admit(default, 1, "left-the-queue"), runner.admit(default, 1, "running")
+    assert runner.claim("running") is running
+    queued.since -= QUEUED_TTL_S + 1    # its client left while it waited: gradio dropped it unseen
+    running.since -= QUEUED_TTL_S + 1   # a long run keeps its place
+    runner.admit(default, 1, "left-the-queue")
+    with pytest.raises(SessionBusy):
+        runner.admit(default, 1, "running")
+
+
+def test_the_budget_counts_the_splats_a_run_may_grow_to_and_the_objects_it_weighs(tmp_path):
+    from cfd.backends import objects_factor, objects_weighed
+    from cfd.request import parse_request, splat_ceiling, work_units
+
+    default = parse_request()
+    dense = parse_request(steps=20, densify_every=1)     # grows 2 000 → up to 50 000 splats in 10 rounds
+    assert splat_ceiling(default.config()) == 2000 and splat_ceiling(dense.config()) == 50_000
+    assert splat_ceiling(parse_request(steps=300, densify_every=100).config()) == 4000   # one round: at most ×2
+    assert work_units(dense) == pytest.approx(20 / 200 * 25)   # was counted as 0.1 default runs
+    cactus, cactus_cfg = parse_request(prompt="a cactus"), parse_request(prompt="a cactus", guidance_scale=3)
+    assert objects_weighed(cactus) == 12 and objects_weighed(cactus_cfg) == objects_weighed(parse_request(
+        guidance_scale=2)) == 96   # CFG ≠ 1 weighs every object (ε_u)
+    assert objects_factor(cactus) < 1 and objects_factor(cactus_cfg) == 96 / objects_weighed(default)
+    runner = Runner(tmp_path, max_work=24)
+    with pytest.raises(InputError, match=r"up to 50000 splats.*densify_every"):
+        runner.admit(parse_request(steps=200, densify_every=1), 1, "a")
+    with pytest.raises(InputError, match=r"2× the objects weighed per step.*CFG 1"):
+        runner.admit(parse_request(steps=1000, guidance_scale=3), 4, "b")   # 4 runs × 5 × 2 = 40 > 24
+    runner.admit(parse_request(steps=1000), 4, "c")                          # the same at CFG 1: 20
