@@ -31,6 +31,11 @@ class RequestError(InputError):
     """A request parameter is out of range or malformed; the message says which and why."""
 
 
+class WorkerFailed(RuntimeError):
+    """A worker process running part of a request died, hung or broke its
+    protocol (``cfd.workers``); the message says which and how."""
+
+
 class Failure(Exception):
     """A run could not be done: ``title`` and ``message`` for people;
     ``expected`` is False for bugs (their traceback was logged); ``exit_code``
@@ -63,6 +68,10 @@ def failure(exc: BaseException, request=None) -> Failure:
         return Failure("Invalid input", text, exit_code=2)
     if isinstance(exc, NonFiniteGradient):
         return Failure("Run stopped", f"{text} Nothing was saved.", exit_code=4)
+    if isinstance(exc, WorkerFailed):   # the machine's trouble, not the input's nor a bug of the run
+        print(f"cfd: {text}", file=sys.stderr)
+        return Failure("Worker failed", f"A worker process stopped: {text}. Nothing was saved from this request; "
+                       "try again (a new worker takes the next one).")
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return Failure("Disk full", "The server's disk is full, so this run's files could not be written; nothing "
                        "was saved. Try again later (finished runs' files are removed an hour after their run).",

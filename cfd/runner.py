@@ -32,10 +32,10 @@ import numpy as np
 from .distill import NonFiniteGradient
 from .export import to_uint8
 from .guidance.base import GuidanceUnavailable
-from .errors import InputError, failure
+from .errors import InputError, WorkerFailed, failure
 from .request import Request, RequestError, check_work
 from .settings import setting
-from .workers import WorkerPool
+from .workers import WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START, WorkerPool
 
 RUN_TTL_S = 3600           # folders older than this that no active run owns are swept
 STOP_FILE = ".stop"        # in a run's folder: its work (in this process or a worker) stops
@@ -584,7 +584,8 @@ def _item(job: Request, result: dict) -> Item:
 
 _RAISED = {"RequestError": RequestError, "SettingError": InputError, "InputError": InputError,
            "GuidanceUnavailable": GuidanceUnavailable, "NonFiniteGradient": NonFiniteGradient,
-           "MemoryError": MemoryError, "OutOfMemoryError": MemoryError}
+           "MemoryError": MemoryError, "OutOfMemoryError": MemoryError,
+           **{kind: WorkerFailed for kind in (WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START)}}
 
 
 def _raised(event: dict) -> BaseException:

@@ -119,6 +119,33 @@ def test_compare_side_by_side_in_worker_processes_gives_each_run_exactly_as_alon
     assert fractions[-1] == (4 * 12, 4 * 12) and len(steps) == 4 * 12   # every step of every run, counted once
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-turn", "side-by-side"])
+def test_one_time_limit_bounds_a_whole_comparison_and_keeps_what_finished(tmp_path, workers):
+    """CFD_RUN_LIMIT_S is one deadline for every run of a Compare (it was per
+    run: 8 runs could hold the slot 8 × the limit); the runs finished or
+    stopped by it are kept, the others never start."""
+    from cfd.backends import prepare
+    from cfd.request import parse_request
+    from cfd.runner import Compared, Item
+
+    base = parse_request(prompt="a cactus", seed=3, steps=3000, res=16, views=1)
+    runner = Runner(tmp_path, workers=workers, time_limit_s=4.0)
+    try:
+        if workers > 1:   # warmed up first: the limit is on the runs, not on the workers' start
+            runner.workers.start(base.values())
+            assert runner.workers.wait_ready(120)
+        t0 = time.monotonic()
+        events = list(runner.compare(base, ["cfd", "sds"], 4, prepare(base), session="s"))
+        seconds = time.monotonic() - t0
+    finally:
+        runner.workers.close()
+    items = [e for e in events if isinstance(e, Item)]
+    done = events[-1]
+    assert isinstance(done, Compared) and done.runs == 8 and done.done == len(items) == workers
+    assert all(it.limited_at is not None and it.limited_at < 3000 for it in items)   # stopped by the limit, kept
+    assert "the time limit ended the comparison" in done.status and seconds < 4.0 + 20, seconds
+
+
 def test_a_failing_worker_job_comes_back_as_its_own_kind_of_error(tmp_path):
     """An error in a worker process is raised in the app's process as the same
     kind of exception (here a refused prompt: a user error, not a bug)."""

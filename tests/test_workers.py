@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 
+from cfd.errors import WorkerFailed, failure
 from cfd.workers import (WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START, WorkerPool, cpu_quota,
                          default_worker_count, serve, usable_cores)
 
@@ -269,8 +270,10 @@ def test_a_dead_worker_fails_a_side_by_side_compare_with_the_reason(tmp_path):
     runner, jobs = _runner_with_fake_workers(tmp_path, "die")
     run = runner.open("s")
     try:
-        with pytest.raises(RuntimeError, match=f"{WORKER_DIED}: worker process .* ended during job"):
+        with pytest.raises(WorkerFailed, match=r"worker process .* ended during job .*\(exit status") as info:
             runner._side_by_side(run, jobs[:2], None)
+        problem = failure(info.value)   # told to people as the machine's trouble, not a bug or their input
+        assert problem.title == "Worker failed" and "try again" in problem.message and "incident" not in problem.message
     finally:
         runner.workers.close()
         run.finish()
