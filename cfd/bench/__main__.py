@@ -1,0 +1,4 @@
+"""``python -m cfd.bench <benchmark> …``."""
+from .cli import main
+
+raise SystemExit(main())
