@@ -26,9 +26,9 @@ Why not gsplat's own ``DefaultStrategy`` (pinned gsplat 1.5.3): (1) its growth
 threshold is absolute (``grow_grad2d`` = 2e-4, tuned for a converging L1
 photometric loss); a distillation gradient w(t)(ε̂ − ε̃) changes scale with t,
 CFG, backend and resolution, and on the exact prior every splat exceeded 2e-4
-by 100× — the whole scene doubled every round (1000 → 12 463 splats in 100
-steps). A threshold relative to the scene's own gradients stays selective over
-the whole run. (2) It expects a dict of ``nn.Parameter`` named means / scales /
+by far — the whole scene doubled every round (the counts: docs/stable-diffusion.md,
+"Densification, measured"). A threshold relative to the scene's own gradients
+stays selective over the whole run. (2) It expects a dict of ``nn.Parameter`` named means / scales /
 quats / opacities with one optimiser per parameter; ours is one Adam with named
 groups over a ``GaussianScene`` (log_scales, opacity_logits, sh). (3) Its split
 draws from the global RNG (``torch.randn``), which breaks "same seed, same

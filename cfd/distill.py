@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .cameras import CameraRanges, orbit_camera, preview_camera, sample_cameras
 from .densify import Densifier
+from .errors import NonFiniteGradient
 from .gaussians import GaussianScene, init_scene, make_optimizer
 from .noise import (FixedImageNoise, IIDNoise, NoiseSource, Surface, SurfaceNoise, default_cell_size,
                     scene_centre)
@@ -42,7 +43,8 @@ METHODS = ("cfd", "cfd-sde", "sds", "iid", "fixed2d")
 class DistillConfig:
     """Everything that defines a run; the same config and seed give the same scene
     on CPU, bit for bit. Defaults suit the exact prior at 32–64 px
-    (``for_stable_diffusion()`` gives the SD defaults)."""
+    (``for_stable_diffusion()`` gives the SD defaults; tiny-sd's are its backend's,
+    ``cfd.guidance.tiny_sd.tiny_sd_config``)."""
 
     method: str = "cfd"            # cfd | cfd-sde | sds | iid | fixed2d
     seed: int = 0                  # drives the noise, the camera sequence and SDS's timesteps
@@ -76,13 +78,15 @@ class DistillConfig:
     cameras: CameraRanges = CameraRanges(pool=64)
     background: str = "white"      # white | black | random (per step)
     # initial scene: a ball of grey splats drawn from init_seed (None: the run's seed,
-    # so seeds also start from different balls; measured +1–2 distinct variants over 8 seeds)
+    # so seeds also start from different balls, which gave more distinct variants over a
+    # set of seeds: docs/toy-results.md, "One prompt, many objects: the families")
     init_splats: int = 2000
     init_radius: float = 0.5
     init_seed: int | None = None
     # Adam, per parameter group; the means' lr decays exponentially to lr_means_final.
-    # (Tuned on the exact prior with 4 views per step: 1.5× the 1-view rates measured
-    # +0.7 dB on the toys and the pattern set; 2000 splats another +0.6 dB.)
+    # (Tuned on the exact prior with 4 views per step: 1.5× the 1-view rates, and 2000
+    # splats, each scored higher on the toys and the pattern set: docs/performance.md,
+    # "How the budget is spent".)
     lr_means: float = 6e-3
     lr_means_final: float = 6e-4
     lr_log_scales: float = 1.5e-2
@@ -107,10 +111,10 @@ class DistillConfig:
     preview_res: int = 128
     # torch intra-op threads while distilling on CPU (None: leave torch's setting). A run
     # gives the same scene bit for bit at any thread count (the C++ compositor reduces in
-    # a fixed order; tested). One: 2 threads were no faster through the app on our 2-core
-    # machines (default run 13.6–16.1 s against 12.6–16.0 s), and two processes of 2
-    # threads each (a Generate beside Compare's workers, two benchmarks) oversubscribe
-    # the cores and slowed runs up to 5×
+    # a fixed order; tested). One: 2 threads were no faster through the app on a 2-core
+    # machine, and two processes of 2 threads each (a Generate beside Compare's workers,
+    # two benchmarks) oversubscribe the cores and slow runs several-fold (the timings:
+    # docs/performance.md, "CPU choices")
     cpu_threads: int | None = 1
 
     def __post_init__(self):
@@ -138,7 +142,7 @@ class DistillConfig:
 
     @staticmethod
     def for_stable_diffusion(**overrides) -> "DistillConfig":
-        """Defaults for SD-2.1-base (README "Stable Diffusion settings"): 512²
+        """Defaults for SD-2.1-base (docs/stable-diffusion.md): 512²
         renders (64² latents), 1000 steps; the authors' SD-stage t knots
         980 → 692 (10 %) → 404 (50 %) → 212 at the fractions of the run where
         they put them (the γ schedule of cfd-sde is every backend's); DreamGaussian's splat
@@ -157,21 +161,6 @@ class DistillConfig:
     def initial_seed(self) -> int:
         """The seed of the initial splats: ``init_seed``, or the run's seed if None."""
         return self.seed if self.init_seed is None else self.init_seed
-
-    @staticmethod
-    def for_tiny_sd(**overrides) -> "DistillConfig":
-        """Defaults for tiny-sd (``cfd.guidance.tiny_sd``), measured on it (README
-        "tiny-sd"): 64² renders (16² latents) on white as it was trained, views
-        drawn continuously from its training distribution, t annealed 980 → 20,
-        the exact prior's splat count, its learning rates × 0.3 (the SD path's
-        gradient through the VAE encoder is noisier than the exact prior's), no
-        densification."""
-        from .guidance.tiny_sd import TINY_SD_RES, TINY_SD_STEPS, TINY_SD_VIEWS
-
-        base = DistillConfig(res=TINY_SD_RES, steps=TINY_SD_STEPS, cameras=CameraRanges(), batch_views=TINY_SD_VIEWS,
-                             preview_every=10, cpu_threads=None, lr_means=1.8e-3, lr_means_final=1.8e-4,
-                             lr_log_scales=4.5e-3, lr_quats=4.5e-3, lr_opacity=2.25e-2, lr_sh=1.35e-2)
-        return replace(base, **overrides)
 
     def gamma_schedule(self) -> GammaSchedule:
         """cfd-sde's per-step γ_k of this run."""
@@ -242,10 +231,6 @@ def pixel_target(guidance, rgb: Tensor, x: Tensor, grad: Tensor) -> Tensor:
     decoded = guidance.decode(torch.cat([x.detach() - grad, x.detach()]))
     moved, here = decoded.chunk(2)
     return (rgb.detach() + moved.to(rgb.device) - here.to(rgb.device)).detach()
-
-
-class NonFiniteGradient(RuntimeError):
-    """The gradient stayed non-finite (NaN/Inf) for too many steps in a row."""
 
 
 class FiniteGradientGuard:

@@ -14,6 +14,10 @@ refused input; only an exception that is not classified by its type is read for
 the allocator's out-of-memory words.
 
     failure(exc, request) -> Failure(title, message, expected, exit_code)
+
+The exceptions that several layers raise are defined here (``GuidanceUnavailable``
+from the backends, ``NonFiniteGradient`` from the distillation loop,
+``WorkerFailed`` from the worker pool), so this module imports no other cfd module.
 """
 from __future__ import annotations
 
@@ -29,6 +33,15 @@ class InputError(ValueError):
 
 class RequestError(InputError):
     """A request parameter is out of range or malformed; the message says which and why."""
+
+
+class GuidanceUnavailable(RuntimeError):
+    """A guidance backend cannot be built here (e.g. missing weights); the
+    message says what is missing and how to fix it (``cfd.guidance``)."""
+
+
+class NonFiniteGradient(RuntimeError):
+    """The gradient stayed non-finite (NaN/Inf) for too many steps in a row (``cfd.distill``)."""
 
 
 class WorkerFailed(RuntimeError):
@@ -53,9 +66,6 @@ def failure(exc: BaseException, request=None) -> Failure:
     """The Failure of anything a run (or its preparation) raised; ``request``
     (a ``cfd.request.Request``, optional) words the out-of-memory advice."""
     import torch
-
-    from .distill import NonFiniteGradient
-    from .guidance.base import GuidanceUnavailable
 
     if isinstance(exc, Failure):
         return exc

@@ -17,36 +17,10 @@ mean of the splats; a run fixes its centre once, see
   which moves points along the ray, rarely changes a point's cell.
 - ``lattice_cells``: a plain 3D lattice, the benchmark's baseline.
 
-Cross-view correlation (``python -m cfd.bench noise``: 64², s = 4, 12 view
-pairs 5° apart × 2 seeds, nearest-pixel reprojection, which caps it near
-0.6; standard error ≈ 0.01), against the two parameterisations this replaced
-(a cube map of the direction from the origin with cells sized for radius 0.5,
-and the lattice, both with 2-sub-pixel cells; the code of commit 9fe31eb):
-
-    object             shells  old cube map  old lattice
-    shell r = 0.2       0.63      0.29         0.56
-    shell r = 0.35      0.60      0.48         0.52
-    shell r = 0.5       0.55      0.53         0.49
-    shell r = 0.65      0.56      0.58         0.49
-    shell r = 0.8       0.55      0.53         0.46
-    off-centre shell    0.54      0.49         0.50
-    off-centre blob     0.59      0.47         0.50
-    torus               0.59      0.54         0.54
-    fuzzy blob          0.58      0.56         0.50
-
-At r = 0.65 the old cube map, whose cells there are 1.3× their size at 0.5,
-is 0.015 ahead: within the difference's standard error (≈ 0.018); on 24 other
-random pairs the two measured 0.56 and 0.57. Shell ratios 1.3 / 1.6 / 2
-measured within ±0.01 of each other on average (24 random pairs); shell
-boundaries dithered by direction lost 0.01–0.02; centring on the origin
-instead of the object lost 0.05 on the off-centre blob.
-
-The cell is a fraction of an output pixel, CELL_PIXELS = 0.625, whatever the
-supersampling (mean over the objects above, 6 pairs): s = 2 (the exact
-prior's grid) 0.52 / 0.53 / 0.51 / 0.45 for 0.625 / 0.8 / 1 / 1.25 pixels; s = 4
-0.57 / 0.57 for 0.625 / 0.75; s = 8 (SD's latents) 0.59 for 0.4–0.625, 0.58
-for 0.8. On the toy benchmark (s = 2, 6 CFD seeds) 0.625-pixel cells reached
-29.2 dB mean nearest-scene PSNR, 1-pixel cells 26.8 dB, 1.25-pixel 26.0 dB.
+Why these choices (shells over the two parameterisations this replaced, the
+shell ratio, centring on the object, the cell size in output pixels): measured
+as cross-view correlation with ``python -m cfd.bench noise`` and as PSNR on the
+toy benchmark; the figures are in docs/noise.md, "Cross-view correlation and cost".
 
 Every cell holds an i.i.d. N(0, 1) value per channel, a counter-based hash of
 (seed, cell, channel) — no tables, any number of cells. Each cell seen by a
@@ -86,7 +60,7 @@ from .gaussians import GaussianScene
 from .schedule import GammaSchedule
 
 SURFACE_ALPHA = 0.5
-CELL_PIXELS = 0.625              # default cell: 0.625 output pixels wide at the origin's distance (measured, above)
+CELL_PIXELS = 0.625              # default cell: 0.625 output pixels wide at the origin's distance (docs/noise.md)
 SHELL_RATIO = 1.3                # outer / inner radius of a shell of ``shell_cells``
 TREE_LEVELS = 16                 # the SDE field is defined for steps 0 … 2^16
 FIXED_POINT = 2.0 ** 32          # per-pixel sums run in int64 units of 2^-32: exact, in any order

@@ -17,7 +17,7 @@ from .distill import METHODS, DistillConfig
 from .errors import RequestError
 from .guidance.exact_prior import DEFAULT_EXACT_GUIDANCE_SCALE
 from .guidance.stable_diffusion import DEFAULT_GUIDANCE_SCALE, DEFAULT_NEGATIVE_PROMPT
-from .guidance.tiny_sd import TINY_SD_GUIDANCE_SCALE, TINY_SD_RES, TINY_SD_STEPS, TINY_SD_VIEWS
+from .guidance.tiny_sd import TINY_SD_GUIDANCE_SCALE, TINY_SD_RES, TINY_SD_STEPS, TINY_SD_VIEWS, tiny_sd_config
 from .settings import setting
 
 BACKENDS = ("exact", "tiny-sd", "sd")
@@ -49,7 +49,7 @@ EXACT_CUDA_RES = 128           # the exact prior's default resolution where a GP
 SD_DEFAULTS = BackendDefaults(prompt="a DSLR photo of a corgi wearing a red beret",
                               negative_prompt=DEFAULT_NEGATIVE_PROMPT, guidance_scale=DEFAULT_GUIDANCE_SCALE,
                               steps=1000, res=512, views=1)
-# measured on tiny-sd (README "tiny-sd"): its default run is the SD path end to end on a CPU
+# chosen on tiny-sd (docs/tiny-sd.md): its default run is the SD path end to end on a CPU
 TINY_SD_DEFAULTS = BackendDefaults(prompt="a rubber duck", negative_prompt="", guidance_scale=TINY_SD_GUIDANCE_SCALE,
                                    steps=TINY_SD_STEPS, res=TINY_SD_RES, views=TINY_SD_VIEWS)
 BACKEND_DEFAULTS = {"exact": EXACT_DEFAULTS, "tiny-sd": TINY_SD_DEFAULTS, "sd": SD_DEFAULTS}
@@ -77,7 +77,7 @@ def base_config(backend: str, steps: int | None = None) -> DistillConfig:
     if backend == "sd":
         return DistillConfig.for_stable_diffusion(**kwargs)
     if backend == "tiny-sd":
-        return DistillConfig.for_tiny_sd(**kwargs)
+        return tiny_sd_config(**kwargs)
     return DistillConfig(**kwargs)
 
 

@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -285,39 +285,66 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
     out_dir = Path(out_dir)
     check_out_dir(out_dir)                                                           # 1. check the inputs
     cond = guidance.condition(config.prompt, config.negative_prompt, config.guidance_scale)   # 2. prepare
-    watch, timings, start = StepWatch(callback, should_stop, time_limit_s), {}, time.perf_counter()
-
-    def record(scene: GaussianScene, cancelled: bool, extra: dict) -> dict:
-        timings["total"] = time.perf_counter() - start
-        return run_record(config, guidance, cond, watch, len(scene), cancelled, timings, {**extra, **(metadata or {})})
-
+    log = RunLog(config, guidance, cond, StepWatch(callback, should_stop, time_limit_s), metadata)
     # the exports are small-op renders too: the loop's thread policy holds for them
     with run_threads(guidance, config), StagingFolder(out_dir) as staging:
         t0 = time.perf_counter()
-        scene = distill(guidance, config, callback=watch, cond=cond).detach()       # 3. the loop
-        timings["distill"] = time.perf_counter() - t0
-        cancelled = watch.cancelled(config.steps)
+        scene = distill(guidance, config, callback=log.watch, cond=cond).detach()   # 3. the loop
+        log.timings["distill"] = time.perf_counter() - t0
+        cancelled = log.watch.cancelled(config.steps)
         if cancelled and not keep_partial:
-            return {"cancelled": True, "out_dir": None, "files": {}, "summary": record(scene, True, {}),
-                    "scene": scene.to("cpu")}
-        steps = export_steps(scene, guidance, config, watch.steps_done, video_frames=video_frames,
+            return log.unpublished(scene)
+        steps = export_steps(scene, guidance, config, log.watch.steps_done, video_frames=video_frames,
                              video_res=video_res, noise_res=noise_res, glb_resolution=glb_resolution,
                              preview_res=preview_res, ply_sh_degree=ply_sh_degree, stage_progress=stage_progress)
         try:
-            files, extra = write_exports(steps, staging.path, timings, stage_progress,    # 4. exports
-                                         None if cancelled else should_stop)   # keep_partial's were asked for
+            files, data = log.write(scene, cancelled, steps, staging.path, stage_progress,   # 4. exports, run.json
+                                    None if cancelled else should_stop)   # keep_partial's were asked for
         except ExportsStopped:   # Stop during the exports: nothing is published, the slot is free at once
-            return {"cancelled": True, "out_dir": None, "files": {}, "summary": record(scene, True, {}),
-                    "scene": scene.to("cpu")}
-        t0 = time.perf_counter()
-        extra.update(nearest_reference(scene, guidance, config.res) or {})
-        timings["nearest"] = time.perf_counter() - t0
-        files["run_json"] = ARTEFACTS["run_json"]
-        data = {**record(scene, cancelled, extra), "files": dict(files)}
-        write_json(data, staging.path / ARTEFACTS["run_json"])
+            return log.unpublished(scene)
         staging.publish()                                                            # 5. publish
     return {"cancelled": cancelled, "out_dir": out_dir, "files": {k: out_dir / v for k, v in files.items()},
             "summary": data, "scene": scene.to("cpu")}
+
+
+@dataclass
+class RunLog:
+    """What run.json records of one ``generate`` run, kept as the run goes: the
+    loop's ``watch``, each stage's seconds (``timings``, from ``start``) and the
+    caller's ``metadata``."""
+
+    config: DistillConfig
+    guidance: object
+    cond: object                   # the run's Condition (``guidance.condition``)
+    watch: StepWatch
+    metadata: dict | None = None
+    timings: dict = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+
+    def summary(self, scene: GaussianScene, cancelled: bool, extra: dict) -> dict:
+        """run.json's data (without its "files") as of now; ``extra`` adds notes."""
+        self.timings["total"] = time.perf_counter() - self.start
+        return run_record(self.config, self.guidance, self.cond, self.watch, len(scene), cancelled, self.timings,
+                          {**extra, **(self.metadata or {})})
+
+    def unpublished(self, scene: GaussianScene) -> dict:
+        """``generate``'s answer for a cancelled run that published nothing."""
+        return {"cancelled": True, "out_dir": None, "files": {}, "summary": self.summary(scene, True, {}),
+                "scene": scene.to("cpu")}
+
+    def write(self, scene: GaussianScene, cancelled: bool, steps: list[ExportStep], folder: Path,
+              stage_progress: StageProgress | None, should_stop: Callable[[], bool] | None) -> tuple[dict, dict]:
+        """Write the exports ``steps`` (``write_exports``: ExportsStopped on a
+        stop), then run.json with the nearest reference, into ``folder``:
+        (files written, key → name; run.json's data)."""
+        files, extra = write_exports(steps, folder, self.timings, stage_progress, should_stop)
+        t0 = time.perf_counter()
+        extra.update(nearest_reference(scene, self.guidance, self.config.res) or {})
+        self.timings["nearest"] = time.perf_counter() - t0
+        files["run_json"] = ARTEFACTS["run_json"]
+        data = {**self.summary(scene, cancelled, extra), "files": dict(files)}
+        write_json(data, folder / ARTEFACTS["run_json"])
+        return files, data
 
 
 class ExportsStopped(Exception):

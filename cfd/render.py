@@ -48,8 +48,8 @@ ALPHA_MAX = 0.999
 T_MIN = 1e-4
 EXTENT_SIGMAS = 3.33
 # the pure-torch compositor's per-bucket temporaries [B, K, ts, ts] hold at most this many floats
-# (2 MiB: cache-sized; measured 5–10 % faster than unbounded buckets on 20k splats at 128²
-# and on 8 views of 5k splats at 64²)
+# (2 MiB: cache-sized, which was faster than unbounded buckets: docs/performance.md,
+# "The CPU renderer")
 BUCKET_ELEMENTS = 1 << 19
 
 
@@ -337,7 +337,7 @@ def _intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int,
     corner = vis // (n // views) * per_view + lo[:, 1] * tiles_x + lo[:, 0]  # the first tile of each box
     owner = torch.repeat_interleave(count)  # [P] the visible splat of each pair
 
-    def per_pair(x: Tensor) -> Tensor:  # per visible splat → per pair; index_select: 3× faster than x[owner]
+    def per_pair(x: Tensor) -> Tensor:  # per visible splat → per pair; index_select: faster than x[owner]
         return x.index_select(0, owner)
 
     k = torch.arange(len(owner)) - per_pair(torch.cumsum(count, 0) - count)  # the pair's place in its box

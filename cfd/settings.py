@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from .errors import InputError
+from .machine import default_worker_count
 
 
 class SettingError(InputError):
@@ -45,8 +46,6 @@ SETTINGS = {
 
 def default_for(name: str) -> float:
     if name == "CFD_WORKERS":   # the cores this process may use (affinity, cgroup quota), at most 8
-        from .workers import default_worker_count
-
         return default_worker_count()
     if name == "CFD_TRUST_FORWARDED":
         return int(bool(os.environ.get("SPACE_ID")))

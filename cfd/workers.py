@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import math
 import os
 import queue
 import signal
@@ -74,64 +73,6 @@ PARENT_ENV = "CFD_WORKER_PARENT"   # the pool's pid, in a worker's environment
 # the type of the error events the pool makes itself
 WORKER_DIED, WORKER_HUNG = "WorkerDied", "WorkerHung"
 WORKER_PROTOCOL, WORKER_START = "WorkerProtocolError", "WorkerStartFailed"
-
-MAX_DEFAULT_WORKERS = 8    # each worker holds ~450 MB
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-SELF_CGROUP = Path("/proc/self/cgroup")
-
-
-# ------------------------------------------------------------------ how many
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except (OSError, ValueError):
-        return None
-
-
-def cpu_quota(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int | None:
-    """Cores the cgroup CPU quota allows this process, rounded up (None: no
-    quota): cgroup v2 ``cpu.max`` ("quota period" or "max ...") of this
-    process's cgroup and its ancestors, and cgroup v1 ``cpu.cfs_quota_us`` /
-    ``cpu.cfs_period_us``; the smallest."""
-    limits = []
-    rel = "/"
-    for line in (_read(self_cgroup) or "").splitlines():
-        if line.startswith("0::"):
-            rel = line[3:] or "/"
-    parts = [p for p in rel.split("/") if p and p not in (".", "..")]
-    for depth in range(len(parts), -1, -1):   # this cgroup, then each ancestor up to the root
-        fields = (_read(root.joinpath(*parts[:depth]) / "cpu.max") or "").split()
-        if len(fields) == 2 and fields[0] != "max":
-            try:
-                limits.append(math.ceil(int(fields[0]) / int(fields[1])))
-            except (ValueError, ZeroDivisionError):
-                pass
-    for v1 in (root / "cpu", root / "cpu,cpuacct"):
-        quota, period = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
-        try:
-            if quota is not None and period is not None and int(quota) > 0:
-                limits.append(math.ceil(int(quota) / int(period)))
-        except (ValueError, ZeroDivisionError):
-            pass
-    return max(1, min(limits)) if limits else None
-
-
-def usable_cores(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int:
-    """The cores this process may run on: its CPU affinity, or its cgroup CPU
-    quota if smaller (``os.cpu_count()`` counts the host's cores in a container)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    quota = cpu_quota(root, self_cgroup)
-    return max(1, min(cores, quota) if quota is not None else cores)
-
-
-def default_worker_count(cap: int = MAX_DEFAULT_WORKERS, root: Path = CGROUP_ROOT,
-                         self_cgroup: Path = SELF_CGROUP) -> int:
-    """Compare's worker processes when $CFD_WORKERS is unset: ``usable_cores``, at most ``cap``."""
-    return max(1, min(cap, usable_cores(root, self_cgroup)))
 
 
 # ------------------------------------------------------------------ the pool

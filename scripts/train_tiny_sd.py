@@ -4,9 +4,9 @@ renders of the bundled object families, and write it as a diffusers folder.
     python scripts/train_tiny_sd.py                      # → assets/models/tiny-sd (the shipped model)
     python scripts/train_tiny_sd.py --micro --out /tmp/m # seconds: the test's end-to-end check
 
-Steps (seeded; two threads by default, the way it was timed on a 2-core CPU: a
-UNet step takes 0.41 s there against 0.65 s on one; ``accelerate launch`` runs the
-same on a GPU):
+Steps (seeded; two threads by default, the way it was timed on a 2-core CPU, where
+two threads were faster than one (the timings: docs/tiny-sd.md, "Training"); ``accelerate
+launch`` runs the same on a GPU):
 1. data: every variant of every family (or the first ``variants``) from ``views``
    training cameras (``CameraRanges()``, the SD backend's view distribution) at
    64 px on white; captions from
@@ -19,9 +19,9 @@ same on a GPU):
    noise schedule, AdamW with warm-up and cosine decay, an EMA of both (the EMA is
    saved). v, not ε: an ε-loss weighs the clean image's error at timestep t by
    SNR(t), next to nothing at the high t where a sample's layout — which object,
-   which way it faces — is decided; a v-loss weighs it by SNR(t) + 1. In a pilot
-   (8 variants, 800 steps) v put 128/128 samples in their family against 116/128
-   for ε, and the camera turned samples the right way 0.56 of the time against 0.28.
+   which way it faces — is decided; a v-loss weighs it by SNR(t) + 1. In a pilot v
+   put more samples in their family and turned more of them the right way than ε
+   (the figures: docs/tiny-sd.md, "Training").
 4. evaluation: VAE reconstruction PSNR on unseen views; DDIM samples of every
    family caption, each classified by its best-matching reference (variant, view).
 5. the folder: model_index.json, safetensors, the scheduler config, the

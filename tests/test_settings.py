@@ -7,7 +7,7 @@ import pytest
 
 from cfd import params
 from cfd.settings import SETTINGS, SettingError, setting
-from cfd.workers import default_worker_count
+from cfd.machine import default_worker_count
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))

@@ -16,8 +16,8 @@ from dataclasses import replace
 import pytest
 
 from cfd.errors import WorkerFailed, failure
-from cfd.workers import (WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START, WorkerPool, cpu_quota,
-                         default_worker_count, serve, usable_cores)
+from cfd.machine import cpu_quota, default_worker_count, usable_cores
+from cfd.workers import WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START, WorkerPool, serve
 
 # A fake worker: says it is ready, then per job does what the job's values say
 # ("mode", else its first argument): ok, die, hang, junk, or steps-then-hang.

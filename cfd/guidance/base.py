@@ -22,11 +22,7 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor
 
 from cfd.cameras import Camera
-
-
-class GuidanceUnavailable(RuntimeError):
-    """A guidance backend cannot be built here (e.g. missing weights); the
-    message says what is missing and how to fix it."""
+from cfd.errors import GuidanceUnavailable  # noqa: F401  (`cfd.guidance.base.GuidanceUnavailable` stays importable)
 
 
 def clean_text(text: str | None) -> str:

@@ -23,8 +23,8 @@ onto the objects it names, as SD's negative text makes its images likely
 without making others impossible. Then
 ε̂ = ε*_{π_u} + s (ε*_{π_c} − ε*_{π_u}). (Restricting π_u to the named objects —
 the literal "their mixture" — makes CFG diverge: once x is another object, that
-prior cannot explain it and ε*_u grows without bound as σ_t → 0; measured 8 dB
-runs for "a toy" against "a rubber duck" at s = 3.)
+prior cannot explain it and ε*_u grows without bound as σ_t → 0; the runs it
+spoiled: docs/toy-results.md, "Text and CFG on the exact prior".)
 
 Multi-view (``multiview=True``): the B views of one call are views of *one*
 object, so ℓ_k = Σ_views ℓ_k(view) and every view shares the same posterior

@@ -64,8 +64,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Zero-1-to-3 drops its pose with its image), or, given a camera scale s_c, with a
 # third branch (the text without the camera) and a scale of its own:
 #     ε̂ = ε(∅) + s (ε(text) − ε(∅)) + s_c (ε(text, camera) − ε(text))
-# "both": the camera in both branches; "off": in neither. Measured on tiny-sd:
-# README "tiny-sd".
+# "both": the camera in both branches; "off": in neither. Compared on tiny-sd:
+# docs/tiny-sd.md, "The camera on the ε model before".
 CAMERA_INPUTS = ("guided", "both", "off")
 
 # Per component subfolder: the config file it must hold, and whether it holds weights.
