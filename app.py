@@ -15,6 +15,7 @@ itself if nothing did (e.g. a demo launched by another script).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -121,14 +122,19 @@ def _refusal(values: dict, compare: bool, request) -> tuple[str | None, str]:
     return None, ""
 
 
+def _verdicts(inputs: list, refused, message: str) -> list[dict]:
+    """A validator's verdict per input, in order: ``refused`` (one of ``inputs``,
+    or None) fails with ``message``, the others pass."""
+    return [gr.validate(name != refused, message if name == refused else "") for name in inputs]
+
+
 def _admission(names: tuple[str, ...], compare: bool = False):
     """The validator of an API endpoint with inputs ``names``: it runs when the
     request is sent, before it waits in the queue, and refuses at once what the
     runner does not admit (``_refusal``), a verdict per input."""
     def admit(*args):
         *values, request = args
-        field, message = _refusal(dict(zip(names, values)), compare, request)
-        return [gr.validate(name != field, message if name == field else "") for name in names]
+        return _verdicts(names, *_refusal(dict(zip(names, values)), compare, request))
 
     # gradio passes the inputs positionally and injects gr.Request only into a named
     # positional parameter: the validator's signature names each input, then request
@@ -139,21 +145,25 @@ def _admission(names: tuple[str, ...], compare: bool = False):
     return admit
 
 
+@contextlib.contextmanager
 def _admitted(values: dict, request, compare: bool = False):
-    """(request, methods, n_seeds, guidance, ticket) or gr.Error — before any
-    folder exists. The ticket is the request's place: the one its validator
-    took, or taken now where no validator ran (admission is never skipped);
-    the caller releases it (``Runner.release``) when the request ends."""
+    """(request, methods, n_seeds, guidance) of ``values``, while the request
+    holds its place (gr.Error when refused) — before any folder exists. The
+    place is the one its validator took, or taken now where no validator ran
+    (admission is never skipped); it is freed when the block ends, however."""
     runner = start()
     ticket = runner.claim(_session(request))
     try:
-        req, methods, n_seeds = _parsed(values, compare)
-        if ticket is None:
-            ticket = runner.admit(req, len(methods) * n_seeds, _session(request), _client(request))
-        return req, methods, n_seeds, backends.prepare(req), ticket
-    except Exception as exc:  # noqa: BLE001 - every refusal becomes a clear message
+        try:
+            req, methods, n_seeds = _parsed(values, compare)
+            if ticket is None:
+                ticket = runner.admit(req, len(methods) * n_seeds, _session(request), _client(request))
+            guidance = backends.prepare(req)
+        except Exception as exc:  # noqa: BLE001 - every refusal becomes a clear message
+            raise _error(failure(exc)) from None
+        yield req, methods, n_seeds, guidance
+    finally:
         runner.release(ticket)
-        raise _error(failure(exc)) from None
 
 
 def _events(events, progress):
@@ -210,9 +220,7 @@ def generate(prompt=None, seed=None, steps=None, guidance_scale=None, method=Non
              densify_every=None, progress=gr.Progress(), request: gr.Request = None):
     """API: distil one scene; yields (viewer_ply, render_video, noise_video, summary, downloads, status)."""
     values = {k: v for k, v in locals().items() if k in params.PARAM_NAMES}
-    ticket = None
-    try:
-        req, _, _, guidance, ticket = _admitted(values, request)
+    with _admitted(values, request) as (req, _, _, guidance):
         for event in _events(start().generate(req, guidance, _session(request), config=req.config()), progress):
             if isinstance(event, Done):
                 f = event.files
@@ -222,8 +230,6 @@ def generate(prompt=None, seed=None, steps=None, guidance_scale=None, method=Non
                 yield None, None, None, {"cancelled": True, "steps_done": event.steps_done}, None, event.status
             else:
                 yield (gr.skip(),) * 6
-    finally:
-        start().release(ticket)
 
 
 def compare(prompt=None, seed=None, steps=None, guidance_scale=None, methods=None, backend=None, n_seeds=None,
@@ -239,9 +245,7 @@ def compare(prompt=None, seed=None, steps=None, guidance_scale=None, methods=Non
 def _compare(values, progress, request):
     """Updates of a seed comparison: dicts with gallery, table, status and items
     (the runs' request values), or nothing new ({}). Frees the request's place."""
-    ticket = None
-    try:
-        base, methods, n_seeds, guidance, ticket = _admitted(values, request, compare=True)
+    with _admitted(values, request, compare=True) as (base, methods, n_seeds, guidance):
         items: list[Item] = []
         total = len(methods) * n_seeds
         yield {"gallery": gr.Gallery(value=[], columns=n_seeds), "table": "", "status": f"**Running** {total} runs …",
@@ -259,8 +263,6 @@ def _compare(values, progress, request):
                 continue
             yield {"gallery": [(str(i.gif), i.caption) for i in items], "table": compare_table(items),
                    "status": status, "items": [i.request.values() for i in items]}
-    finally:
-        start().release(ticket)
 
 
 # ------------------------------------------------------------------ the UI's handlers
@@ -291,8 +293,7 @@ class Handlers:
         """The validator of Generate and Compare (see ``_admission``): a verdict
         per input, in the order gradio passes them."""
         field, message = _refusal(self.values(inputs, compare), compare, request)
-        target = self.c.get(field)
-        return [gr.validate(c is not target, message if c is target else "") for c in inputs]
+        return _verdicts(list(inputs), self.c.get(field), message)
 
     def admit_generate(self, inputs: dict, request: gr.Request = None):
         return self.admit(inputs, False, request)
@@ -304,9 +305,7 @@ class Handlers:
         """The Generate button: the result's components and the history; the
         last finished result stays until a new one."""
         history = inputs[self.c["history"]]
-        ticket = None
-        try:
-            req, _, _, guidance, ticket = _admitted(self.values(inputs), request)
+        with _admitted(self.values(inputs), request) as (req, _, _, guidance):
             yield self.out(status=f"**Running** · {req.label()} on {params.BACKEND_NAMES[req.backend]} …")
             for event in _events(start().generate(req, guidance, _session(request)), progress):
                 if isinstance(event, Step) and event.preview is not None:
@@ -321,8 +320,6 @@ class Handlers:
                     yield self.out(image=history[0]["image"] if history else None, status=event.status)
                 else:
                     yield gr.skip()
-        finally:
-            start().release(ticket)
         # gradio re-sends a generator's last output on completion; a repeated Model3D mesh
         # value cancels its viewer's lazy load, so the last output changes nothing
         yield gr.skip()
