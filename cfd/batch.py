@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from .export import atomic_path
+from .files import atomic_path
 from .pipeline import HIDDEN_LEFTOVER, hidden_sibling, write_json
 from .cli_options import add_generate_arguments, request_from_args
 from .request import Problems, RequestError, parse_methods, parse_seeds

@@ -69,20 +69,19 @@ class Camera:
         x, y, z = self.position.tolist()
         return math.degrees(math.atan2(y, math.hypot(x, z)))
 
-    def pixel_rays(self) -> tuple[Tensor, Tensor]:
+    def pixel_rays(self, device=None) -> tuple[Tensor, Tensor]:
         """Rays through pixel centres: origin [3] and directions [H, W, 3] in world
-        coordinates, scaled so that a point at camera depth z is origin + z·dir."""
-        H, W = self.height, self.width
-        dev = self.device
-        j, i = torch.meshgrid(
-            torch.arange(H, device=dev, dtype=torch.float32) + 0.5,
-            torch.arange(W, device=dev, dtype=torch.float32) + 0.5,
-            indexing="ij",
-        )
-        fx, fy, cx, cy = self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]
-        d_cam = torch.stack([(i - cx) / fx, (j - cy) / fy, torch.ones_like(i)], dim=-1)
-        R = self.viewmat[:3, :3]
-        return self.position, d_cam @ R  # R^T d for every pixel
+        coordinates, scaled so that a point at camera depth z is origin + z·dir;
+        built on ``device`` (default the camera's) from the camera's numbers as
+        Python floats, so a CPU camera (the loop's) costs a GPU no copy and no
+        host sync."""
+        device = self.device if device is None else device
+        (fx, _, cx), (_, fy, cy), _ = self.K.tolist()
+        R = self.viewmat[:3, :3].tolist()
+        x = (torch.arange(self.width, device=device, dtype=torch.float32) + 0.5 - cx) / fx
+        y = (torch.arange(self.height, device=device, dtype=torch.float32)[:, None] + 0.5 - cy) / fy
+        # the world direction of camera ray (x, y, 1) is Rᵀ (x, y, 1)
+        return self.position, torch.stack([R[0][k] * x + R[1][k] * y + R[2][k] for k in range(3)], -1)
 
 
 def look_at(eye: Tensor, target: Tensor | None = None) -> Tensor:

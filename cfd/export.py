@@ -17,9 +17,6 @@ a failure never leaves half a file behind. Nothing here imports gradio.
 from __future__ import annotations
 
 import math
-import os
-import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .cameras import Camera, orbit_cameras
+from .files import atomic_path
 from .framing import BACKGROUND, ELEVATION_DEG, FOV_DEG, RADIUS, VIEWER_SCALE
 from .gaussians import GaussianScene, quat_to_rotmat, save_ply
 from .noise import SURFACE_ALPHA, NoiseSource, Surface
@@ -39,25 +37,6 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None]  # progress(done, total)
-
-
-# the temporary files of ``atomic_path``: .<stem>.<pid>.partial<suffix>
-PARTIAL_FILE = re.compile(r"^\..+\.\d+\.partial(\.[^.]+)?$")
-
-
-@contextmanager
-def atomic_path(path) -> Iterator[Path]:
-    """Write a file atomically: the block writes the yielded temporary sibling of
-    ``path`` (it keeps the suffix: ffmpeg and trimesh pick the format from it),
-    which is renamed to ``path`` when the block ends, or removed if it raises."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        yield tmp
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def preload() -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .files import atomic_path
 
 SH_C0 = 0.28209479177387814
 PARAM_NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh")
@@ -167,7 +168,8 @@ def save_ply(scene: GaussianScene, path) -> None:
 
     Fields: x y z nx ny nz f_dc_0..2 f_rest_* opacity scale_0..2 rot_0..3, with
     f_rest channel-major (all of R's higher bands, then G's, then B's). The file is
-    written to a temporary name and renamed, so a failure never leaves half a file.
+    written to a temporary name and renamed (``files.atomic_path``), so a failure
+    never leaves half a file.
     """
     from plyfile import PlyData, PlyElement
 
@@ -180,10 +182,8 @@ def save_ply(scene: GaussianScene, path) -> None:
     data = np.empty(n, dtype=[(name, "<f4") for name in names])
     for i, name in enumerate(names):
         data[name] = columns[:, i]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    PlyData([PlyElement.describe(data, "vertex")], byte_order="<").write(str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(data, "vertex")], byte_order="<").write(str(tmp))
 
 
 def load_ply(path) -> GaussianScene:

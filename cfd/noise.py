@@ -223,24 +223,12 @@ def default_cell_size(camera: Camera) -> float:
 
 
 @functools.lru_cache(maxsize=16)
-def _pixel_rays(fx: float, fy: float, cx: float, cy: float, H: int, W: int, device) -> tuple[Tensor, Tensor]:
-    """Camera-space ray slopes of the pixel centres, x [W] and y [H, 1]: the same
-    for every view of one size and field of view, so built once."""
-    x = (torch.arange(W, device=device, dtype=torch.float32) + 0.5 - cx) / fx
-    y = (torch.arange(H, device=device, dtype=torch.float32)[:, None] + 0.5 - cy) / fy
-    return x, y
-
-
 def _surface_points(depth: Tensor, camera: Camera, centre) -> Tensor:
-    """[sH, sW, 3] points ray origin + depth × direction, relative to ``centre``,
-    built on depth's device from the camera's numbers as Python floats (a CPU
-    camera, as the loop's, costs no copy to the device and so no host sync)."""
-    (fx, _, cx), (_, fy, cy), _ = camera.K.tolist()
-    R = camera.viewmat[:3, :3].tolist()
-    origin = [p - c for p, c in zip(camera.position.tolist(), centre)]
-    x, y = _pixel_rays(fx, fy, cx, cy, *depth.shape, depth.device)
-    # world direction = Rᵀ (x, y, 1)
-    return torch.stack([origin[k] + depth * (R[0][k] * x + R[1][k] * y + R[2][k]) for k in range(3)], -1)
+    """[sH, sW, 3] points ray origin + depth × direction (``Camera.pixel_rays``
+    of the camera at depth's size), relative to ``centre``, on depth's device."""
+    origin, dirs = camera.pixel_rays(depth.device)
+    origin = [p - c for p, c in zip(origin.tolist(), centre)]
+    return torch.stack([origin[k] + depth * dirs[..., k] for k in range(3)], -1)
 
 
 def assign_cells(cells: Tensor, pixels: Tensor, n_pixels: int, view_pixels: int | None = None

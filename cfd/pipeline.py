@@ -36,7 +36,7 @@ import torch
 
 from .distill import DistillConfig, StepInfo, distill, noise_grid, noise_source, preview, run_threads
 from .errors import InputError
-from .export import PARTIAL_FILE, atomic_path
+from .files import PARTIAL_FILE, atomic_path
 from .gaussians import GaussianScene, save_ply
 
 __all__ = ["ARTEFACTS", "generate", "write_exports", "compare_job", "scene_fingerprint", "nearest_reference",

@@ -89,3 +89,21 @@ def test_minimal_fields_without_normals_load(tmp_path):
     write(path, BASE)
     scene = load_ply(path)
     assert len(scene) == 4 and scene.sh_degree == 0
+
+
+def test_a_failed_write_leaves_no_half_file_and_its_temp_name_is_one_the_sweep_knows(tmp_path, monkeypatch):
+    from cfd.files import PARTIAL_FILE
+
+    written = []
+
+    def half_then_fail(self, stream):
+        written.append(stream)
+        with open(stream, "wb") as f:
+            f.write(b"ply\nformat binary_little_endian 1.0\n")   # half a file, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PlyData, "write", half_then_fail)
+    with pytest.raises(OSError):
+        save_ply(init_scene(10, seed=0), tmp_path / "scene.ply")
+    assert PARTIAL_FILE.match(written[0].rsplit("/", 1)[-1]), written   # the pipeline's sweep removes such names
+    assert not any(tmp_path.iterdir())
