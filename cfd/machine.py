@@ -9,7 +9,7 @@ import math
 import os
 from pathlib import Path
 
-MAX_DEFAULT_WORKERS = 8    # a cap: each worker holds its own torch and guidance (memory: docs/performance.md)
+MAX_DEFAULT_WORKERS = 8    # a cap: each worker holds its own torch and guidance (memory: docs/performance.md, "CPU choices")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 

@@ -569,7 +569,7 @@ class Runner:
 def default_workers() -> int:
     """Worker processes for side-by-side runs: $CFD_WORKERS, else the cores this
     process may run on (affinity, cgroup CPU quota), at most 8
-    (``workers.default_worker_count``; 1 = every run in the app's own process)."""
+    (``cfd.machine.default_worker_count``; 1 = every run in the app's own process)."""
     return setting("CFD_WORKERS")
 
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The README's "tiny-sd" recipe tables: `python -m cfd.bench recipe` over the SD recipe's
+# The recipe tables of docs/tiny-sd.md: `python -m cfd.bench recipe` over the SD recipe's
 # choices on the bundled tiny-sd, each judged against the bundled ground truth.
 #   scripts/tiny_sd_recipes.sh OUT_DIR GROUP ...
 # groups: methods (every method or $METHODS, the 8 family captions × seeds 0-1 or $SEEDS), and ablations of CFD on
@@ -40,8 +40,9 @@ for group in "$@"; do
              ablation no-camera-input --camera-input off
              ablation no-view-suffix --view-suffix off
              ablation neither --camera-input off --view-suffix off ;;
-    facing)  # CFD on the asymmetric families × seeds 0-3: the camera's own CFG scale, and the camera
-             # scaled with the text (cfg) or given to both branches, at CFG 7.5 (the default) and 30
+    facing)  # CFD on the asymmetric families × seeds 0-3: the camera's own CFG scale at tiny-sd's
+             # default CFG (15: TINY_SD_GUIDANCE_SCALE, cfd/guidance/tiny_sd.py), and the camera
+             # scaled with the text (cfg) or given to both branches, at CFG 7.5 and 30
              for c in 30 15 10 cfg; do
                recipe "facing-camera-scale-$c" --prompts "$ASYMMETRIC" --seeds 0-3 --methods cfd --camera-scale $c
              done

@@ -170,7 +170,7 @@ def test_a_run_stopped_by_non_finite_gradients_exits_4_with_the_message(tmp_path
 
 
 def test_bench_recipe_and_samples_judge_tiny_sd_against_the_bundled_objects(tmp_path):
-    """The JSON of ``bench recipe`` and ``bench samples`` (README "tiny-sd") on a 10-step run and two samples."""
+    """The JSON of ``bench recipe`` and ``bench samples`` (docs/tiny-sd.md) on a 10-step run and two samples."""
     recipe = tmp_path / "recipe.json"
     assert bench_main(["recipe", "--prompts", "a rubber duck", "--methods", "cfd", "--seeds", "0",
                        "--set", "steps=10", "--json", str(recipe)]) == 0

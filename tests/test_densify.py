@@ -129,7 +129,8 @@ def test_rounds_and_opacity_reset_follow_the_schedule():
 
 
 def test_exact_prior_growth_is_bounded_and_follows_the_gradient(monkeypatch):
-    """A small version of the issue's measurement (README: 100 steps, every 25: 1000 → 1701)."""
+    """A small version of the issue's measurement (docs/stable-diffusion.md, "Densification, measured":
+    100 steps, every 25: 1000 → 1701)."""
     _, scenes = load_scene_set("toys", originals=True)
     prior = ExactPrior(scenes[:3])
     made = []

@@ -105,7 +105,8 @@ def test_bad_config_is_refused():
 
 
 def test_cfd_seeds_reach_different_objects_where_sds_seeds_do_not():
-    """A cheap version of the families benchmark's claims (README: 8 seeds, every
+    """A cheap version of the families benchmark's claims (docs/toy-results.md,
+    "One prompt, many objects: the families": 8 seeds, every
     variant, joint multi-view prior, SDS with DreamFusion's σ_t² weighting): for
     one prompt CFD's seeds reach different variants where SDS's all reach the same
     one, and CFD is at least as sharp. (Measured at 32 px, 200 steps: CFD the
@@ -136,7 +137,8 @@ def test_multiview_prior_keeps_one_pattern_where_the_single_view_prior_mixes_the
     """Objects of one shape differing only in colour pattern: with a per-view
     posterior the views of a step pick different patterns and CFD's fixed noise
     keeps those choices (chimeras); the joint multi-view posterior gives one
-    coherent object per seed. (The bench reports 4 seeds: README.)"""
+    coherent object per seed. (The bench reports 4 seeds: docs/toy-results.md,
+    "Objects of one shape, different colour patterns".)"""
     from patterns import pattern_variants
 
     variants = pattern_variants()
