@@ -375,7 +375,7 @@ def prepare(work: Path) -> dict:
     stale.mkdir(parents=True)
     (stale / "lock").write_text("")           # torch's FileBaton of a killed build
     (stale / "build.flock").write_text("")
-    return {"runs_parent": runs_parent, "mounted": mounted, "kernels": work / "kernels",
+    return {"work": work, "runs_parent": runs_parent, "mounted": mounted, "kernels": work / "kernels",
             "before": listing(runs_parent)}
 
 
@@ -417,8 +417,12 @@ def exercise(load: Load, server: subprocess.Popen, parts: dict, started: float, 
     report["abuse"] = abuse_checks(load, load.url)
     say("a client killed mid-run")
     report["abuse"]["client_killed_mid_run"] = client_killed(load)
-    load.request(load.client("192.0.2.2"), "compare", seed=0)   # the workers exist: the RSS baseline
+    warm = load.client("192.0.2.2")   # one request of each kind the load sends: caches and workers warm
+    for kind in ("generate", "compare", "cancel"):
+        load.request(warm, kind, seed=0)
+    warm.close()
     rss_start = rss_mb(server.pid)
+    report["server_temp_warm"] = sorted(os.listdir(parts["work"] / "server-tmp"))   # torch's own caches
     say("load and faults")
     load.end = time.monotonic() + load.seconds
     threads = load.run()
@@ -443,13 +447,14 @@ def exercise(load: Load, server: subprocess.Popen, parts: dict, started: float, 
                        and end["seconds"] <= 1.5 * report["default_run_s_start"] + 2, "run_folders_left": active}
 
 
-def leaks(parts: dict, work: Path, workers_seen: set[int]) -> dict:
+def leaks(parts: dict, work: Path, workers_seen: set[int], warm_entries: list[str]) -> dict:
     """What the app left after it exited: worker processes, entries in its temp
-    folder (its TMPDIR), files in the runs folder."""
+    folder (its TMPDIR) beyond those it had once warmed up (``warm_entries``:
+    e.g. torch's compiler cache folder), files in the runs folder."""
     after = listing(parts["runs_parent"])
     outside = {k: v for k, v in parts["before"].items() if not k.startswith("cfd-runs")}
     return {"workers_seen": sorted(workers_seen), "workers_alive": workers_alive(),
-            "server_temp_entries": sorted(os.listdir(work / "server-tmp")),
+            "server_temp_entries": sorted(set(os.listdir(work / "server-tmp")) - set(warm_entries)),
             "decoy_unchanged": outside == {k: v for k, v in after.items() if not k.startswith("cfd-runs")},
             "runs_folder_entries": [k for k in after if k.startswith("cfd-runs/") and k != "cfd-runs/.cfd-runs"]}
 
@@ -486,7 +491,7 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         time.sleep(2)
-        report["leaks"] = leaks(parts, work, load.workers_seen)
+        report["leaks"] = leaks(parts, work, load.workers_seen, report.get("server_temp_warm", []))
         if parts["mounted"]:
             subprocess.run(["umount", str(parts["runs_parent"])], capture_output=True)
         if not args.keep:
