@@ -1,10 +1,14 @@
 """This machine's share of it: the cores this process may use (CPU affinity and
-the cgroup CPU quota) and how many worker processes that makes by default.
+the cgroup CPU quota) and how many worker processes that makes by default; and
+handing freed heap memory back to it after a run (``return_free_memory``).
 A leaf module: it imports nothing from cfd, so ``cfd.settings`` and
 ``cfd.workers`` both read it without importing each other.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 import os
 from pathlib import Path
@@ -64,3 +68,21 @@ def default_worker_count(cap: int = MAX_DEFAULT_WORKERS, root: Path = CGROUP_ROO
                          self_cgroup: Path = SELF_CGROUP) -> int:
     """Compare's worker processes when $CFD_WORKERS is unset: ``usable_cores``, at most ``cap``."""
     return max(1, min(cap, usable_cores(root, self_cgroup)))
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def return_free_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc's ``malloc_trim(0)``; a
+    no-op elsewhere). A run frees hundreds of MB of small tensors that glibc's
+    arenas otherwise keep, so a server's RSS would ratchet up run after run."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -33,6 +33,7 @@ from .distill import NonFiniteGradient
 from .export import to_uint8
 from .guidance.base import GuidanceUnavailable
 from .errors import InputError, WorkerFailed, failure
+from .machine import return_free_memory
 from .request import Request, RequestError, check_work
 from .settings import setting
 from .workers import WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START, WorkerPool
@@ -267,6 +268,7 @@ class Run:
                 self.thread.join()
             shutil.rmtree(self.folder, ignore_errors=True)
             self.runner._forget(self)
+            return_free_memory()
 
         if self.thread is not None and self.thread.is_alive():
             threading.Thread(target=wait_and_clean, name="cfd-cleanup", daemon=True).start()

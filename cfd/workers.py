@@ -61,6 +61,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .machine import return_free_memory
+
 EventHandler = Callable[[dict], None]
 
 WORKER_COMMAND = (sys.executable, "-m", "cfd.workers")
@@ -462,6 +464,7 @@ def serve(lines: Iterable[str], send: Callable[[dict], None]) -> None:
             send({"job": job_id, "event": "error", "type": type(exc).__name__, "message": str(exc),
                   "errno": getattr(exc, "errno", None),
                   "traceback": traceback.format_exc()})
+        return_free_memory()   # between jobs: a worker's RSS stays what one job needs
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -98,6 +98,14 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def sample_rss(pid: int, curve: list, threads: list[threading.Thread], every_s: float = 5.0) -> None:
+    """Append (seconds, RSS MB) of ``pid`` to ``curve`` until ``threads`` end."""
+    t0 = time.monotonic()
+    while any(t.is_alive() for t in threads):
+        curve.append((time.monotonic() - t0, rss_mb(pid)))
+        time.sleep(every_s)
+
+
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -426,6 +434,9 @@ def exercise(load: Load, server: subprocess.Popen, parts: dict, started: float, 
     say("load and faults")
     load.end = time.monotonic() + load.seconds
     threads = load.run()
+    rss_curve: list[tuple[float, float]] = []   # (seconds into the load, MB) every 5 s: a leak grows, a cache settles
+    sampler = threading.Thread(target=sample_rss, args=(server.pid, rss_curve, threads), daemon=True)
+    sampler.start()
     report["faults"] = faults(load, server, parts["runs_parent"])
     while any(t.is_alive() for t in threads):
         load.workers_seen.update(pid for pid, cmd in children(server.pid) if "cfd.workers" in cmd)
@@ -441,7 +452,11 @@ def exercise(load: Load, server: subprocess.Popen, parts: dict, started: float, 
     end = default_run(load)
     rss_end = rss_mb(server.pid)
     load.workers_seen.update(pid for pid, cmd in children(server.pid) if "cfd.workers" in cmd)
+    sampler.join()
+    thirds = [max(mb for t, mb in rss_curve if k * load.seconds / 3 <= t < (k + 1) * load.seconds / 3 + 5)
+              for k in range(3)] if rss_curve else []
     report["after"] = {"rss_mb_start": round(rss_start), "rss_mb_end": round(rss_end),
+                       "rss_mb_peak_per_third_of_the_load": [round(mb) for mb in thirds],
                        "rss_within_20pct": rss_end <= 1.2 * rss_start, "default_run_s_end": round(end["seconds"], 2),
                        "default_run_as_quick": end["outcome"] == "done"
                        and end["seconds"] <= 1.5 * report["default_run_s_start"] + 2, "run_folders_left": active}

@@ -249,3 +249,16 @@ def test_the_budget_counts_the_splats_a_run_may_grow_to_and_the_objects_it_weigh
     with pytest.raises(InputError, match=r"2× the objects weighed per step.*CFG 1"):
         runner.admit(parse_request(steps=1000, guidance_scale=3), 4, "b")   # 4 runs × 5 × 2 = 40 > 24
     runner.admit(parse_request(steps=1000), 4, "c")                          # the same at CFG 1: 20
+
+
+def test_a_finished_run_hands_its_freed_memory_back(tmp_path, monkeypatch):
+    """glibc keeps a run's freed heap in its arenas, so a server's RSS would ratchet
+    up run after run: a run's clean-up calls ``machine.return_free_memory``."""
+    calls = []
+    monkeypatch.setattr("cfd.runner.return_free_memory", lambda: calls.append(1))
+    run = Runner(tmp_path).open("s")
+    run.start(lambda run: sum(range(10)))
+    list(run.stream())
+    run.thread.join()   # finished: the clean-up runs at once, not in the background
+    run.finish()
+    assert calls == [1] and not run.folder.exists()
