@@ -29,10 +29,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .distill import NonFiniteGradient
+from .backends import objects_factor
 from .export import to_uint8
-from .guidance.base import GuidanceUnavailable
-from .errors import InputError, WorkerFailed, failure
+from .errors import GuidanceUnavailable, InputError, NonFiniteGradient, WorkerFailed, failure
 from .machine import return_free_memory
 from .request import Request, RequestError, check_work
 from .settings import setting
@@ -347,8 +346,6 @@ class Runner:
         ``client`` (an address); else hold a place for them until
         ``release(ticket)`` (a place never released is freed after
         ``QUEUED_TTL_S`` if its request never started, ``ADMIT_TTL_S`` if it did)."""
-        from .backends import objects_factor
-
         check_work(request, runs, self.max_work, objects_factor(request))
         with self._lock:
             now = time.monotonic()
