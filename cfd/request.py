@@ -353,19 +353,24 @@ def splat_ceiling(config: DistillConfig) -> int:
     return min(config.max_splats, config.init_splats * 2 ** min(rounds, 64))
 
 
+def splat_factor(request: Request) -> float:
+    """How many times the splats of its backend's default run a run of
+    ``request`` may grow to (``splat_ceiling``), at least 1."""
+    default = splat_ceiling(parse_request({"backend": request.backend}).config())
+    return max(1.0, splat_ceiling(request.config()) / default)
+
+
 def work_units(request: Request, runs: int = 1, objects_factor: float = 1.0) -> float:
     """The work of ``runs`` runs of ``request`` in default runs of its backend
     (on this machine: ``params.defaults``): steps × views × res² × runs, times
-    the splats it may grow to (``splat_ceiling``) where that exceeds the default
-    run's (a step's render and backward are linear in the splats), times
+    ``splat_factor`` (a step's render and backward are linear in the splats), times
     ``objects_factor`` (the exact prior: how many more objects a step weighs
     than the default's, ``backends.objects_factor``), over the same product of
     the defaults. A default generation is 1; the default seed comparison (4
     seeds × CFD and SDS) is 8."""
     d = defaults(request.backend)
-    splats = splat_ceiling(request.config()) / splat_ceiling(parse_request({"backend": request.backend}).config())
-    return (runs * request.steps * request.views * request.res ** 2 * max(1.0, splats) * max(1.0, objects_factor)
-            / (d["steps"] * d["views"] * d["res"] ** 2))
+    return (runs * request.steps * request.views * request.res ** 2 * splat_factor(request)
+            * max(1.0, objects_factor) / (d["steps"] * d["views"] * d["res"] ** 2))
 
 
 class OverBudget(RequestError):
@@ -377,9 +382,7 @@ def check_work(request: Request, runs: int, budget: float, objects_factor: float
     default runs of work (``work_units``), naming the budget and how to stay in it."""
     work = work_units(request, runs, objects_factor)
     if work > budget:
-        ceiling = splat_ceiling(request.config())
-        extra = (f" × up to {ceiling} splats" if ceiling > splat_ceiling(parse_request(
-            {"backend": request.backend}).config()) else "") + \
+        extra = (f" × up to {splat_ceiling(request.config())} splats" if splat_factor(request) > 1 else "") + \
             (f" × {objects_factor:.3g}× the objects weighed per step" if objects_factor > 1 else "")
         raise OverBudget(
             f"this request asks for {work:.3g}× the work of a default run ({runs} run(s) × {request.steps} steps × "
