@@ -14,8 +14,10 @@
 Atomic: everything is written into a hidden staging folder next to ``out_dir``
 and moved into place only when the run has finished; a failed or cancelled run
 leaves nothing behind (unless ``keep_partial`` asks for the partial scene's
-artefacts). The videos and the GLB are optional: one that cannot be written is
-noted in run.json (``<key>_error``) and the run stands without it. Used by the
+artefacts). The PLYs and the preview come first (the run's picture, reported
+by ``on_picture``), then the videos, the GLB and the nearest-variant measure
+side by side. The videos and the GLB are optional: one that cannot be written
+is noted in run.json (``<key>_error``) and the run stands without it. Used by the
 app and the CLI; nothing here imports gradio.
 """
 from __future__ import annotations
@@ -26,8 +28,10 @@ import platform
 import re
 import shutil
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,6 +57,9 @@ ARTEFACTS = {  # key in the result's "files" → file name in out_dir
 }
 
 StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
+OnPicture = Callable[[dict, dict], None]          # (files: key → path, run.json's data so far)
+OnArtefact = Callable[[str, Path], None]          # (key, path)
+EXPORT_WORKERS = 2   # the exports after the picture written side by side (on a CPU: the loop's core and one more)
 
 
 def versions() -> dict[str, str]:
@@ -194,15 +201,14 @@ class ExportStep:
     ``stage_progress`` and the timings use; ``optional``: the run stands without
     it, so any error writing it (nothing to export, e.g. a fully transparent
     scene for the GLB; out of memory in marching cubes; a failed encoder) is
-    noted in run.json as ``<key>_error`` instead of failing the run;
-    ``announce``: report the stage as started (0 of 1) for a step that reports
-    no progress of its own."""
+    noted in run.json as ``<key>_error`` instead of failing the run. The
+    required steps make the run's picture (written first, in order); the
+    optional ones are written side by side after it."""
 
     stage: str
     key: str                       # in ARTEFACTS
     write: Callable[[Path], None]
     optional: bool = False
-    announce: bool = False
 
 
 def export_steps(scene: GaussianScene, guidance, config: DistillConfig, steps_done: int, *, video_frames: int,
@@ -235,6 +241,10 @@ def export_steps(scene: GaussianScene, guidance, config: DistillConfig, steps_do
                                      renders="orbit", progress=stage("noise_video"))
         export.write_video(chunks, path)
 
+    def write_glb(path):
+        stage("glb")(0, 1)   # marching cubes report no progress of their own: announce the stage
+        export.export_glb(scene, path, resolution=glb_resolution)
+
     def write_preview(path):
         import imageio.v3 as iio
 
@@ -247,15 +257,15 @@ def export_steps(scene: GaussianScene, guidance, config: DistillConfig, steps_do
         steps.append(ExportStep("preview", "preview_png", write_preview))
     return steps + [ExportStep("render_video", "render_mp4", write_render, optional=True),
                     ExportStep("noise_video", "noise_mp4", write_noise, optional=True),
-                    ExportStep("glb", "glb", lambda p: export.export_glb(scene, p, resolution=glb_resolution),
-                               optional=True, announce=True)]
+                    ExportStep("glb", "glb", write_glb, optional=True)]
 
 
 def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[StepInfo], bool | None] | None = None,
              video_frames: int = 48, video_res: int = 256, noise_res: int | None = None, glb_resolution: int = 96,
              should_stop: Callable[[], bool] | None = None, stage_progress: StageProgress | None = None,
              keep_partial: bool = False, metadata: dict | None = None, preview_res: int | None = None,
-             ply_sh_degree: int = 0, time_limit_s: float | None = None) -> dict:
+             ply_sh_degree: int = 0, time_limit_s: float | None = None, on_picture: OnPicture | None = None,
+             on_artefact: OnArtefact | None = None, export_workers: int = EXPORT_WORKERS) -> dict:
     """Run one generation and write its artefacts (see the module doc) into ``out_dir``.
 
     guidance: a ``cfd.guidance`` backend; config: the ``DistillConfig`` (its
@@ -273,6 +283,13 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         cancelled run writes nothing.
     metadata: extra JSON data stored in run.json (e.g. the prompt).
     stage_progress(stage, done, total): export progress (``ExportStep.stage``).
+    on_picture(files, summary): once the loop's result can be shown: scene.ply,
+        viewer.ply (and preview.png) are written (key → path in the staging
+        folder, valid until this returns) and ``summary`` is run.json's data so
+        far; the other exports start after it.
+    on_artefact(key, path): each later artefact as it is written (the videos
+        and the GLB, ``export_workers`` of them at a time beside the
+        nearest-variant measure); run.json is written when the last is done.
     video_frames, video_res, noise_res, glb_resolution, preview_res,
         ply_sh_degree: the exports' settings (``export_steps``).
 
@@ -294,12 +311,14 @@ def generate(guidance, config: DistillConfig, out_dir, *, callback: Callable[[St
         cancelled = log.watch.cancelled(config.steps)
         if cancelled and not keep_partial:
             return log.unpublished(scene)
+        should_stop = None if cancelled else should_stop   # keep_partial's exports were asked for
         steps = export_steps(scene, guidance, config, log.watch.steps_done, video_frames=video_frames,
                              video_res=video_res, noise_res=noise_res, glb_resolution=glb_resolution,
-                             preview_res=preview_res, ply_sh_degree=ply_sh_degree, stage_progress=stage_progress)
+                             preview_res=preview_res, ply_sh_degree=ply_sh_degree,
+                             stage_progress=_stopping(stage_progress, should_stop))
         try:
-            files, data = log.write(scene, cancelled, steps, staging.path, stage_progress,   # 4. exports, run.json
-                                    None if cancelled else should_stop)   # keep_partial's were asked for
+            files, data = log.write(scene, cancelled, steps, staging.path, should_stop,   # 4. exports, run.json
+                                    on_picture, on_artefact, export_workers)
         except ExportsStopped:   # Stop during the exports: nothing is published, the slot is free at once
             return log.unpublished(scene)
         staging.publish()                                                            # 5. publish
@@ -333,15 +352,29 @@ class RunLog:
                 "scene": scene.to("cpu")}
 
     def write(self, scene: GaussianScene, cancelled: bool, steps: list[ExportStep], folder: Path,
-              stage_progress: StageProgress | None, should_stop: Callable[[], bool] | None) -> tuple[dict, dict]:
-        """Write the exports ``steps`` (``write_exports``: ExportsStopped on a
-        stop), then run.json with the nearest reference, into ``folder``:
-        (files written, key → name; run.json's data)."""
-        files, extra = write_exports(steps, folder, self.timings, stage_progress, should_stop)
-        t0 = time.perf_counter()
-        extra.update(nearest_reference(scene, self.guidance, self.config.res) or {})
-        self.timings["nearest"] = time.perf_counter() - t0
-        files["run_json"] = ARTEFACTS["run_json"]
+              should_stop: Callable[[], bool] | None, on_picture: OnPicture | None = None,
+              on_artefact: OnArtefact | None = None, workers: int = EXPORT_WORKERS) -> tuple[dict, dict]:
+        """Write the exports ``steps`` into ``folder`` (ExportsStopped on a stop):
+        the required ones in order, then ``on_picture``; then the optional ones
+        ``workers`` at a time beside the nearest-reference measure; then
+        run.json. Returns (files written, key → name; run.json's data)."""
+        files, notes = write_exports([s for s in steps if not s.optional], folder, self.timings, should_stop)
+        self.timings["picture"] = time.perf_counter() - self.start
+        if on_picture is not None:
+            on_picture({key: folder / name for key, name in files.items()}, self.summary(scene, cancelled, notes))
+
+        def nearest() -> dict:
+            t0 = time.perf_counter()
+            near = nearest_reference(scene, self.guidance, self.config.res) or {}
+            self.timings["nearest"] = time.perf_counter() - t0
+            return near
+
+        with ThreadPoolExecutor(1) as measure:
+            near = measure.submit(nearest)
+            more, more_notes = write_exports([s for s in steps if s.optional], folder, self.timings, should_stop,
+                                             on_artefact, workers)
+            extra = {**notes, **more_notes, **near.result()}
+        files.update(more, run_json=ARTEFACTS["run_json"])
         data = {**self.summary(scene, cancelled, extra), "files": dict(files)}
         write_json(data, folder / ARTEFACTS["run_json"])
         return files, data
@@ -351,29 +384,53 @@ class ExportsStopped(Exception):
     """Stop came while a run's exports were being written (``write_exports``)."""
 
 
-def write_exports(steps: list[ExportStep], folder: Path, timings: dict, stage_progress: StageProgress | None,
-                  should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, str], dict]:
-    """Run ``steps`` in order into ``folder``: (files written, key → name; notes
-    for run.json: an optional step's ``<key>_error``, "Type: message"). Adds
-    each stage's seconds to ``timings``. ExportsStopped when ``should_stop()``
-    is true before a step."""
-    files, notes = {}, {}
-    for step in steps:
+def _stopping(stage_progress: StageProgress | None, should_stop: Callable[[], bool] | None) -> StageProgress:
+    """``stage_progress`` that first raises ExportsStopped once ``should_stop()``:
+    an export stops within one of its progress steps (a chunk of video frames)."""
+    def progress(stage: str, done: int, total: int) -> None:
+        if should_stop is not None and should_stop():
+            raise ExportsStopped(stage)
+        if stage_progress is not None:
+            stage_progress(stage, done, total)
+    return progress
+
+
+def write_exports(steps: list[ExportStep], folder: Path, timings: dict, should_stop: Callable[[], bool] | None = None,
+                  on_artefact: OnArtefact | None = None, workers: int = 1) -> tuple[dict[str, str], dict]:
+    """Write ``steps`` into ``folder``, ``workers`` at a time (threads: the
+    renders and the encoders release the interpreter), each artefact passed to
+    ``on_artefact(key, path)`` once written: (files written, key → name, in
+    ``steps``' order; notes for run.json: an optional step's ``<key>_error``,
+    "Type: message"). Adds each stage's seconds to ``timings``. ExportsStopped,
+    once every started step has ended, when ``should_stop()`` is true before a
+    step (or at a progress step: ``_stopping``)."""
+    lock = threading.Lock()
+
+    def write(step: ExportStep) -> str | None:
+        """The step's error note (None: written)."""
         if should_stop is not None and should_stop():
             raise ExportsStopped(step.key)
-        t0 = time.perf_counter()
-        if step.announce and stage_progress is not None:
-            stage_progress(step.stage, 0, 1)
+        path, t0 = folder / ARTEFACTS[step.key], time.perf_counter()
         try:
-            step.write(folder / ARTEFACTS[step.key])
-            files[step.key] = ARTEFACTS[step.key]
+            step.write(path)
+        except ExportsStopped:
+            raise
         except Exception as exc:  # noqa: BLE001 - an optional artefact fails alone; run.json says why
             if not step.optional:
                 raise
-            (folder / ARTEFACTS[step.key]).unlink(missing_ok=True)
-            notes[f"{step.key}_error"] = f"{type(exc).__name__}: {exc}"
-        timings[step.stage] = timings.get(step.stage, 0.0) + time.perf_counter() - t0
-    return files, notes
+            path.unlink(missing_ok=True)
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            with lock:
+                timings[step.stage] = timings.get(step.stage, 0.0) + time.perf_counter() - t0
+        if on_artefact is not None:
+            on_artefact(step.key, path)
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        errors = list(pool.map(write, steps))
+    files = {s.key: ARTEFACTS[s.key] for s, error in zip(steps, errors) if error is None}
+    return files, {f"{s.key}_error": error for s, error in zip(steps, errors) if error is not None}
 
 
 COMPARE_FRAMES, COMPARE_RES = 24, 128   # each compared seed's orbit loop (GIF)
