@@ -31,8 +31,8 @@ from cfd import backends, params
 from cfd import request as rq
 from cfd.errors import Failure, failure
 from cfd.render import build_cpu_kernel
-from cfd.runner import (Cancelled, ClientBusy, Compared, Done, Item, Runner, SessionBusy, Stage, Step,
-                        compare_table)
+from cfd.runner import (Artefact, Cancelled, ClientBusy, Compared, Done, Item, Picture, Runner, SessionBusy, Stage,
+                        Step, compare_table)
 from cfd.settings import SettingError, check_settings, setting
 
 EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
@@ -211,6 +211,7 @@ COMPARE_PARAMS = ("prompt", "seed", "steps", "guidance_scale", "methods", "backe
                   "res", "views", "t_start", "t_end", "lr_scale", "gamma", "densify_every")
 REQUEST_KEYS = (*params.PARAM_NAMES, "methods", "n_seeds")   # what a request (or a comparison) reads
 RESULT = ("image", "viewer", "glb", "render", "noise", "downloads", "summary", "status")   # components = history keys
+ARTEFACT_VIEWS = {"render_mp4": "render", "noise_mp4": "noise", "glb": "glb"}   # a run's file → the result it shows
 
 
 # ------------------------------------------------------------------ the public API
@@ -220,9 +221,14 @@ def generate(prompt=None, seed=None, steps=None, guidance_scale=None, method=Non
              densify_every=None, progress=gr.Progress(), request: gr.Request = None):
     """API: distil one scene; yields (viewer_ply, render_video, noise_video, summary, downloads, status)."""
     values = {k: v for k, v in locals().items() if k in params.PARAM_NAMES}
+    outputs = ("viewer_ply", "render_mp4", "noise_mp4", "summary", "downloads", "status")
     with _admitted(values, request) as (req, _, _, guidance):
-        for event in _events(start().generate(req, guidance, _session(request), config=req.config()), progress):
-            if isinstance(event, Done):
+        for event in _events(start().generate(req, guidance, _session(request), previews=False), progress):
+            if isinstance(event, Picture):   # the viewer PLY and the status first, each video when it is made
+                yield str(event.viewer), gr.skip(), gr.skip(), event.summary, gr.skip(), event.status
+            elif isinstance(event, Artefact) and event.key in outputs:
+                yield tuple(str(event.path) if key == event.key else gr.skip() for key in outputs)
+            elif isinstance(event, Done):   # every output: a client's predict() returns the last ones
                 f = event.files
                 yield (str(f["viewer_ply"]), _optional(f, "render_mp4"), _optional(f, "noise_mp4"), event.summary,
                        event.downloads, event.status)
@@ -304,17 +310,22 @@ class Handlers:
     def generate(self, inputs: dict, progress=gr.Progress(), request: gr.Request = None):
         """The Generate button: the result's components and the history; the
         last finished result stays until a new one."""
-        history = inputs[self.c["history"]]
+        history, shown = inputs[self.c["history"]], set()
         with _admitted(self.values(inputs), request) as (req, _, _, guidance):
             yield self.out(status=f"**Running** · {req.label()} on {params.BACKEND_NAMES[req.backend]} …")
             for event in _events(start().generate(req, guidance, _session(request)), progress):
                 if isinstance(event, Step) and event.preview is not None:
                     yield self.out(image=event.preview)
-                elif isinstance(event, Stage) and event.done <= 1:
-                    yield self.out(status=f"**{event.label}** …")
-                elif isinstance(event, Done):
+                elif isinstance(event, Picture):   # the final render and the 3D view while the rest is made
+                    shown = {"image", "viewer"}
+                    yield self.out(image=event.image, viewer=str(event.viewer), render=None, noise=None, glb=None,
+                                   downloads=None, status=event.status)
+                elif isinstance(event, Artefact) and event.key in ARTEFACT_VIEWS:
+                    shown.add(ARTEFACT_VIEWS[event.key])
+                    yield self.out(**{ARTEFACT_VIEWS[event.key]: str(event.path)})
+                elif isinstance(event, Done):   # (a view already showing its file is not sent again: it would reload)
                     history = [_entry(event), *history][:HISTORY_SIZE]
-                    yield self.out(**{k: history[0][k] for k in RESULT}, history=history,
+                    yield self.out(**{k: history[0][k] for k in RESULT if k not in shown}, history=history,
                                    history_gallery=[(h["image"], h["caption"]) for h in history])
                 elif isinstance(event, Cancelled):
                     yield self.out(image=history[0]["image"] if history else None, status=event.status)

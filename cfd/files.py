@@ -1,10 +1,12 @@
 """Files written whole or not at all: ``atomic_path`` and the pattern of its
-temporary names (``PARTIAL_FILE``), which the pipeline's leftover sweep knows.
-Nothing from cfd is imported here."""
+temporary names (``PARTIAL_FILE``), which the pipeline's leftover sweep knows;
+``hold``, a file kept where its producer will move it. Nothing from cfd is
+imported here."""
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,3 +28,18 @@ def atomic_path(path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def hold(path, folder) -> Path:
+    """A hard link (a copy where links fail) of file ``path`` in ``folder``, under
+    its own name: it stays while ``path`` is renamed or removed (a run's
+    staging folder being published), and costs no copy."""
+    path, folder = Path(path), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    held = folder / path.name
+    held.unlink(missing_ok=True)
+    try:
+        os.link(path, held)
+    except OSError:
+        shutil.copyfile(path, held)
+    return held

@@ -4,7 +4,7 @@ gradio here.
 
     runner = Runner()                                   # root: $CFD_RUNS_DIR or <tmp>/cfd-app
     for event in runner.generate(request, guidance, session="abc"):
-        ...   # Step, Stage, Tick (heartbeat), then Done or Cancelled; Failure is raised
+        ...   # Step, Stage, Picture, Artefact, Tick (heartbeat), then Done or Cancelled; Failure is raised
     runner.stop("abc")                                  # stops that session's runs only
 
 A run's folder ``run-<time>-<id>`` lives under the root until the run's stream
@@ -23,10 +23,11 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import imageio.v3 as iio
 import numpy as np
 
 from .backends import objects_factor
@@ -35,7 +36,8 @@ from .errors import GuidanceUnavailable, InputError, NonFiniteGradient, WorkerFa
 from .machine import return_free_memory
 from .request import Request, RequestError, check_work
 from .settings import setting
-from .workers import WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START, WorkerPool
+from .workers import (FINAL_EVENTS, WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START, WorkerPool, decode_image,
+                      generate_job)
 
 RUN_TTL_S = 3600           # folders older than this that no active run owns are swept
 STOP_FILE = ".stop"        # in a run's folder: its work (in this process or a worker) stops
@@ -44,6 +46,8 @@ QUEUED_TTL_S = 300         # … one that never started (its client left the que
                            # later, its handler takes a place anew
 STEP_EVENTS_EVERY_S = 0.2  # a run's progress events without a preview, at most this often
 RESULT_PREVIEW_RES = 256
+STOP_WAIT_S = 2.0          # after Stop, the longest a run waits for its worker jobs' last events
+WORKER_BACKENDS = ("exact", "tiny-sd")   # the backends a generation may run in a worker process (small to load)
 
 
 # ------------------------------------------------------------------ events
@@ -82,6 +86,34 @@ class Stage:
     @property
     def label(self) -> str:
         return self.LABELS.get(self.name, self.name)
+
+
+@dataclass
+class Picture:
+    """A generation's result as soon as its loop has ended, shown while its
+    videos and mesh are made: the final render (uint8 [H,W,3]), the viewer PLY
+    and run.json's data so far."""
+
+    request: Request
+    image: np.ndarray
+    viewer: Path
+    summary: dict
+
+    @property
+    def status(self) -> str:
+        s = self.summary
+        limited = (f" · **stopped by the time limit** after {s['steps_done']}/{s['steps']} steps"
+                   if s.get("stopped_by") == "time limit" else "")
+        return (f"**Distilled** in {s['timings_s']['distill']:.1f} s · {self.request.label()} · {s['n_splats']} "
+                f"splats{limited} · making the videos and the mesh …")
+
+
+@dataclass
+class Artefact:
+    """One more file of a generation, as soon as it is written (render_mp4, noise_mp4, glb)."""
+
+    key: str
+    path: Path
 
 
 @dataclass
@@ -224,9 +256,6 @@ class Run:
             img = to_uint8(info.preview) if info.preview is not None else None
             self.events.put(Step(info.step, info.steps, info.t, info.n_splats, img, self.job, self.jobs))
         return self.stop.is_set()
-
-    def stage_progress(self, stage: str, done: int, total: int) -> None:
-        self.events.put(Stage(stage, done, total))
 
     def emit(self, event) -> None:
         self.events.put(event)
@@ -441,37 +470,66 @@ class Runner:
             yield event
         return None
 
-    def generate(self, request: Request, guidance, session: str | None = None, config=None) -> Iterator:
+    def generate(self, request: Request, guidance, session: str | None = None, previews: bool = True) -> Iterator:
         """One generation (``pipeline.generate``: distil and export) of a prepared
-        request: Step/Stage/Tick events, then Done (files named for download) or
-        Cancelled. ``config``: default ``request.app_config()`` (live previews)."""
-        from .distill import preview
-        from .pipeline import generate as pipeline_generate
-
-        config = config or request.app_config()
+        request: Step (with live previews if ``previews``), Stage, Picture (as
+        soon as the loop ends), Artefact and Tick events, then Done (files named
+        for download) or Cancelled. On a CPU with worker processes it runs in
+        one of them with a torch thread per worker (off the server's
+        interpreter; bit for bit what it gives in this process), else in a
+        thread of this process."""
         run = self.open(session)
+        job = {"job": 0, "kind": "generate", "values": request.values(), "exports": asdict(request.exports),
+               "previews": previews, "preview_res": RESULT_PREVIEW_RES, "out_dir": str(run.folder / "result"),
+               "hold": str(run.folder / "shown"), "stop_file": str(run.folder / STOP_FILE),
+               "time_limit_s": self.time_limit_s}
+        steps = [0]
 
-        def work(run: Run):
-            return pipeline_generate(guidance, config, run.folder / "result", callback=run.step_callback,
-                                     should_stop=run.stop.is_set, stage_progress=run.stage_progress,
-                                     metadata=request.metadata(), time_limit_s=self.time_limit_s,
-                                     **request.exports.pipeline_kwargs())
+        def on_event(event: dict) -> None:
+            kind = event["event"]
+            if kind == "step":
+                steps[0] = event["step"]
+                preview = decode_image(event["preview"]) if "preview" in event else None
+                run.emit(Step(event["step"], event["steps"], event["t"], event["n_splats"], preview))
+            elif kind == "stage":
+                run.emit(Stage(event["stage"], event["done"], event["total"]))
+            elif kind == "picture":
+                files = event["files"]
+                run.emit(Picture(request, iio.imread(files["preview_png"]), Path(files["viewer_ply"]),
+                                 event["summary"]))
+            elif kind == "artefact":
+                run.emit(Artefact(event["key"], Path(event["path"])))
+
+        def work(run: Run) -> dict | None:
+            if not self._in_a_worker(request, guidance):
+                return generate_job(job, on_event, guidance)
+            final = self._in_workers(run, [({**job, "threads": self.workers.size}, on_event)])[0]
+            if final is not None and final["event"] == "error":
+                raise _raised(final)
+            return None if final is None else final["result"]
 
         try:
             run.start(work)
             result = yield from self._events(run, request)
-            summary = result["summary"]
-            if result["cancelled"]:
-                yield Cancelled(summary["steps_done"], summary["steps"])
+            if result is None or result["cancelled"]:
+                yield Cancelled(steps[0], request.steps)
                 return
             files = {}
             for key, path in result["files"].items():
-                if key != "viewer_ply":  # downloads carry the run's name
+                path = Path(path)
+                if key not in ("viewer_ply", "preview_png"):  # downloads carry the run's name
                     path = path.rename(path.with_name(f"cfd_{request.method}_seed{request.seed}_{path.name}"))
                 files[key] = path
-            yield Done(request, files, summary, to_uint8(preview(result["scene"], RESULT_PREVIEW_RES)))
+            yield Done(request, files, result["summary"], iio.imread(files["preview_png"]))
         finally:
             run.finish()
+
+    def _in_a_worker(self, request: Request, guidance) -> bool:
+        """Whether a generation runs in a worker process: on a CPU, with worker
+        processes (CFD_WORKERS > 1), for a backend a worker loads in moments
+        (the exact prior, tiny-sd)."""
+        return self.workers.size > 1 and request.backend in WORKER_BACKENDS \
+            and str(getattr(guidance, "device", "cpu")) == "cpu"
 
     def compare(self, base: Request, methods: list[str], n_seeds: int, guidance,
                 session: str | None = None) -> Iterator:
@@ -522,14 +580,9 @@ class Runner:
         Items in job order (a job that never started, its ``deadline`` passed, has
         none), or None once stopped. A failed job (a worker that died or hung
         included) stops the others. ``deadline``: time.time() by which every job's
-        loop stops and keeps what it has. After Stop this returns within about two
-        seconds, even with a hung worker: the pool answers a stopped run's queued
-        jobs at once and kills a worker that goes on past its stop grace."""
-        stop_wait_s = 2.0   # after Stop, the longest this waits for the jobs' last events
+        loop stops and keeps what it has."""
         steps = [0] * len(jobs)
         items: list[Item | None] = [None] * len(jobs)
-        errors: list[dict] = []
-        left = threading.Semaphore(0)
 
         def handler(i: int, job: Request):
             def on_event(event: dict) -> None:
@@ -537,32 +590,51 @@ class Runner:
                     steps[i] = event["step"]
                     run.emit(Step(event["step"], event["steps"], event["t"], event["n_splats"], None, i, len(jobs),
                                   sum(steps)))
-                    return
-                if event["event"] == "error":
-                    errors.append(event)
-                    run.cancel()
-                elif event["result"] is not None:
+                elif event["event"] == "done" and event["result"] is not None:
                     items[i] = _item(job, event["result"])
                     run.emit(items[i])
-                left.release()
             return on_event
 
-        for i, job in enumerate(jobs):
-            self.workers.submit({"job": i, "values": job.values(), "gif": str(run.folder / _gif_name(job)),
-                                 "stop_file": str(run.folder / STOP_FILE), "time_limit_s": self.time_limit_s,
-                                 "deadline": deadline},
-                                handler(i, job))
+        finals = self._in_workers(run, [({"job": i, "values": job.values(), "gif": str(run.folder / _gif_name(job)),
+                                          "stop_file": str(run.folder / STOP_FILE),
+                                          "time_limit_s": self.time_limit_s, "deadline": deadline},
+                                         handler(i, job)) for i, job in enumerate(jobs)])
+        errors = [final for final in finals if final is not None and final["event"] == "error"]
+        if errors:
+            raise _raised(errors[0])
+        return None if run.stop.is_set() else [item for item in items if item is not None]
+
+    def _in_workers(self, run: Run, jobs: list[tuple[dict, Callable[[dict], None]]]) -> list[dict | None]:
+        """Each (job, on_event) in the worker processes, every event of the job
+        (progress, then its done or error) to its ``on_event``; returns their
+        final events in order. A failed job stops the others (``run.cancel``).
+        After Stop this returns within STOP_WAIT_S, even with a hung worker (its
+        job's final event None): the pool answers a stopped run's queued jobs at
+        once and kills a worker that goes on past its stop grace."""
+        finals: list[dict | None] = [None] * len(jobs)
+        left = threading.Semaphore(0)
+
+        def handler(i: int, on_event: Callable[[dict], None]):
+            def on_any(event: dict) -> None:
+                on_event(event)
+                if event["event"] in FINAL_EVENTS:
+                    if event["event"] == "error":
+                        run.cancel()
+                    finals[i] = event
+                    left.release()
+            return on_any
+
+        for i, (job, on_event) in enumerate(jobs):
+            self.workers.submit(job, handler(i, on_event))
         answered, stopped_at = 0, None
         while answered < len(jobs):
             if left.acquire(timeout=0.2):
                 answered += 1
             elif run.stop.is_set():
                 stopped_at = stopped_at or time.monotonic()
-                if time.monotonic() - stopped_at > stop_wait_s:
+                if time.monotonic() - stopped_at > STOP_WAIT_S:
                     break
-        if errors:
-            raise _raised(errors[0])
-        return None if run.stop.is_set() else [item for item in items if item is not None]
+        return finals
 
 
 def default_workers() -> int:

@@ -34,8 +34,9 @@ SETTINGS = {
                             "backend (steps × views × pixels × runs)"),
     "CFD_RUN_LIMIT_S": Setting(float, 600.0, 1, 86_400, "wall-clock seconds one run of the app may distil before "
                                "it stops and keeps what it has"),
-    "CFD_WORKERS": Setting(int, None, 1, 256, "Compare's worker processes on a CPU (default: the cores this "
-                           "process may use, at most 8)"),
+    "CFD_WORKERS": Setting(int, None, 1, 256, "worker processes for the app's CPU runs: a Generate runs in one "
+                           "with this many torch threads, a Compare's runs side by side (default: the cores this "
+                           "process may use, at most 8; 1: every run in the app's own process)"),
     "CFD_MAX_PER_CLIENT": Setting(int, 2, 1, 10_000, "requests one client address may have queued or running"),
     "CFD_TRUST_FORWARDED": Setting(int, None, 0, 1, "1: a client's address is the first of X-Forwarded-For, as "
                                    "the Space's proxy sets it (default 1 on a Space, else 0: the connection's)"),

@@ -1,26 +1,31 @@
-"""Worker processes for runs that share out over CPU cores (a seed comparison).
+"""Worker processes for the app's CPU runs: a generation, and the runs of a
+seed comparison side by side.
 
-One CPU run is many small tensor operations driven from Python, so two runs in
-two threads of one process mostly wait for each other (the GIL); two processes
-with one torch thread each use two cores. A ``WorkerPool`` keeps up to ``size``
-worker processes (``python -m cfd.workers``), started when jobs first need them
-(or all at once by ``start``) and kept for later jobs, each with its own cached
+One CPU run is many small tensor operations driven from Python, so a run in a
+thread of the server's process waits for the server's threads (the GIL), and
+two runs in two threads mostly wait for each other; in worker processes they
+have an interpreter each. A ``WorkerPool`` keeps up to ``size`` worker
+processes (``python -m cfd.workers``), started when jobs first need them (or
+all at once by ``start``) and kept for later jobs, each with its own cached
 guidance (``cfd.backends``), warmed up for ``warm_values`` when it starts.
 
-Protocol (JSON lines): the pool writes one job per line to a worker's stdin,
-``{"job": id, "values": request values, "gif": path, "stop_file": path,
-"time_limit_s": seconds or None, "deadline": time.time() seconds or None}``;
-the worker answers on stdout with ``{"job": id, "event": "step", "step",
-"steps", "t", "n_splats"}`` lines, then one ``{"job": id, "event": "done",
-"result": {...} or None}`` (see ``pipeline.compare_job``; None: stopped, with a
-``"reason"`` when it never started) or ``{"job": id, "event": "error", "type",
-"message", "traceback"}``; its first line, once warmed up, is ``{"event":
-"ready"}``. A job's loop runs at most min(time_limit_s, deadline − now) seconds
-and stops at its next step once its ``stop_file`` exists, so Stop needs no
-shared memory; a job whose stop file exists or whose deadline has passed when
-it is picked up is answered at once (done, result None) without any work. A
-worker runs with one torch thread, so a job's result is bit for bit what the
-same request gives alone with the runs' default of one thread.
+Protocol (JSON lines): the pool writes one job per line to a worker's stdin;
+every job has ``"job": id``, ``"values"`` (request values), ``"stop_file"``,
+``"time_limit_s"`` and ``"deadline"`` (time.time() seconds), each None or
+absent when unlimited. A comparison's run (``"gif"``: its orbit GIF's path;
+``pipeline.compare_job``, one torch thread) answers ``{"job": id, "event":
+"step", "step", "steps", "t", "n_splats"}`` lines; a generation (``"kind":
+"generate"``, ``generate_job``) also "stage", "picture" and "artefact" events.
+Then one ``{"job": id, "event": "done", "result": {...} or None}`` (None:
+stopped, with a ``"reason"`` when it never started) or ``{"job": id, "event":
+"error", "type", "message", "traceback"}``; a worker's first line, once warmed
+up, is ``{"event": "ready"}``. A job's loop runs at most min(time_limit_s,
+deadline − now) seconds and stops at its next step once its ``stop_file``
+exists, so Stop needs no shared memory; a job whose stop file exists or whose
+deadline has passed when it is picked up is answered at once (done, result
+None) without any work. A scene does not depend on the number of torch
+threads, so a job's result is bit for bit what the same request gives in the
+app's own process.
 
 Supervision: every job gets exactly one done or error event. The pool reads a
 worker's stdout through a reader thread and a queue, so a worker that sends
@@ -106,7 +111,10 @@ def time_limit(job: dict) -> float | None:
     return min(limits) if limits else None
 
 
-_EVENT_FIELDS = {"step": ("step", "steps", "t", "n_splats"), "done": ("result",), "error": ("type", "message")}
+_EVENT_FIELDS = {"step": ("step", "steps", "t", "n_splats"), "stage": ("stage", "done", "total"),
+                 "picture": ("files", "summary"), "artefact": ("key", "path"), "done": ("result",),
+                 "error": ("type", "message")}
+FINAL_EVENTS = ("done", "error")   # a job's last event; the others are its progress
 
 
 def _event(line: str, job_id, pid: int) -> dict:
@@ -382,7 +390,7 @@ class WorkerPool:
             if line:
                 last = now
                 event = _event(line, job_id, worker.pid)
-                if event["event"] == "step":
+                if event["event"] not in FINAL_EVENTS:
                     _deliver(on_event, event)
                 else:
                     self._answer(on_event, event)
@@ -447,24 +455,98 @@ def serve(lines: Iterable[str], send: Callable[[dict], None]) -> None:
             send({"job": job_id, "event": "done", "result": None, "reason": reason})
             continue
 
-        def step(info, job_id=job_id, stop_file=stop_file) -> bool:
-            send({"job": job_id, "event": "step", "step": info.step, "steps": info.steps, "t": info.t,
-                  "n_splats": info.n_splats})
+        def job_send(event: dict, job_id=job_id) -> None:
+            send({"job": job_id, **event})
+
+        def step(info, stop_file=stop_file) -> bool:
+            job_send({"event": "step", "step": info.step, "steps": info.steps, "t": info.t, "n_splats": info.n_splats})
             return stop_file.exists()
 
         try:
-            request = rq.parse_request(job["values"])
-            # one thread beside the other workers: the scene is the same at any thread count
-            config = replace(request.config(), cpu_threads=1)
-            guidance = backends.prepare(request)
-            result = compare_job(config, guidance, Path(job["gif"]), step, stop_file.exists,
-                                 time_limit_s=time_limit(job))
-            send({"job": job_id, "event": "done", "result": result})
+            if job.get("kind") == "generate":
+                result = generate_job(job, job_send)
+            else:
+                request = rq.parse_request(job["values"])
+                # one thread beside the other workers: the scene is the same at any thread count
+                config = replace(request.config(), cpu_threads=1)
+                result = compare_job(config, backends.prepare(request), Path(job["gif"]), step, stop_file.exists,
+                                     time_limit_s=time_limit(job))
+            job_send({"event": "done", "result": result})
         except Exception as exc:  # noqa: BLE001 - handed to the pool, which re-raises it for the consumer
-            send({"job": job_id, "event": "error", "type": type(exc).__name__, "message": str(exc),
-                  "errno": getattr(exc, "errno", None),
-                  "traceback": traceback.format_exc()})
+            job_send({"event": "error", "type": type(exc).__name__, "message": str(exc),
+                      "errno": getattr(exc, "errno", None), "traceback": traceback.format_exc()})
         return_free_memory()   # between jobs: a worker's RSS stays what one job needs
+
+
+STEP_EVENTS_EVERY_S = 0.2   # a generation's step events without a preview, at most this often
+
+
+def generate_job(job: dict, send: Callable[[dict], None], guidance=None) -> dict:
+    """One generation of the app (``pipeline.generate``), in this process: the
+    request ``job["values"]`` with ``job["exports"]``, live previews if
+    ``job["previews"]``, ``job["threads"]`` torch threads, into
+    ``job["out_dir"]``; it stops at its next step (or export progress) once
+    ``job["stop_file"]`` exists. ``guidance``: the request's backend (default
+    ``backends.prepare``). Events to ``send`` (without "job"): "step" (at most
+    every STEP_EVENTS_EVERY_S, always with a preview and at the last step;
+    "preview": ``encode_image``), "stage", "picture" (files, summary) and
+    "artefact" (key, path); each file an event names is first linked into
+    ``job["hold"]`` (``files.hold``), where it outlives the run's staging folder.
+    Returns plain data: cancelled, files (key → path), summary (run.json),
+    fingerprint (``pipeline.scene_fingerprint``)."""
+    from . import backends
+    from . import request as rq
+    from .export import to_uint8
+    from .files import hold
+    from .pipeline import generate, scene_fingerprint
+
+    request = rq.parse_request(job["values"])
+    config = request.app_config() if job.get("previews") else request.config()
+    config = replace(config, cpu_threads=job.get("threads") or 1)
+    stop_file, held = Path(job["stop_file"]), Path(job["hold"])
+    last = [0.0]
+
+    def step(info) -> bool:
+        now = time.monotonic()
+        if info.preview is not None or info.step == info.steps or now - last[0] >= STEP_EVENTS_EVERY_S:
+            last[0] = now
+            event = {"event": "step", "step": info.step, "steps": info.steps, "t": info.t, "n_splats": info.n_splats}
+            if info.preview is not None:
+                event["preview"] = encode_image(to_uint8(info.preview))
+            send(event)
+        return stop_file.exists()
+
+    def on_picture(files: dict, summary: dict) -> None:
+        send({"event": "picture", "files": {key: str(hold(path, held)) for key, path in files.items()},
+              "summary": summary})
+
+    result = generate(guidance or backends.prepare(request), config, Path(job["out_dir"]), callback=step,
+                      should_stop=stop_file.exists, metadata=request.metadata(), time_limit_s=time_limit(job),
+                      stage_progress=lambda stage, done, total: send({"event": "stage", "stage": stage,
+                                                                      "done": done, "total": total}),
+                      on_picture=on_picture, preview_res=job.get("preview_res"),
+                      on_artefact=lambda key, path: send({"event": "artefact", "key": key,
+                                                          "path": str(hold(path, held))}),
+                      **rq.parse_exports(job.get("exports")).pipeline_kwargs())
+    return {"cancelled": result["cancelled"], "files": {key: str(path) for key, path in result["files"].items()},
+            "summary": json.loads(json.dumps(result["summary"], default=str)),
+            "fingerprint": scene_fingerprint(result["scene"])}
+
+
+def encode_image(image) -> dict:
+    """A uint8 [H, W, 3] array as plain data (``decode_image`` reverses it)."""
+    import base64
+
+    return {"shape": list(image.shape), "data": base64.b64encode(image.tobytes()).decode("ascii")}
+
+
+def decode_image(data: dict):
+    """``encode_image``'s array again."""
+    import base64
+
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(data["data"]), dtype=np.uint8).reshape(data["shape"])
 
 
 def main(argv: list[str] | None = None) -> None:

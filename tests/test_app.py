@@ -151,6 +151,24 @@ def test_compare_refuses_seeds_past_the_range_without_a_traceback(served, capfd)
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_the_picture_comes_first_then_each_video_and_the_last_output_has_everything(served):
+    """/generate yields the viewer PLY and its status as soon as the loop ends,
+    then each video as it is written; its last output (what predict returns)
+    holds every file."""
+    app, client, runs = served
+    job = client.submit(prompt="a toy", seed=1, steps=FEW_STEPS, api_name="/generate")
+    final = job.result(timeout=120)
+    shown = [dict(zip(API_OUTPUTS, out)) for out in job.outputs()
+             if any(not isinstance(v, dict) or v.get("__type__") != "update" for v in out)]
+    picture = shown[0]
+    assert picture["status"].startswith("**Distilled**") and Path(picture["viewer_ply"]).is_file()
+    assert all(picture[k] == {"__type__": "update"} for k in ("render_video", "noise_video", "downloads"))
+    videos = [k for out in shown[1:-1] for k in ("render_video", "noise_video") if isinstance(out[k], str)]
+    assert sorted(videos) == ["noise_video", "render_video"], shown
+    assert final[5].startswith("**Done**") and all(isinstance(v, (str, dict, list)) for v in final)
+    assert Path(final[1]).is_file() and Path(final[2]).is_file() and len(final[4]) == 5
+
+
 def test_sd_alone_is_a_complete_request_refused_for_its_missing_weights(served):
     """backend="sd" with every other parameter left out passes validation (SD's
     own defaults: res 512, its prompt …) and is refused for the weights only."""
@@ -350,13 +368,39 @@ def test_a_run_past_the_time_limit_keeps_its_result(served, monkeypatch):
     assert "stopped by the time limit** after 1/200 steps" in status, status
 
 
-def test_out_of_memory_suggests_a_lower_resolution(served, monkeypatch):
+@pytest.fixture(params=["this process", "a worker"])
+def failing_generate(request, served, monkeypatch):
+    """fail(raiser): make the app's generations fail with ``raiser`` (the source
+    of a function ``fail(*args, **kwargs)`` that raises) where they run: in the
+    app's process, or in worker processes whose ``pipeline.generate`` is it."""
+    import sys
+
+    from cfd.workers import WorkerPool
+
+    app = served[0]
+    pools = []
+
+    def fail(raiser: str) -> None:
+        if request.param == "this process":
+            namespace = {"torch": torch}
+            exec(raiser, namespace)
+            monkeypatch.setattr("cfd.pipeline.generate", namespace["fail"])
+            monkeypatch.setattr(app.RUNNER.workers, "size", 1)   # every run in the app's process
+            return
+        code = f"import torch\nimport cfd.pipeline\n{raiser}\ncfd.pipeline.generate = fail\n" \
+               "from cfd.workers import main\nmain()"
+        pools.append(WorkerPool(2, command=[sys.executable, "-c", code]))
+        monkeypatch.setattr(app.RUNNER, "workers", pools[-1])
+
+    yield fail
+    for pool in pools:
+        pool.close()
+
+
+def test_out_of_memory_suggests_a_lower_resolution(served, failing_generate):
     app, client, runs = served
-
-    def oom(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr("cfd.pipeline.generate", oom)
+    failing_generate("def fail(*args, **kwargs):\n"
+                     "    raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')\n")
     with pytest.raises(Exception) as excinfo:
         generate(client, res=64)
     text = error_text(excinfo)
@@ -364,13 +408,9 @@ def test_out_of_memory_suggests_a_lower_resolution(served, monkeypatch):
     assert wait_until(lambda: not run_dirs(runs), 30)
 
 
-def test_unexpected_failure_is_a_clear_error_and_leaves_nothing(served, monkeypatch, capfd):
+def test_unexpected_failure_is_a_clear_error_and_leaves_nothing(served, failing_generate, capfd):
     app, client, runs = served
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("renderer exploded")
-
-    monkeypatch.setattr("cfd.pipeline.generate", boom)
+    failing_generate("def fail(*args, **kwargs):\n    raise RuntimeError('renderer exploded')\n")
     with pytest.raises(Exception) as excinfo:
         generate(client)
     text = error_text(excinfo)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -262,3 +263,64 @@ def test_a_finished_run_hands_its_freed_memory_back(tmp_path, monkeypatch):
     run.thread.join()   # finished: the clean-up runs at once, not in the background
     run.finish()
     assert calls == [1] and not run.folder.exists()
+
+
+def _generate(runner: Runner, request, stop_at: int | None = None) -> tuple[list, bytes | None]:
+    """(every event of one generation, Ticks left out; its scene.ply's bytes):
+    Stop once a step event reaches ``stop_at``. The files a Picture or Artefact
+    names exist when it comes."""
+    from cfd.backends import prepare
+    from cfd.runner import Artefact, Done, Picture, Step, Tick
+
+    events, scene = [], None
+    for event in runner.generate(request, prepare(request), session="s"):
+        if isinstance(event, Done):
+            scene = event.files["scene_ply"].read_bytes()
+        if isinstance(event, (Picture, Artefact)):
+            assert Path(getattr(event, "viewer", getattr(event, "path", None))).is_file()
+        if stop_at is not None and isinstance(event, Step) and event.step >= stop_at:
+            runner.stop("s")
+        if not isinstance(event, Tick):
+            events.append(event)
+    return events, scene
+
+
+def test_a_generation_in_a_worker_process_is_bit_for_bit_the_one_in_this_process(tmp_path):
+    """Generate runs in a worker (its own interpreter, a torch thread per worker)
+    and gives the same scene as in the app's process; the picture comes as soon
+    as the loop ends, each other file as it is written, then Done."""
+    from cfd.request import parse_request
+    from cfd.runner import Artefact, Done, Picture, Step
+
+    request = parse_request(prompt="a cactus", seed=3, steps=12, res=16, views=2)
+    scenes = {}
+    for workers in (1, 2):
+        runner = Runner(tmp_path / f"workers{workers}", workers=workers)
+        try:
+            events, scenes[workers] = _generate(runner, request)
+        finally:
+            runner.workers.close()
+        kinds = [type(e).__name__ for e in events if not isinstance(e, Step) and type(e).__name__ != "Stage"]
+        assert kinds[0] == "Picture" and kinds[-1] == "Done" and sorted(kinds[1:-1]) == ["Artefact"] * 3, kinds
+        picture, done = events[[type(e) for e in events].index(Picture)], events[-1]
+        assert isinstance(done, Done) and picture.summary["n_splats"] == done.summary["n_splats"]
+        assert picture.image.shape == done.image.shape == (256, 256, 3)
+        assert {e.key for e in events if isinstance(e, Artefact)} == {"render_mp4", "noise_mp4", "glb"}
+        assert any(isinstance(e, Step) and e.preview is not None for e in events)   # the live previews
+    assert scenes[1] == scenes[2]
+
+
+def test_stop_reaches_a_generation_in_a_worker_process(tmp_path):
+    from cfd.request import parse_request
+    from cfd.runner import Cancelled
+
+    runner = Runner(tmp_path, workers=2)
+    try:
+        events, _ = _generate(runner, parse_request(prompt="a cactus", steps=400, res=16, views=2), stop_at=5)
+    finally:
+        runner.workers.close()
+    assert isinstance(events[-1], Cancelled) and 5 <= events[-1].steps_done < 400
+    end = time.monotonic() + 30
+    while list((tmp_path / RUNS_FOLDER).glob("run-*")) and time.monotonic() < end:   # removed in the background
+        time.sleep(0.1)
+    assert not list((tmp_path / RUNS_FOLDER).glob("run-*"))
