@@ -14,7 +14,7 @@ $(PY):
 # then builds the C++ CPU compositor (cfd/cpu_kernel.py) ahead of serving, again
 # when its source changes; a failed build does not fail the install (the app
 # then composites with pure torch and says so)
-$(STAMP): requirements.txt cfd/_composite_cpu.cpp | $(PY)
+$(STAMP): requirements.txt cfd/_composite_cpu.cpp cfd/_project_cpu.cpp | $(PY)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m cfd.cpu_kernel || echo "cfd: the C++ CPU compositor did not build; pure torch stands in"
 	touch $@

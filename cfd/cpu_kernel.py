@@ -1,4 +1,5 @@
-"""The C++ CPU compositor (``cfd/_composite_cpu.cpp``): built ahead of serving,
+"""The C++ CPU kernels — the compositor (``cfd/_composite_cpu.cpp``) and the
+projection (``cfd/_project_cpu.cpp``), one library: built ahead of serving,
 only ever loaded by a request.
 
 ``build`` compiles it in a child process (``python -m cfd.cpu_kernel``, the same
@@ -8,7 +9,7 @@ the built library if it is there and otherwise returns None at once, with one
 warning: it never compiles and never waits on a lock, so a request cannot stall
 on a build.
 
-The build is keyed by a hash of the source, torch's version and the flags
+The build is keyed by a hash of the sources, torch's version and the flags
 (``source_hash``): it lives in ``<root>/cfd_composite_cpu_<hash>/`` with
 ``cfd_composite_cpu_<hash>.so`` in it, and its ops are registered in the torch
 namespace ``cfd_composite_cpu_<hash>`` (two checkouts, or an edited source, never
@@ -39,10 +40,12 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-SOURCE = Path(__file__).with_name("_composite_cpu.cpp")
+SOURCES = (Path(__file__).with_name("_composite_cpu.cpp"), Path(__file__).with_name("_project_cpu.cpp"))
+OPS = ("forward", "backward", "project_forward", "project_backward")   # what the library registers
 NAME = "cfd_composite_cpu"
 # the flags the kernel has always been built with: results stay bit-for-bit the same
 CFLAGS = ("-O3", "-fopenmp")
@@ -53,22 +56,26 @@ _GRACE_S = 1.0
 _FAILED = "cfd.cpu_kernel: build failed: "
 
 
-def source_hash(source: bytes | None = None) -> str:
-    """16 hex digits of blake2b over the kernel's source (``source``, else
-    ``_composite_cpu.cpp``), torch's version and the compiler and linker flags."""
-    if source is None:
+def source_hash(sources: Sequence[bytes] | None = None) -> str:
+    """16 hex digits of blake2b over the kernels' sources (``sources``, else the
+    files of SOURCES), torch's version and the compiler and linker flags."""
+    if sources is None:
         return _default_hash()
     h = hashlib.blake2b(digest_size=8)
-    for part in (source, torch.__version__.encode(), " ".join(CFLAGS).encode(), " ".join(LDFLAGS).encode()):
+    for part in (*sources, torch.__version__.encode(), " ".join(CFLAGS).encode(), " ".join(LDFLAGS).encode()):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
     return h.hexdigest()
 
 
+def read_sources() -> list[bytes]:
+    return [path.read_bytes() for path in SOURCES]
+
+
 @functools.cache
 def _default_hash() -> str:
-    """The hash of the source as this process first read it (fixed for its life)."""
-    return source_hash(SOURCE.read_bytes())
+    """The hash of the sources as this process first read them (fixed for its life)."""
+    return source_hash(read_sources())
 
 
 def cache_root() -> Path:
@@ -109,14 +116,14 @@ _warned: set[str] = set()  # "build", "load": the warnings this process gave
 
 
 def _warn_once(kind: str, message: str) -> None:
-    """Warn that pure torch composites instead, once per process for a failed
+    """Warn that pure torch renders instead, once per process for a failed
     build ("build") and once for a missing library ("load"), the latter not after
     the former (it would add nothing)."""
     with _lock:
         if kind in _warned or (kind == "load" and "build" in _warned):
             return
         _warned.add(kind)
-    warnings.warn(f"cfd: {message}; compositing with pure torch (several times slower)", RuntimeWarning,
+    warnings.warn(f"cfd: {message}; projecting and compositing with pure torch (several times slower)", RuntimeWarning,
                   stacklevel=3)
 
 
@@ -124,15 +131,16 @@ def _registered(ns: str):
     """torch.ops.<ns> if its ops are registered in this process, else None."""
     ops = getattr(torch.ops, ns)
     try:
-        ops.forward, ops.backward  # noqa: B018 (looks the ops up)
+        for op in OPS:
+            getattr(ops, op)
     except (AttributeError, RuntimeError):
         return None
     return ops
 
 
 def load():
-    """The kernel's ops (``forward``, ``backward``) from the built library of this
-    source, or None (warned once per process) where it is not built. Never builds
+    """The kernels' ops (OPS) from the built library of these
+    sources, or None (warned once per process) where it is not built. Never builds
     and never waits on a file lock: at worst a stat and a dlopen of a finished
     library, which needs no write access to its folder. A library that a build
     (e.g. the app's start-up) finishes meanwhile is picked up by a later call."""
@@ -150,13 +158,13 @@ def load():
                 torch.ops.load_library(str(path))
                 _ops = _registered(ns)
                 if _ops is None:
-                    raise RuntimeError(f"it registers no {ns}::forward")
+                    raise RuntimeError(f"it does not register every one of {ns}::{', '.join(OPS)}")
             except (OSError, RuntimeError) as err:
                 _failed_paths.add(str(path))
-                failure = f"the C++ CPU compositor did not load from {path} ({_build_error(err)})"
+                failure = f"the C++ CPU kernels did not load from {path} ({_build_error(err)})"
         ops = _ops
     if ops is None:
-        _warn_once("load", failure or f"the C++ CPU compositor is not built (no {path}; build it with "
+        _warn_once("load", failure or f"the C++ CPU kernels are not built (no {path}; build it with "
                    f"`{sys.executable} -m cfd.cpu_kernel` or `make`, or let the app's start-up build it)")
     return ops
 
@@ -180,13 +188,13 @@ def build(timeout_s: float = DEFAULT_TIMEOUT_S, root: Path | None = None) -> boo
         proc = subprocess.Popen([*build_command(root), "--hash", h], env=child_env(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     except OSError as err:
-        _warn_once("build", f"the C++ CPU compositor did not build ({err})")
+        _warn_once("build", f"the C++ CPU kernels did not build ({err})")
         return False
     try:
         output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        _warn_once("build", f"the C++ CPU compositor did not build within {timeout_s:g} s (stopped)")
+        _warn_once("build", f"the C++ CPU kernels did not build within {timeout_s:g} s (stopped)")
         return False
     except BaseException:  # e.g. KeyboardInterrupt: no build outlives its caller
         _kill_group(proc)
@@ -198,7 +206,7 @@ def build(timeout_s: float = DEFAULT_TIMEOUT_S, root: Path | None = None) -> boo
     if cause is None and proc.returncode < 0:
         cause = f"the build was killed by signal {-proc.returncode}"
     cause = cause or (lines[-1][:300] if lines else f"exit status {proc.returncode}")
-    _warn_once("build", f"the C++ CPU compositor did not build ({cause}; after {time.monotonic() - start:.0f} s)")
+    _warn_once("build", f"the C++ CPU kernels did not build ({cause}; after {time.monotonic() - start:.0f} s)")
     return False
 
 
@@ -248,10 +256,10 @@ def _build_here(root: Path, expected: str | None = None) -> Path:
     """Build the library under ``root`` in this process (the child), under the
     folder's flock; returns its path. ``expected``: the hash the caller wants (it
     read the source earlier). Raises on a failure."""
-    source = SOURCE.read_bytes()
-    h = source_hash(source)
+    sources = read_sources()
+    h = source_hash(sources)
     if expected and h != expected:
-        raise RuntimeError(f"{SOURCE} changed since the caller read it (hash {h}, not {expected})")
+        raise RuntimeError(f"the kernels' sources changed since the caller read them (hash {h}, not {expected})")
     folder, target = build_dir(root, h), library_path(root, h)
     if target.is_file():
         return target
@@ -266,15 +274,16 @@ def _build_here(root: Path, expected: str | None = None) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         scratch = Path(tempfile.mkdtemp(prefix="build-", dir=folder))
         try:
-            copy = scratch / SOURCE.name  # compile exactly the bytes that were hashed
-            copy.write_bytes(source)
+            copies = [scratch / path.name for path in SOURCES]  # compile exactly the bytes that were hashed
+            for copy, source in zip(copies, sources):
+                copy.write_bytes(source)
             from torch.utils import cpp_extension
 
-            cpp_extension.load(namespace(h), [str(copy)], extra_cflags=[*CFLAGS, f"-DCFD_OPS_NAMESPACE={namespace(h)}"],
+            cpp_extension.load(namespace(h), [str(copy) for copy in copies], extra_cflags=[*CFLAGS, f"-DCFD_OPS_NAMESPACE={namespace(h)}"],
                                extra_ldflags=list(LDFLAGS), build_directory=str(scratch), is_python_module=False,
                                verbose=False)
             if _registered(namespace(h)) is None:
-                raise RuntimeError(f"the library registers no {namespace(h)}::forward")
+                raise RuntimeError(f"the library does not register every one of {namespace(h)}::{', '.join(OPS)}")
             os.replace(scratch / target.name, target)  # atomic: readers see all of it or nothing
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -283,7 +292,7 @@ def _build_here(root: Path, expected: str | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cfd.cpu_kernel",
-                                     description="Build cfd's C++ CPU compositor (once per source, torch and flags).")
+                                     description="Build cfd's C++ CPU kernels (once per source, torch and flags).")
     parser.add_argument("--dir", type=Path, default=None,
                         help="cache root (default: $CFD_KERNEL_DIR, else torch's extensions folder /cfd)")
     parser.add_argument("--hash", default=None, help="fail unless the source has this hash (see source_hash)")

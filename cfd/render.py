@@ -6,22 +6,25 @@ tensors it calls gsplat's fused kernels (``gsplat.rasterization``); on CPU it
 runs ``render_cpu``, our own tiled compositor with the kernel's semantics:
 
 - EWA projection with gsplat's pinhole clamping and a 0.3 px² blur (eps2d);
-- per-axis screen extent ceil(3.33 σ), splats nearer than 0.01 culled;
+- gsplat's opacity-aware screen extent: per axis ceil(e σ) with e = min(3.33,
+  √(2 ln(o / α_min))), the box outside which α < 1/255; splats nearer than
+  0.01 or with opacity below 1/255 culled;
 - α = min(0.999, o·exp(−½ dᵀ Σ⁻¹ d)), contributions with α < 1/255 skipped;
 - front-to-back by camera depth, a pixel stops before its transmittance would
   fall to ≤ 1e-4;
 - colour = SH (any degree) + 0.5, clamped at 0; depth = Σ wᵢ zᵢ / Σ wᵢ.
 
-The CPU compositor has two implementations of these semantics, each with a
-hand-written backward, both fed by one front-to-back (tile, splat) intersection
-list: a C++ kernel (``cfd/_composite_cpu.cpp``: gsplat's rasterizer on the CPU,
-each pixel walks its tile's splats up to its own early stop; parallel over
-tiles and bit-identical for any number of threads), built ahead of serving
-(``build_cpu_kernel``: ``make``, the app's start-up, ``python -m cfd.cpu_kernel``)
-and only loaded here; and the pure-torch ``composite_torch``, its reference,
-which evaluates padded buckets of tiles in bulk. ``composite`` takes the C++
-kernel when it is built (else it warns once and falls back);
-``CFD_CPU_KERNEL=torch`` forces the pure-torch one.
+Both CPU stages have a C++ kernel with a hand-written backward beside a pure-
+torch reference it is tested against: the projection (``cfd/_project_cpu.cpp``;
+``project_torch``, autograd) and the compositor (``cfd/_composite_cpu.cpp``:
+gsplat's rasterizer on the CPU, each pixel walks its tile's splats up to its own
+early stop; ``composite_torch``, which evaluates padded buckets of tiles in
+bulk), both fed by one front-to-back (tile, splat) intersection list. The
+kernels run in parallel and are bit-identical for any number of threads. They
+are one library, built ahead of serving (``build_cpu_kernel``: ``make``, the
+app's start-up, ``python -m cfd.cpu_kernel``) and only loaded here; ``project``
+and ``composite`` take them when built (else warn once and fall back);
+``CFD_CPU_KERNEL=torch`` forces pure torch.
 
 A batch of C views is one compositing problem on CPU: the projection is
 vectorised over views, each (view, splat) pair is one projected splat and the
@@ -184,8 +187,23 @@ def project(scene: GaussianScene, cameras: Camera | Sequence[Camera]) -> tuple[T
     the view axis, only for a sequence). Returns means2d [(C,) N, 2] (pixels),
     conics [(C,) N, 3] (a, b, c of the inverse 2D covariance [[a,b],[b,c]], blur
     included), depths [(C,) N] (camera z) and radii [(C,) N, 2] (per-axis extent in
-    pixels, 0 for culled splats).
+    pixels of the box where the splat's α ≥ ALPHA_MIN, 0 for culled splats).
+    Differentiable in the means, quaternions and scales (hand-written backward).
+    Runs the C++ kernel on float32 CPU tensors when it is available
+    (``cpu_kernel``), else ``project_torch``, its reference.
     """
+    views = _Views.of(cameras, scene.device)
+    if scene.device.type != "cpu" or scene.means.dtype != torch.float32 or cpu_kernel() is None:
+        return project_torch(scene, views)
+    means2d, conics, depths, radii = _ProjectCpp.apply(scene.means, scene.quats, scene.scales,
+                                                       scene.opacities.detach(), views.viewmats, views.Ks,
+                                                       views.width, views.height)
+    return views.shaped(means2d), views.shaped(conics), views.shaped(depths), views.shaped(radii)
+
+
+def project_torch(scene: GaussianScene, cameras: Camera | Sequence[Camera]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``project`` in pure torch (autograd), the C++ kernel's reference: same
+    arguments, semantics and shapes."""
     views = _Views.of(cameras, scene.device)
     R, t = views.viewmats[:, :3, :3], views.viewmats[:, None, :3, 3]        # [C,3,3], [C,1,3]
     K = views.Ks[:, None]                                                   # [C,1,3,3]
@@ -208,12 +226,42 @@ def project(scene: GaussianScene, cameras: Camera | Sequence[Camera]) -> tuple[T
     conics = torch.stack([c / det, -b / det, a / det], -1)
     means2d = torch.stack([fx * x / zs + cx, fy * y / zs + cy], -1)
     with torch.no_grad():
-        radii = torch.stack([torch.ceil(EXTENT_SIGMAS * a.sqrt()), torch.ceil(EXTENT_SIGMAS * c.sqrt())], -1)
+        o = scene.opacities.double()
+        extent = torch.sqrt(2 * torch.log(o.clamp_min(ALPHA_MIN) / ALPHA_MIN)).clamp_max(EXTENT_SIGMAS).float()
+        radii = torch.stack([torch.ceil(extent * a.sqrt()), torch.ceil(extent * c.sqrt())], -1)
         m = means2d
-        visible = ((z > NEAR_PLANE) & (m[..., 0] + radii[..., 0] > 0) & (m[..., 0] - radii[..., 0] < W)
-                   & (m[..., 1] + radii[..., 1] > 0) & (m[..., 1] - radii[..., 1] < H))
+        visible = ((z > NEAR_PLANE) & (scene.opacities >= ALPHA_MIN) & (m[..., 0] + radii[..., 0] > 0)
+                   & (m[..., 0] - radii[..., 0] < W) & (m[..., 1] + radii[..., 1] > 0) & (m[..., 1] - radii[..., 1] < H))
         radii = radii * visible[..., None]
     return views.shaped(means2d), views.shaped(conics), views.shaped(z), views.shaped(radii)
+
+
+class _ProjectCpp(torch.autograd.Function):
+    """``project`` by the C++ kernel: means2d [C,N,2], conics [C,N,3], depths
+    [C,N], radii [C,N,2] (not differentiable) of means [N,3], quats [N,4],
+    scales [N,3]."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height):
+        kernel = cpu_kernel()
+        inputs = (means.contiguous(), quats.contiguous(), scales.contiguous())
+        cams = (viewmats.contiguous(), Ks.contiguous())
+        out = kernel.project_forward(*inputs, opacities.contiguous(), *cams, width, height, NEAR_PLANE, EPS2D,
+                                     EXTENT_SIGMAS, ALPHA_MIN)
+        ctx.kernel, ctx.size = kernel, (width, height)
+        ctx.save_for_backward(*inputs, *cams)
+        ctx.mark_non_differentiable(out[3])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_means2d, grad_conics, grad_depths, _):
+        means, quats, scales, viewmats, Ks = ctx.saved_tensors
+        C, N = len(viewmats), len(means)
+        grads = [means.new_zeros(shape) if g is None else g.contiguous()   # an output no loss reached
+                 for g, shape in ((grad_means2d, (C, N, 2)), (grad_conics, (C, N, 3)), (grad_depths, (C, N)))]
+        grad_means, grad_quats, grad_scales = ctx.kernel.project_backward(means, quats, scales, viewmats, Ks, *grads,
+                                                                          *ctx.size, NEAR_PLANE, EPS2D)
+        return grad_means, grad_quats, grad_scales, None, None, None, None, None
 
 
 def sh_colors(scene: GaussianScene, cameras: Camera | Sequence[Camera]) -> Tensor:
@@ -358,9 +406,10 @@ def _intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int,
 # ------------------------------------------------------------ C++ compositor
 
 def cpu_kernel():
-    """The C++ compositor's ops (``torch.ops.cfd_composite_cpu_<hash>``: forward,
-    backward), or None: when ``CFD_CPU_KERNEL=torch`` asks for the pure-torch
-    compositor, or when the kernel is not built (warned once). Never builds and
+    """The C++ kernels' ops (``torch.ops.cfd_composite_cpu_<hash>``: the
+    compositor's forward, backward; project_forward, project_backward), or None:
+    when ``CFD_CPU_KERNEL=torch`` asks for pure torch, or when the kernels are
+    not built (warned once). Never builds and
     never waits: the build happens ahead of serving (``build_cpu_kernel``)."""
     choice = os.environ.get("CFD_CPU_KERNEL", "")
     if choice == "torch":
@@ -373,11 +422,11 @@ def cpu_kernel():
 
 
 def build_cpu_kernel(timeout_s: float = 300.0) -> bool:
-    """Build the C++ compositor ahead of serving (at install, at start-up): in a
+    """Build the C++ kernels ahead of serving (at install, at start-up): in a
     child process, under a file lock the OS releases if its holder dies, stopped
-    after ``timeout_s``; keyed by a hash of its source, torch's version and flags.
+    after ``timeout_s``; keyed by a hash of the sources, torch's version and flags.
     True once built (at once when it already is); False with one warning on a
-    failure or a timeout, after which ``composite`` uses pure torch. Safe to call
+    failure or a timeout, after which ``project`` and ``composite`` use pure torch. Safe to call
     from several threads and processes at once. ``cfd.cpu_kernel.build``."""
     from . import cpu_kernel as kernel
 

@@ -210,12 +210,12 @@ def test_an_unbuilt_kernel_is_never_built_nor_waited_for_by_a_request(tmp_path, 
     from torch.utils import cpp_extension
     monkeypatch.setattr(cpp_extension, "load", refuse)
     monkeypatch.setattr(subprocess, "Popen", refuse)
-    args = composite_inputs()
     with open(folder / "build.flock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         start = time.monotonic()
         with pytest.warns(RuntimeWarning, match=r"not built .*-m cfd\.cpu_kernel.*pure torch") as caught:
             assert cpu_kernel() is None
+            args = composite_inputs()   # projected by pure torch, then composited by it
             out = composite(*args)
         assert len(caught) == 1
         assert time.monotonic() - start < 5
@@ -258,20 +258,21 @@ print("loaded", ops.forward)
     assert {p.name: p.stat().st_mtime_ns for p in [folder, *folder.iterdir()]} == before
 
 
-def test_the_build_is_keyed_by_the_source_torch_and_flags(monkeypatch, tmp_path):
-    source = kernel.SOURCE.read_bytes()
+def test_the_build_is_keyed_by_the_sources_torch_and_flags(monkeypatch, tmp_path):
+    sources = kernel.read_sources()
     h = kernel.source_hash()
-    assert h == kernel.source_hash(source) and len(h) == 16 and int(h, 16) >= 0
-    edited = kernel.source_hash(source + b"\n// edited\n")
-    assert edited != h
-    assert kernel.build_dir(tmp_path, edited) != kernel.build_dir(tmp_path, h)
-    assert kernel.library_path(tmp_path, edited).parent == kernel.build_dir(tmp_path, edited)
-    assert kernel.namespace(edited) != kernel.namespace(h)
+    assert len(sources) == 2 and h == kernel.source_hash(sources) and len(h) == 16 and int(h, 16) >= 0
+    for k in range(len(sources)):   # an edit of either source is a new build
+        edited = kernel.source_hash([s + b"\n// edited\n" if j == k else s for j, s in enumerate(sources)])
+        assert edited != h
+        assert kernel.build_dir(tmp_path, edited) != kernel.build_dir(tmp_path, h)
+        assert kernel.library_path(tmp_path, edited).parent == kernel.build_dir(tmp_path, edited)
+        assert kernel.namespace(edited) != kernel.namespace(h)
     monkeypatch.setattr(kernel, "CFLAGS", ("-O2", "-fopenmp"))
-    assert kernel.source_hash(source) != h
+    assert kernel.source_hash(sources) != h
     monkeypatch.undo()
     monkeypatch.setattr(torch, "__version__", "0.0.1")
-    assert kernel.source_hash(source) != h
+    assert kernel.source_hash(sources) != h
 
 
 def test_the_cache_root_is_cfd_kernel_dir_else_torchs(monkeypatch, tmp_path):

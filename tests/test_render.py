@@ -9,8 +9,8 @@ import torch
 from cfd import cpu_kernel as kernel
 from cfd.cameras import orbit_camera
 from cfd.gaussians import init_scene, make_scene
-from cfd.render import (T_MIN, build_cpu_kernel, composite, composite_reference, composite_torch, cpu_kernel,
-                        project, render)
+from cfd.render import (ALPHA_MIN, T_MIN, build_cpu_kernel, composite, composite_reference, composite_torch,
+                        cpu_kernel, project, project_torch, render)
 
 
 @pytest.fixture
@@ -286,6 +286,88 @@ def test_cpp_compositor_is_bit_identical_across_runs_and_thread_counts(cpp):
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
+def wide_scene():
+    """Splats around and behind BATCH_CAMERAS (near plane, frustum clamp) with
+    opacities from 0.001 (below ALPHA_MIN: culled) to 1."""
+    g = torch.Generator().manual_seed(11)
+    scene = init_scene(600, seed=12, radius=3.5, opacity=0.5)
+    scene.log_scales.data = torch.log(torch.rand(600, 3, generator=g) * 0.3 + 0.01)
+    scene.quats.data = torch.randn(600, 4, generator=g)
+    scene.opacity_logits.data = torch.logit(torch.rand(600, generator=g).clamp(0.001, 0.999))
+    return scene.requires_grad_(True)
+
+
+PROJECTION_CASES = {"anisotropic, 3 cameras": batch_scene, "around and behind the cameras": wide_scene,
+                    "splats partly off-screen": edge_scene}
+
+
+def projected(scene, kernel, monkeypatch):
+    """``project`` by the C++ kernel ("cpp") or ``project_torch`` ("torch") into
+    BATCH_CAMERAS, and the gradients of a random loss of means2d, conics and
+    depths w.r.t. the means, log-scales and quaternions."""
+    monkeypatch.delenv("CFD_CPU_KERNEL", raising=False)
+    out = (project if kernel == "cpp" else project_torch)(scene, BATCH_CAMERAS)
+    g = torch.Generator().manual_seed(13)
+    loss = sum((x * torch.randn(x.shape, generator=g)).sum() for x in out[:3])
+    return out, torch.autograd.grad(loss, [scene.means, scene.log_scales, scene.quats])
+
+
+@pytest.mark.parametrize("case", PROJECTION_CASES)
+def test_cpp_projection_agrees_with_the_torch_projection(case, cpp, monkeypatch):
+    scene = PROJECTION_CASES[case]()
+    (means2d, conics, depths, radii), grads = projected(scene, "cpp", monkeypatch)
+    (ref_means2d, ref_conics, ref_depths, ref_radii), ref_grads = projected(scene, "torch", monkeypatch)
+    assert torch.equal(means2d, ref_means2d) and torch.equal(depths, ref_depths)
+    assert ((conics - ref_conics).abs() <= 1e-5 * ref_conics.abs().clamp_min(1)).all()
+    differ = radii != ref_radii   # a ceil at an integer may go either way by float rounding
+    assert differ.float().mean() < 1e-3 and ((radii - ref_radii).abs() <= 1).all()
+    if case == "around and behind the cameras":   # culled: behind the near plane, off-screen, too transparent
+        assert (ref_radii == 0).any() and (ref_radii > 0).any()
+    for got, want in zip(grads, ref_grads):
+        assert want.abs().max() > 0
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_cpp_projection_is_bit_identical_across_runs_and_thread_counts(cpp):
+    scene = wide_scene()
+    weights = [torch.randn(3, 600, k, generator=torch.Generator().manual_seed(k)) for k in (2, 3)]
+
+    def run(threads):
+        torch.set_num_threads(threads)
+        means2d, conics, depths, radii = project(scene, BATCH_CAMERAS)
+        loss = (means2d * weights[0]).sum() + (conics * weights[1]).sum() + depths.sum()
+        return [means2d, conics, depths, radii, *torch.autograd.grad(loss, [scene.means, scene.log_scales,
+                                                                             scene.quats])]
+
+    threads = torch.get_num_threads()
+    try:
+        first, again, two = run(1), run(1), run(2)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, again, two):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("kernel", ["cpp", "torch"])
+def test_a_splats_extent_holds_every_pixel_its_opacity_lets_it_reach(kernel, monkeypatch, request):
+    """gsplat's opacity-aware extent: outside its radii box a splat's α is below
+    ALPHA_MIN (so compositing skips it there); below ALPHA_MIN opacity it is culled."""
+    if kernel == "cpp":
+        request.getfixturevalue("cpp")
+    scene = wide_scene()
+    means2d, conics, depths, radii = (project if kernel == "cpp" else project_torch)(scene, BATCH_CAMERAS)
+    o = scene.opacities.detach()
+    assert (radii[:, o < ALPHA_MIN] == 0).all() and (radii[:, o > 0.5] > 0).any()
+    d = torch.stack(torch.meshgrid(torch.arange(-60.0, 61), torch.arange(-60.0, 61), indexing="xy"), -1)
+    for view in range(3):
+        for i in torch.nonzero(radii[view, :, 0] > 0)[:100, 0]:
+            a, b, c = conics[view, i].detach()
+            power = 0.5 * a * d[..., 0] ** 2 + 0.5 * c * d[..., 1] ** 2 + b * d[..., 0] * d[..., 1]
+            reached = o[i] * torch.exp(-power) >= ALPHA_MIN
+            outside = (d[..., 0].abs() > radii[view, i, 0]) | (d[..., 1].abs() > radii[view, i, 1])
+            assert not (reached & outside).any()
+
+
 def composite_inputs():
     """(features, means2d, conics, opacities, depths, radii, width, height) of a small scene."""
     scene = batch_scene()
@@ -309,8 +391,8 @@ def test_an_unbuilt_kernel_warns_once_and_falls_back_to_torch(monkeypatch, tmp_p
     monkeypatch.setenv("CFD_KERNEL_DIR", str(tmp_path))  # an empty cache: not built
     for name, value in (("_ops", None), ("_warned", set()), ("_registered", lambda ns: None)):
         monkeypatch.setattr(kernel, name, value)  # as in a fresh process
-    args = composite_inputs()
-    with pytest.warns(RuntimeWarning, match="not built .*pure torch"):
+    with pytest.warns(RuntimeWarning, match="not built .*pure torch"):   # the first use: its projection
+        args = composite_inputs()
         out = composite(*args)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
