@@ -417,6 +417,80 @@ def _examples(kind: str) -> list[list]:
         return []
 
 
+def _example_table(kind: str, label: str, c: dict) -> gr.Examples:
+    """The examples of backend ``kind``: a click fills in the inputs and, with
+    CFD_EXAMPLE_CACHE=1, shows the example's result at once — made by its first
+    click (or ahead, ``prefill_examples``) and kept by gradio in a folder keyed
+    by ``backends.results_fingerprint`` (new code or a new model: a new folder,
+    so the results are made anew)."""
+    inputs = [c["prompt"], c["backend"], c["method"], c["seed"]]
+    if not setting("CFD_EXAMPLE_CACHE"):
+        return gr.Examples(_examples(kind), inputs, elem_id=f"examples-{kind}", label=label)
+    base = os.environ.get("GRADIO_EXAMPLES_CACHE") or str(Path(".gradio") / "cached_examples")
+    with _environment(GRADIO_EXAMPLES_CACHE=str(Path(base) / f"cfd-{backends.results_fingerprint()}")):
+        return gr.Examples(_examples(kind), inputs, [c[k] for k in RESULT], fn=example_result,
+                           cache_examples=True, cache_mode="lazy", elem_id=f"examples-{kind}", label=label)
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Environment variables set for the block (gradio reads its examples' cache folder from one)."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def example_result(prompt, backend, method, seed, request: gr.Request = None):
+    """An example's result for gradio's example cache: its request (every other
+    value its backend's default) generated like the API's, the RESULT
+    components' values (copies in gradio's cache)."""
+    values = {"prompt": prompt, "backend": backend, "method": method, "seed": seed}
+    with _admitted(values, request) as (req, _, _, guidance):
+        for event in _events(start().generate(req, guidance, _session(request), previews=False), _no_progress):
+            if isinstance(event, Done):
+                entry = {**_entry(event), "status": f"**Example** (kept from an earlier run) · {event.status}"}
+                return tuple(entry[k] for k in RESULT)
+            if isinstance(event, Cancelled):
+                raise gr.Error("The example's run was stopped; click the example again.", print_exception=False)
+    raise gr.Error("The example's run ended without a result; click the example again.", print_exception=False)
+
+
+def _no_progress(*args, **kwargs) -> None:
+    """A progress callback that shows nothing (an example being cached has no progress bar)."""
+
+
+def prefill_examples(demo: gr.Blocks) -> threading.Thread:
+    """Make the exact prior's example results ahead, in the background, so a
+    visitor's first click shows one at once: one example at a time, each only
+    while no request is admitted or running (a visitor's run goes first), after
+    the start-up warm-up. Returns the (daemon) thread."""
+    examples = demo.cfd_examples.get("exact")
+
+    def fill():
+        for thread in threading.enumerate():
+            if thread.name == "cfd-warm-up":
+                thread.join()
+        runner = start()
+        for index in range(len(examples.examples) if examples is not None and examples.cache_examples else 0):
+            while runner.runs() or runner.busy():
+                time.sleep(1.0)
+            try:
+                examples.load_from_cache(index)
+            except Exception as exc:  # noqa: BLE001 - a click makes it later, with its own message
+                print(f"cfd: example {index} was not made ahead ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+    thread = threading.Thread(target=fill, name="cfd-examples", daemon=True)
+    thread.start()
+    return thread
+
+
 def _field(name: str, d: dict, **kw):
     """The input of request parameter ``name``: label and help from the request layer."""
     kw = {"label": next(p.label for p in params.PARAMS if p.name == name), "info": params.help_text(name),
@@ -555,6 +629,7 @@ def create_app() -> gr.Blocks:
     concurrency = setting("CFD_CONCURRENCY")
     c: dict[str, gr.components.Component] = {}
     with gr.Blocks(title="cfd — Consistent Flow Distillation", delete_cache=(600, 3600)) as demo:
+        demo.cfd_examples = {}   # backend → its gr.Examples (``prefill_examples``)
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
@@ -570,8 +645,7 @@ def create_app() -> gr.Blocks:
                             ("sd", "Examples: Stable Diffusion")):
             available = {"exact": True, "tiny-sd": tiny_problem is None, "sd": sd_problem is None}[kind]
             if available and _examples(kind):
-                gr.Examples(_examples(kind), [c["prompt"], c["backend"], c["method"], c["seed"]],
-                            elem_id=f"examples-{kind}", label=label)
+                demo.cfd_examples[kind] = _example_table(kind, label, c)
         c["history"], c["items"], c["picked"] = gr.State([]), gr.State([]), gr.State(None)
         run = dict(concurrency_id="distill", concurrency_limit=concurrency, preprocess=False, show_progress="minimal")
         _api(run)
@@ -612,7 +686,9 @@ def main() -> int:
     except SettingError as exc:
         print(f"app.py: {exc}", file=sys.stderr)
         return 2
-    app.launch(**kwargs)
+    app.launch(**kwargs, prevent_thread_lock=True)
+    prefill_examples(app)
+    app.block_thread()
     return 0
 
 

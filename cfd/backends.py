@@ -197,3 +197,26 @@ def warm_up(request: Request | None = None) -> None:
             prior.reference_images(pool_cameras(config.res, config.res, config.cameras), size, size,
                                    cond.support(len(prior.scenes)))
         prior.scene_psnr(prior.scenes[0], config.res)
+
+
+RESULT_INPUTS = ("cfd", "assets/models", "assets/scenes")   # what a run's result depends on, beside torch
+
+
+@functools.cache
+def results_fingerprint() -> str:
+    """16 hex digits that change whenever the result of a request could: a hash
+    of this package's code (Python and C++), the bundled models and objects, and
+    torch's version (e.g. the key of a cache of the examples' results). Computed
+    once per process."""
+    import hashlib
+
+    import torch
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.blake2b(torch.__version__.encode(), digest_size=8)
+    files = sorted(p for part in RESULT_INPUTS for p in (root / part).rglob("*")
+                   if p.is_file() and p.suffix not in (".pyc",) and "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

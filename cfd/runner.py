@@ -377,8 +377,7 @@ class Runner:
         ``QUEUED_TTL_S`` if its request never started, ``ADMIT_TTL_S`` if it did)."""
         check_work(request, runs, self.max_work, objects_factor(request))
         with self._lock:
-            now = time.monotonic()
-            self._tickets = {t for t in self._tickets if now - t.since < (ADMIT_TTL_S if t.claimed else QUEUED_TTL_S)}
+            now = self._prune()
             if session and any(t.session == session for t in self._tickets):
                 raise SessionBusy("this session already has a request queued or running: wait for it to finish, "
                                   "or press Stop, then try again")
@@ -388,6 +387,18 @@ class Runner:
             ticket = Ticket(session, client, now)
             self._tickets.add(ticket)
         return ticket
+
+    def busy(self) -> bool:
+        """Whether any request is admitted (queued or running)."""
+        with self._lock:
+            self._prune()
+            return bool(self._tickets)
+
+    def _prune(self) -> float:
+        """Drop the places held past their time (``admit``), under the lock; returns now."""
+        now = time.monotonic()
+        self._tickets = {t for t in self._tickets if now - t.since < (ADMIT_TTL_S if t.claimed else QUEUED_TTL_S)}
+        return now
 
     def claim(self, session: str | None) -> "Ticket | None":
         """The ticket the validator admitted for ``session``'s request, now taken

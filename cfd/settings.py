@@ -40,6 +40,9 @@ SETTINGS = {
     "CFD_MAX_PER_CLIENT": Setting(int, 2, 1, 10_000, "requests one client address may have queued or running"),
     "CFD_TRUST_FORWARDED": Setting(int, None, 0, 1, "1: a client's address is the first of X-Forwarded-For, as "
                                    "the Space's proxy sets it (default 1 on a Space, else 0: the connection's)"),
+    "CFD_EXAMPLE_CACHE": Setting(int, 1, 0, 1, "1: clicking an example shows its result, made once (ahead at "
+                                 "start-up for the exact prior's) and kept until the code or a model changes; 0: "
+                                 "an example only fills in the inputs"),
     "CFD_BATCH_TIMEOUT_H": Setting(float, 24.0, 0.01, 10_000, "hours a batch process waits for the slowest one"),
     "GRADIO_SERVER_PORT": Setting(int, 7860, 1, 65535, "the app's port"),
 }

@@ -56,12 +56,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def served_app(runs: Path, **env):
-    """(app module, url): the app on 127.0.0.1 at a free port with its own launch
-    settings (app.launch_kwargs: CSS, served paths), its per-request folders under
-    ``runs``, no SD weights reachable (offline, a missing folder); ``env``: more
-    environment variables (e.g. CFD_CONCURRENCY="2")."""
+    """(app module, url, demo): the app on 127.0.0.1 at a free port with its own
+    launch settings (app.launch_kwargs: CSS, served paths), its per-request
+    folders under ``runs``, no SD weights reachable (offline, a missing folder),
+    examples that only fill in the inputs; ``env``: more environment variables
+    (e.g. CFD_CONCURRENCY="2", CFD_EXAMPLE_CACHE="1")."""
     mp = pytest.MonkeyPatch()
     mp.setenv("CFD_RUNS_DIR", str(runs))
+    mp.setenv("CFD_EXAMPLE_CACHE", "0")
     mp.setenv("CFD_MODEL", str(runs.parent / "no-sd-weights-here"))
     mp.setenv("HF_HUB_OFFLINE", "1")
     for key, value in env.items():
@@ -72,7 +74,7 @@ def served_app(runs: Path, **env):
     _, url, _ = demo.launch(**{**app.launch_kwargs(), "server_name": "127.0.0.1", "server_port": free_port(),
                                "prevent_thread_lock": True, "quiet": True})
     try:
-        yield app, url
+        yield app, url, demo
     finally:
         demo.close()
         app.RUNNER.workers.close()

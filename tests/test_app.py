@@ -33,7 +33,7 @@ API_OUTPUTS = ["viewer_ply", "render_video", "noise_video", "summary", "download
 def served(tmp_path_factory):
     """(app module, client, runs folder): the app on 127.0.0.1 at a free port."""
     runs = tmp_path_factory.mktemp("runs")
-    with served_app(runs) as (app, url):
+    with served_app(runs) as (app, url, _):
         client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
         try:
             yield app, client, runs
@@ -510,3 +510,4 @@ def test_importing_the_app_builds_the_ui_and_starts_nothing(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "['MainThread'] None Blocks", done.stdout
     assert not (tmp_path / "runs").exists()
+

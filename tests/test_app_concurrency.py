@@ -16,7 +16,7 @@ from gradio_client import Client  # noqa: E402
 
 def test_two_clients_run_at_once_and_stop_is_per_session(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs2")
-    with served_app(runs, CFD_CONCURRENCY="2") as (app, url):
+    with served_app(runs, CFD_CONCURRENCY="2") as (app, url, _):
         downloads = str(tmp_path_factory.mktemp("dl2"))
         a, b, c = (Client(url, verbose=False, download_files=downloads) for _ in range(3))
         try:

@@ -41,7 +41,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip) i
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     runs = tmp_path_factory.mktemp("browser_runs")
-    with served_app(runs) as (_, url):
+    with served_app(runs) as (_, url, _):
         yield url, runs
 
 
