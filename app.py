@@ -39,7 +39,8 @@ EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 HISTORY_SIZE = 6
 PROGRESS_EVERY_S = 0.25
 RUNNER: Runner | None = None   # the engine, made by start() (its root honours CFD_RUNS_DIR then)
-KERNEL_BUILD_S = 300           # the most start-up waits for the C++ compositor's first build
+KERNEL_BUILD_S = 300           # the most start-up waits for the C++ kernels' first build
+WARM_UP_THREAD = "cfd-warm-up"
 _START_LOCK = threading.Lock()
 # gsplat.js (Model3D's splat viewer) paints its canvas black whatever clear_color says;
 # gallery captions wrap instead of being cut
@@ -52,25 +53,38 @@ every seed follows the probability-flow ODE to its own sharp object (CFD), where
 
 
 def start() -> Runner:
-    """The app's engine, started once: the C++ CPU compositor built if it is not
+    """The app's engine, started once: the C++ CPU kernels built if they are not
     (in a child process, bounded by KERNEL_BUILD_S; on a failure every run
-    composites with pure torch), so no request waits on a build and every run of
-    this process uses one compositor; the runner (its ``cfd-runs`` folder under
-    CFD_RUNS_DIR, swept), the first run's references rendered in the background;
-    Compare's worker processes start, warmed up the same way, when the first
-    Compare needs them. Returns the runner."""
+    renders with pure torch), so no request waits on a build and every run of
+    this process uses one build; the runner (its ``cfd-runs`` folder under
+    CFD_RUNS_DIR, swept); its worker processes started, each warming up for the
+    default request (the exact prior's references rendered) — or, with one
+    worker (every run in this process), that warm-up in a background thread
+    here (``wait_warm``). Returns the runner."""
     global RUNNER
     with _START_LOCK:
         if RUNNER is None:
             runner = Runner()
             build_cpu_kernel(KERNEL_BUILD_S)
             runner.sweep()
-            # not a daemon: a process that exits at once waits for it (seconds) instead
-            # of being aborted in the middle of a torch op
-            threading.Thread(target=backends.warm_up, name="cfd-warm-up").start()
-            runner.workers.warm_values = rq.parse_request().values()   # workers start when a Compare needs them
+            runner.workers.warm_values = rq.parse_request().values()
+            if runner.workers.size > 1:   # the runs go to the workers: they start and warm up now
+                runner.workers.start()
+            else:
+                # not a daemon: a process that exits at once waits for it (seconds) instead
+                # of being aborted in the middle of a torch op
+                threading.Thread(target=backends.warm_up, name=WARM_UP_THREAD).start()
             RUNNER = runner
     return RUNNER
+
+
+def wait_warm(runner: Runner) -> None:
+    """Block until ``start``'s warm-up has ended: the workers ready, or the warm-up thread done."""
+    if runner.workers.size > 1:
+        runner.workers.wait_ready()
+    for thread in threading.enumerate():
+        if thread.name == WARM_UP_THREAD:
+            thread.join()
 
 
 def _error(f: Failure) -> gr.Error:
@@ -468,16 +482,15 @@ def _no_progress(*args, **kwargs) -> None:
 
 def prefill_examples(demo: gr.Blocks) -> threading.Thread:
     """Make the exact prior's example results ahead, in the background, so a
-    visitor's first click shows one at once: one example at a time, each only
-    while no request is admitted or running (a visitor's run goes first), after
-    the start-up warm-up. Returns the (daemon) thread."""
+    visitor's first click shows one at once: after the start-up warm-up, one
+    example at a time, each started only while no request is admitted or
+    running (a visitor's request that comes meanwhile waits for at most the one
+    example run under way). Returns the (daemon) thread."""
     examples = demo.cfd_examples.get("exact")
 
     def fill():
-        for thread in threading.enumerate():
-            if thread.name == "cfd-warm-up":
-                thread.join()
         runner = start()
+        wait_warm(runner)
         for index in range(len(examples.examples) if examples is not None and examples.cache_examples else 0):
             while runner.runs() or runner.busy():
                 time.sleep(1.0)

@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -53,10 +52,8 @@ def serve(n: int, m: int) -> None:
     _, url, _ = app.demo.launch(**{**app.launch_kwargs(), "server_name": "127.0.0.1", "server_port": free_port(),
                                    "prevent_thread_lock": True, "quiet": True})
     t0 = time.perf_counter()
-    for thread in threading.enumerate():
-        if thread.name == "cfd-warm-up":
-            thread.join()
-    app.RUNNER.workers.wait_ready()
+    app.wait_warm(app.RUNNER)
+    app.RUNNER.workers.wait_ready()   # (a Compare's workers, also where a Generate runs in this process)
     print(json.dumps({"warm_up_s_after_launch": round(time.perf_counter() - t0, 2)}), flush=True)
     try:
         subprocess.run([sys.executable, __file__, "--client", url, str(n), str(m), str(runs / "downloads")],
