@@ -263,6 +263,20 @@ def test_an_opaque_stack_stops_early_like_the_dense_reference(compositor):
         assert (got - want).abs().max() < 1e-4 * max(1.0, want.abs().max().item())
 
 
+def assert_same_bits_at_any_thread_count(run) -> None:
+    """``run()``'s tensors are the same bits run twice on one thread and once on two."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 1, 2):
+            torch.set_num_threads(n)
+            results.append(run())
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(*results):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
 def test_cpp_compositor_is_bit_identical_across_runs_and_thread_counts(cpp):
     scene = batch_scene()
     means2d, conics, depths, radii = project(scene, BATCH_CAMERAS)
@@ -272,18 +286,11 @@ def test_cpp_compositor_is_bit_identical_across_runs_and_thread_counts(cpp):
               for t in (feats, means2d, conics, scene.opacities.expand_as(depths))]
     weights = torch.randn(3, 32, 40, 5, generator=g)
 
-    def run(threads):
-        torch.set_num_threads(threads)
+    def run():
         out = composite(*inputs, depths.detach(), radii, 40, 32)
         return [out, *torch.autograd.grad((out * weights).sum(), inputs)]
 
-    threads = torch.get_num_threads()
-    try:
-        first, again, two = run(1), run(1), run(2)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b, c in zip(first, again, two):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    assert_same_bits_at_any_thread_count(run)
 
 
 def wide_scene():
@@ -332,20 +339,13 @@ def test_cpp_projection_is_bit_identical_across_runs_and_thread_counts(cpp):
     scene = wide_scene()
     weights = [torch.randn(3, 600, k, generator=torch.Generator().manual_seed(k)) for k in (2, 3)]
 
-    def run(threads):
-        torch.set_num_threads(threads)
+    def run():
         means2d, conics, depths, radii = project(scene, BATCH_CAMERAS)
         loss = (means2d * weights[0]).sum() + (conics * weights[1]).sum() + depths.sum()
         return [means2d, conics, depths, radii, *torch.autograd.grad(loss, [scene.means, scene.log_scales,
                                                                              scene.quats])]
 
-    threads = torch.get_num_threads()
-    try:
-        first, again, two = run(1), run(1), run(2)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b, c in zip(first, again, two):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    assert_same_bits_at_any_thread_count(run)
 
 
 @pytest.mark.parametrize("kernel", ["cpp", "torch"])
