@@ -11,12 +11,12 @@ DEV_STAMP := $(VENV)/.installed-dev
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# then builds the C++ CPU compositor (cfd/cpu_kernel.py) ahead of serving, again
-# when its source changes; a failed build does not fail the install (the app
-# then composites with pure torch and says so)
+# then builds the C++ CPU kernels (cfd/cpu_kernel.py) ahead of serving, again
+# when their sources change; a failed build does not fail the install (the app
+# then renders with pure torch and says so)
 $(STAMP): requirements.txt cfd/_composite_cpu.cpp cfd/_project_cpu.cpp | $(PY)
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m cfd.cpu_kernel || echo "cfd: the C++ CPU compositor did not build; pure torch stands in"
+	$(PY) -m cfd.cpu_kernel || echo "cfd: the C++ CPU kernels did not build; pure torch stands in"
 	touch $@
 
 $(DEV_STAMP): requirements.txt requirements-dev.txt $(STAMP)

@@ -1,6 +1,8 @@
-"""Long runs in worker threads, owned by one ``Runner``: each run's temp folder,
-Stop per session, and the sweep of folders left behind. The app drives it; no
-gradio here.
+"""Long runs, owned by one ``Runner``: admission, each run's temp folder, Stop
+per session, and the sweep of folders left behind. A run's work goes to the
+worker processes (``cfd.workers``: a Generate on a CPU backend, a Compare's runs
+side by side) or to a thread of this process; either way its events come
+through one queue. The app drives it; no gradio here.
 
     runner = Runner()                                   # root: $CFD_RUNS_DIR or <tmp>/cfd-app
     for event in runner.generate(request, guidance, session="abc"):
