@@ -6,6 +6,7 @@ Python scripts) stand in for ``python -m cfd.workers``; tests/test_runner.py
 runs the real one."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -83,12 +84,21 @@ class Jobs:
         return self.events[i][-1]
 
 
-def test_a_worker_that_dies_fails_its_job_and_the_next_job_gets_a_new_worker(tmp_path):
-    pool = fake_pool()
-    jobs = Jobs(pool, tmp_path)
+@contextlib.contextmanager
+def one_ready_worker(tmp_path, mode: str = "ok", **kwargs):
+    """(pool, jobs, the worker's pid): a ``fake_pool`` of one worker, started and
+    ready; closed on leaving."""
+    pool = fake_pool(1, mode, **kwargs)
     try:
         assert pool.wait_ready(20)
-        [first] = pool.pids
+        [pid] = pool.pids
+        yield pool, Jobs(pool, tmp_path), pid
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_dies_fails_its_job_and_the_next_job_gets_a_new_worker(tmp_path):
+    with one_ready_worker(tmp_path) as (pool, jobs, first):
         jobs.submit(0, "die")
         jobs.submit(1, "ok")
         error = jobs.last(0)
@@ -98,16 +108,10 @@ def test_a_worker_that_dies_fails_its_job_and_the_next_job_gets_a_new_worker(tmp
         done = jobs.last(1)
         assert done["event"] == "done" and done["result"]["pid"] != first
         assert not alive(first) and pool.pids == [done["result"]["pid"]]
-    finally:
-        pool.close()
 
 
 def test_a_worker_that_hangs_is_killed_within_the_answer_timeout_and_replaced(tmp_path):
-    pool = fake_pool(answer_timeout_s=1.0)
-    jobs = Jobs(pool, tmp_path)
-    try:
-        assert pool.wait_ready(20)
-        [first] = pool.pids
+    with one_ready_worker(tmp_path, answer_timeout_s=1.0) as (pool, jobs, first):
         started = time.monotonic()
         jobs.submit(0, "hang")
         error = jobs.last(0)
@@ -116,24 +120,16 @@ def test_a_worker_that_hangs_is_killed_within_the_answer_timeout_and_replaced(tm
         assert not alive(first) and first not in pool.pids
         jobs.submit(1)
         assert jobs.last(1)["result"]["pid"] != first
-    finally:
-        pool.close()
 
 
 def test_a_line_that_is_not_an_event_object_is_a_protocol_error_the_worker_killed_and_reaped(tmp_path):
-    pool = fake_pool()
-    jobs = Jobs(pool, tmp_path)
-    try:
-        assert pool.wait_ready(20)
-        [first] = pool.pids
+    with one_ready_worker(tmp_path) as (pool, jobs, first):
         jobs.submit(0, "junk")
         error = jobs.last(0)
         assert error["type"] == WORKER_PROTOCOL and "'[1, 2]'" in error["message"]
         assert not alive(first) and pool.pids == []          # reaped: not even a zombie is left
         jobs.submit(1)
         assert jobs.last(1)["event"] == "done"
-    finally:
-        pool.close()
 
 
 def test_a_worker_that_cannot_start_fails_the_job_and_the_pool_thread_lives_on(tmp_path):
@@ -191,11 +187,7 @@ def test_workers_start_only_as_jobs_need_them(tmp_path):
 def test_a_stopped_or_late_job_is_answered_before_it_starts(tmp_path):
     """In the pool (no worker is even asked) and in the worker itself (nothing
     parsed or prepared: these values would be refused)."""
-    pool = fake_pool(1, "hang")
-    jobs = Jobs(pool, tmp_path)
-    try:
-        assert pool.wait_ready(20)
-        [pid] = pool.pids
+    with one_ready_worker(tmp_path, "hang") as (pool, jobs, pid):
         (tmp_path / "stop").touch()
         jobs.submit(0)
         assert jobs.last(0, timeout=2) == {"job": 0, "event": "done", "result": None,
@@ -204,8 +196,6 @@ def test_a_stopped_or_late_job_is_answered_before_it_starts(tmp_path):
         jobs.submit(1, deadline=time.time() - 1)
         assert jobs.last(1, timeout=2)["reason"] == "its deadline passed before it started"
         assert pool.pids == [pid]                             # the worker was left alone
-    finally:
-        pool.close()
 
     sent = []
     (tmp_path / "stop").touch()
@@ -218,11 +208,7 @@ def test_a_stopped_or_late_job_is_answered_before_it_starts(tmp_path):
 
 
 def test_a_worker_stuck_after_stop_is_killed_after_its_grace(tmp_path):
-    pool = fake_pool(1, "steps-then-hang", stop_grace_s=0.5)
-    jobs = Jobs(pool, tmp_path)
-    try:
-        assert pool.wait_ready(20)
-        [pid] = pool.pids
+    with one_ready_worker(tmp_path, "steps-then-hang", stop_grace_s=0.5) as (pool, jobs, pid):
         jobs.submit(0)
         deadline = time.monotonic() + 10
         while not jobs.events[0] and time.monotonic() < deadline:
@@ -233,8 +219,6 @@ def test_a_worker_stuck_after_stop_is_killed_after_its_grace(tmp_path):
         assert time.monotonic() - stopped < 1.5
         assert done["event"] == "done" and done["result"] is None and "was killed" in done["reason"]
         assert not alive(pid) and pool.pids == []
-    finally:
-        pool.close()
 
 
 def _runner_with_fake_workers(tmp_path, mode: str):
