@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import gradio as gr
 from gradio import processing_utils
@@ -441,24 +442,10 @@ def _example_table(kind: str, label: str, c: dict) -> gr.Examples:
     if not setting("CFD_EXAMPLE_CACHE"):
         return gr.Examples(_examples(kind), inputs, elem_id=f"examples-{kind}", label=label)
     base = os.environ.get("GRADIO_EXAMPLES_CACHE") or str(Path(".gradio") / "cached_examples")
-    with _environment(GRADIO_EXAMPLES_CACHE=str(Path(base) / f"cfd-{backends.results_fingerprint()}")):
+    # gradio reads its examples' cache folder from the environment when the table is made
+    with mock.patch.dict(os.environ, GRADIO_EXAMPLES_CACHE=str(Path(base) / f"cfd-{backends.results_fingerprint()}")):
         return gr.Examples(_examples(kind), inputs, [c[k] for k in RESULT], fn=example_result,
                            cache_examples=True, cache_mode="lazy", elem_id=f"examples-{kind}", label=label)
-
-
-@contextlib.contextmanager
-def _environment(**values: str):
-    """Environment variables set for the block (gradio reads its examples' cache folder from one)."""
-    before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def example_result(prompt, backend, method, seed, request: gr.Request = None):

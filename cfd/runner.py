@@ -38,15 +38,14 @@ from .errors import GuidanceUnavailable, InputError, NonFiniteGradient, WorkerFa
 from .machine import return_free_memory
 from .request import Request, RequestError, check_work
 from .settings import setting
-from .workers import (FINAL_EVENTS, WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START, WorkerPool, decode_image,
-                      generate_job)
+from .workers import (FINAL_EVENTS, WORKER_DIED, WORKER_HUNG, WORKER_PROTOCOL, WORKER_START, StepEvents, WorkerPool,
+                      decode_image, generate_job)
 
 RUN_TTL_S = 3600           # folders older than this that no active run owns are swept
 STOP_FILE = ".stop"        # in a run's folder: its work (in this process or a worker) stops
 ADMIT_TTL_S = 3600         # an admitted request that started but never finished frees its place after this
 QUEUED_TTL_S = 300         # … one that never started (its client left the queue) after this; if it does start
                            # later, its handler takes a place anew
-STEP_EVENTS_EVERY_S = 0.2  # a run's progress events without a preview, at most this often
 RESULT_PREVIEW_RES = 256
 STOP_WAIT_S = 2.0          # after Stop, the longest a run waits for its worker jobs' last events
 WORKER_BACKENDS = ("exact", "tiny-sd")   # the backends a generation may run in a worker process (small to load)
@@ -236,7 +235,7 @@ class Run:
         self.thread: threading.Thread | None = None
         self.job, self.jobs = 0, 1
         self._finished = False
-        self._last_step = 0.0
+        self._step_events = StepEvents()
 
     def cancel(self) -> None:
         """Ask the work to stop at its next step, in this process and in workers
@@ -248,13 +247,9 @@ class Run:
             pass
 
     def step_callback(self, info) -> bool:
-        """``distill`` callback: forward progress (and the preview) at most every
-        ``STEP_EVENTS_EVERY_S`` but always with a preview and at the last step (each
-        event wakes the consumer, whose thread competes with the run's for the
-        interpreter); True = stop."""
-        now = time.monotonic()
-        if info.preview is not None or info.step == info.steps or now - self._last_step >= STEP_EVENTS_EVERY_S:
-            self._last_step = now
+        """``distill`` callback: forward progress (and the preview) when due
+        (``workers.StepEvents``); True = stop."""
+        if self._step_events.due(info):
             img = to_uint8(info.preview) if info.preview is not None else None
             self.events.put(Step(info.step, info.steps, info.t, info.n_splats, img, self.job, self.jobs))
         return self.stop.is_set()
@@ -496,7 +491,7 @@ class Runner:
                "previews": previews, "preview_res": RESULT_PREVIEW_RES, "out_dir": str(run.folder / "result"),
                "hold": str(run.folder / "shown"), "stop_file": str(run.folder / STOP_FILE),
                "time_limit_s": self.time_limit_s}
-        steps = [0]
+        steps, picture = [0], []
 
         def on_event(event: dict) -> None:
             kind = event["event"]
@@ -508,17 +503,16 @@ class Runner:
                 run.emit(Stage(event["stage"], event["done"], event["total"]))
             elif kind == "picture":
                 files = event["files"]
-                run.emit(Picture(request, iio.imread(files["preview_png"]), Path(files["viewer_ply"]),
-                                 event["summary"]))
+                picture.append(Picture(request, iio.imread(files["preview_png"]), Path(files["viewer_ply"]),
+                                       event["summary"]))
+                run.emit(picture[0])
             elif kind == "artefact":
                 run.emit(Artefact(event["key"], Path(event["path"])))
 
         def work(run: Run) -> dict | None:
-            if not self._in_a_worker(request, guidance):
+            if not self._workers_take(request, guidance):
                 return generate_job(job, on_event, guidance)
             final = self._in_workers(run, [({**job, "threads": self.workers.size}, on_event)])[0]
-            if final is not None and final["event"] == "error":
-                raise _raised(final)
             return None if final is None else final["result"]
 
         try:
@@ -533,14 +527,14 @@ class Runner:
                 if key not in ("viewer_ply", "preview_png"):  # downloads carry the run's name
                     path = path.rename(path.with_name(f"cfd_{request.method}_seed{request.seed}_{path.name}"))
                 files[key] = path
-            yield Done(request, files, result["summary"], iio.imread(files["preview_png"]))
+            yield Done(request, files, result["summary"], picture[0].image)
         finally:
             run.finish()
 
-    def _in_a_worker(self, request: Request, guidance) -> bool:
-        """Whether a generation runs in a worker process: on a CPU, with worker
-        processes (CFD_WORKERS > 1), for a backend a worker loads in moments
-        (the exact prior, tiny-sd)."""
+    def _workers_take(self, request: Request, guidance) -> bool:
+        """Whether ``request``'s runs go to the worker processes: on a CPU, with
+        worker processes (CFD_WORKERS > 1), for a backend a worker loads in
+        moments (the exact prior, tiny-sd)."""
         return self.workers.size > 1 and request.backend in WORKER_BACKENDS \
             and str(getattr(guidance, "device", "cpu")) == "cpu"
 
@@ -557,8 +551,7 @@ class Runner:
         run = self.open(session)
         run.jobs = len(jobs)
         started = time.perf_counter()
-        side_by_side = self.workers.size > 1 and len(jobs) > 1 and base.backend == "exact" \
-            and str(getattr(guidance, "device", "cpu")) == "cpu"
+        side_by_side = len(jobs) > 1 and base.backend == "exact" and self._workers_take(base, guidance)
 
         deadline = time.time() + self.time_limit_s   # one limit for the whole request, across processes
 
@@ -608,19 +601,17 @@ class Runner:
                     run.emit(items[i])
             return on_event
 
-        finals = self._in_workers(run, [({"job": i, "values": job.values(), "gif": str(run.folder / _gif_name(job)),
+        self._in_workers(run, [({"job": i, "values": job.values(), "gif": str(run.folder / _gif_name(job)),
                                           "stop_file": str(run.folder / STOP_FILE),
                                           "time_limit_s": self.time_limit_s, "deadline": deadline},
                                          handler(i, job)) for i, job in enumerate(jobs)])
-        errors = [final for final in finals if final is not None and final["event"] == "error"]
-        if errors:
-            raise _raised(errors[0])
         return None if run.stop.is_set() else [item for item in items if item is not None]
 
     def _in_workers(self, run: Run, jobs: list[tuple[dict, Callable[[dict], None]]]) -> list[dict | None]:
         """Each (job, on_event) in the worker processes, every event of the job
         (progress, then its done or error) to its ``on_event``; returns their
-        final events in order. A failed job stops the others (``run.cancel``).
+        final done events in order. A failed job stops the others
+        (``run.cancel``), and the first failure is raised (``_raised``).
         After Stop this returns within STOP_WAIT_S, even with a hung worker (its
         job's final event None): the pool answers a stopped run's queued jobs at
         once and kills a worker that goes on past its stop grace."""
@@ -647,6 +638,9 @@ class Runner:
                 stopped_at = stopped_at or time.monotonic()
                 if time.monotonic() - stopped_at > STOP_WAIT_S:
                     break
+        failed = next((final for final in finals if final is not None and final["event"] == "error"), None)
+        if failed is not None:
+            raise _raised(failed)
         return finals
 
 

@@ -478,7 +478,23 @@ def serve(lines: Iterable[str], send: Callable[[dict], None]) -> None:
         return_free_memory()   # between jobs: a worker's RSS stays what one job needs
 
 
-STEP_EVENTS_EVERY_S = 0.2   # a generation's step events without a preview, at most this often
+STEP_EVENTS_EVERY_S = 0.2   # a run's step events without a preview, at most this often
+
+
+class StepEvents:
+    """Whether a ``distill`` step's progress event is due: at most every
+    STEP_EVENTS_EVERY_S, but always with a preview and at the last step (each
+    event wakes its consumer, whose thread may compete with the run's)."""
+
+    def __init__(self):
+        self.last = 0.0
+
+    def due(self, info) -> bool:
+        now = time.monotonic()
+        if info.preview is not None or info.step == info.steps or now - self.last >= STEP_EVENTS_EVERY_S:
+            self.last = now
+            return True
+        return False
 
 
 def generate_job(job: dict, send: Callable[[dict], None], guidance=None) -> dict:
@@ -504,12 +520,10 @@ def generate_job(job: dict, send: Callable[[dict], None], guidance=None) -> dict
     config = request.app_config() if job.get("previews") else request.config()
     config = replace(config, cpu_threads=job.get("threads") or 1)
     stop_file, held = Path(job["stop_file"]), Path(job["hold"])
-    last = [0.0]
+    events = StepEvents()
 
     def step(info) -> bool:
-        now = time.monotonic()
-        if info.preview is not None or info.step == info.steps or now - last[0] >= STEP_EVENTS_EVERY_S:
-            last[0] = now
+        if events.due(info):
             event = {"event": "step", "step": info.step, "steps": info.steps, "t": info.t, "n_splats": info.n_splats}
             if info.preview is not None:
                 event["preview"] = encode_image(to_uint8(info.preview))
